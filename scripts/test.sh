@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# All tests: build (scripts/setup.sh), then Rust unit tests, lint/type checks, the Python suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+echo "== cargo test (rust/core)"
+cargo test -p kvmclock-core --release
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== ruff"
+.venv/bin/ruff check python tests benches
+echo "== mypy --strict"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest tests "$@"
