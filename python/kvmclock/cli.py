@@ -1,0 +1,866 @@
+"""The ``kvmclock`` command (also ``python -m kvmclock``); SPEC.md section 5.
+
+Commands: simulate, scenarios, scale, decode, trace, host, verify. Exit codes: 0 success,
+1 ``verify`` found a relation that did not hold (or an internal error), 2 bad arguments or bad
+input (one line on stderr, never a traceback), 3 a real resource (/dev/kvm, the pvclock page,
+tracefs) is missing. ``KVMCLOCK_DEBUG=1`` shows the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
+from typing import Any, NoReturn, TextIO
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+U32_MAX = (1 << 32) - 1
+
+
+class UsageError(Exception):
+    """Bad arguments or bad input: printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (raised, printed by :func:`main`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kvmclock")
+    except Exception:  # not installed as a distribution (source tree on sys.path)
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _dump_json(doc: Any, path: str) -> None:
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        _write_file(path, text)
+
+
+def _write_file(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _read_input(source: str, what: str) -> bytes:
+    """Bytes of FILE, or of stdin for ``-``."""
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(source, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {source}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def _spinner(label: str, stream: TextIO, delay_s: float = 1.0) -> Iterator[None]:
+    """A one-line progress indicator on ``stream`` for work lasting more than ``delay_s``,
+    only when ``stream`` is a terminal; the line is erased at the end."""
+    if not stream.isatty():
+        yield
+        return
+    done = threading.Event()
+    start = time.monotonic()
+    shown = [False]
+
+    def spin() -> None:
+        frames = "|/-\\"
+        i = 0
+        if done.wait(delay_s):
+            return
+        while not done.is_set():
+            stream.write(f"\r{frames[i % 4]} {label} ... {time.monotonic() - start:5.1f} s")
+            stream.flush()
+            shown[0] = True
+            i += 1
+            done.wait(0.1)
+
+    th = threading.Thread(target=spin, daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        done.set()
+        th.join()
+        if shown[0]:
+            stream.write("\r\033[K")
+            stream.flush()
+
+
+def _int_arg(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def conv(text: str) -> int:
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be in {lo}..{hi}, got {v}")
+        return v
+
+    return conv
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"duration must be seconds, got {text!r}") from None
+    if not 0 < v <= 86400:
+        raise argparse.ArgumentTypeError(f"duration must be in (0, 86400] seconds, got {text}")
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# simulate / scenarios
+# --------------------------------------------------------------------------------------------
+
+
+def _scenarios() -> dict[str, Any]:
+    from kvmclock import sim
+
+    return dict(sim.SCENARIOS)
+
+
+def _scenario_params(scn: Any) -> set[str]:
+    params = getattr(scn, "params", None) or {}
+    return set(params)
+
+
+# The names a scenario may use for the --duration and --vcpus parameters (first match wins).
+_DURATION_KEYS = ("duration_s", "duration")
+_DURATION_NS_KEYS = ("duration_ns",)
+_VCPU_KEYS = ("vcpus", "l1_vcpus", "n_vcpus", "nr_vcpus")
+
+
+def _scenario_kwargs(name: str, scn: Any, args: argparse.Namespace) -> dict[str, Any]:
+    accepted = _scenario_params(scn)
+    kwargs: dict[str, Any] = {}
+    if args.duration is not None:
+        key = next((k for k in _DURATION_KEYS if k in accepted), None)
+        if key is not None:
+            kwargs[key] = args.duration
+        else:
+            key = next((k for k in _DURATION_NS_KEYS if k in accepted), None)
+            if key is None:
+                raise UsageError(
+                    f"simulate: scenario {name!r} does not take --duration "
+                    f"(its parameters: {', '.join(sorted(accepted)) or 'none'})"
+                )
+            kwargs[key] = round(args.duration * 1e9)
+    if args.vcpus is not None:
+        key = next((k for k in _VCPU_KEYS if k in accepted), None)
+        if key is None:
+            raise UsageError(
+                f"simulate: scenario {name!r} does not take --vcpus "
+                f"(its parameters: {', '.join(sorted(accepted)) or 'none'})"
+            )
+        kwargs[key] = args.vcpus
+    return kwargs
+
+
+def _profile_paths(path: str, profiles: Sequence[str]) -> list[str]:
+    """One output file per profile: ``out.txt`` -> ``out-gtod.txt``, ``out-series.txt``."""
+    if len(profiles) == 1:
+        return [path]
+    root, ext = os.path.splitext(path)
+    return [f"{root}-{p}{ext}" for p in profiles]
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from kvmclock import sim
+
+    scenarios = _scenarios()
+    if args.scenario not in scenarios:
+        raise UsageError(
+            f"simulate: unknown scenario {args.scenario!r}; choose one of: "
+            + ", ".join(sorted(scenarios))
+        )
+    scn = scenarios[args.scenario]
+    kwargs = _scenario_kwargs(args.scenario, scn, args)
+    profiles = ["gtod", "series"] if args.profile == "both" else [args.profile]
+    want_trace = bool(args.trace or args.perfetto)
+    if args.json == "-" and args.trace == "-":
+        raise UsageError("simulate: --json - and --trace - cannot both write to stdout")
+    if args.trace == "-" and len(profiles) > 1:
+        raise UsageError("simulate: --trace - needs a single --profile (gtod or series)")
+    if args.plot:
+        from kvmclock.render.plot import MISSING_MATPLOTLIB
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError(MISSING_MATPLOTLIB)
+
+    runs: list[dict[str, Any]] = []
+    walls: list[float] = []
+    for profile in profiles:
+        with _spinner(f"simulating {args.scenario} ({profile})", sys.stderr):
+            t0 = time.perf_counter()
+            run = sim.run_scenario(args.scenario, profile, seed=args.seed, trace=want_trace,
+                                   **kwargs)
+            walls.append(time.perf_counter() - t0)
+        runs.append(run)
+
+    if args.trace:
+        from kvmclock.render.ftrace import trace_text
+
+        if args.trace == "-":
+            sys.stdout.write(trace_text(runs[0], args.scenario, args.seed))
+        else:
+            for path, run in zip(_profile_paths(args.trace, profiles), runs, strict=True):
+                _write_file(path, trace_text(run, args.scenario, args.seed))
+                print(f"wrote {path} ({len(run.get('trace') or [])} trace lines)",
+                      file=sys.stderr)
+    if args.perfetto:
+        from kvmclock.render.perfetto import perfetto_trace
+
+        doc = perfetto_trace(runs)
+        _write_file(args.perfetto, json.dumps(doc) + "\n")
+        print(f"wrote {args.perfetto} ({len(doc['traceEvents'])} trace events; open it in "
+              "ui.perfetto.dev)", file=sys.stderr)
+    if args.plot:
+        from kvmclock.render.plot import write_plot
+
+        try:
+            write_plot(runs, args.plot, title=f"kvmclock simulate {args.scenario} seed {args.seed}")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.plot}: {exc.strerror or exc}") from exc
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        doc = {
+            "scenario": args.scenario,
+            "seed": args.seed,
+            "runs": [{k: v for k, v in run.items() if k != "trace"} for run in runs],
+        }
+        _dump_json(doc, args.json)
+    if args.json != "-" and args.trace != "-":
+        from kvmclock.render.text import render_simulation
+
+        print(render_simulation(args.scenario, getattr(scn, "description", None), args.seed,
+                                runs, walls, moments_limit=args.moments))
+    return EXIT_OK
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    scenarios = _scenarios()
+    if args.json:
+        doc = [
+            {
+                "name": name,
+                "description": getattr(s, "description", ""),
+                "params": {k: v for k, v in dict(getattr(s, "params", {}) or {}).items()},
+            }
+            for name, s in scenarios.items()
+        ]
+        print(json.dumps(doc, indent=2, default=repr))
+        return EXIT_OK
+    width = max((len(n) for n in scenarios), default=0)
+    for name, s in scenarios.items():
+        print(f"{name:<{width}}  {getattr(s, 'description', '')}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# scale
+# --------------------------------------------------------------------------------------------
+
+_FRAC_BITS = {"vmx": 48, "svm": 32}
+
+
+def _parse_ratio(text: str, frac_bits: int) -> int:
+    """``--ratio``: a fixed-point integer (decimal or 0x hex) or a real number like ``1.5``
+    (converted exactly, truncated to ``frac_bits`` fraction bits)."""
+    t = text.strip()
+    try:
+        if re.fullmatch(r"\d+\.\d*|\.\d+|\d+/\d+", t):
+            return int(Fraction(t) * (1 << frac_bits))
+        return int(t, 0)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(
+            f"scale: --ratio must be a fixed-point integer (e.g. 0x1000000000000) or a real "
+            f"number (e.g. 1.5), got {text!r}"
+        ) from None
+
+
+def scale_report(tsc_khz: int, guest_khz: int | None, ratio_text: str | None,
+                 vendor: str | None) -> dict[str, Any]:
+    """Every number ``kvmclock scale`` prints (computed by the native core)."""
+    import kvmclock
+
+    hz = tsc_khz * 1000
+    shift, mult = kvmclock.get_time_scale(scaled_hz=10**9, base_hz=hz)
+    vshift, vmult = kvmclock.get_time_scale(scaled_hz=hz, base_hz=10**9)
+    back = kvmclock.pvclock_tsc_khz(tsc_to_system_mul=mult, tsc_shift=shift)
+    # clocksource_register_khz(&clocksource_tsc, tsc_khz) -> __clocksource_update_freq_scale
+    # (kernel/time/clocksource.c) with scale 1000: mask 2**64-1 gives sec > 600, capped to 600,
+    # so clocks_calc_mult_shift(freq=tsc_khz, NSEC_PER_SEC/1000, 600 * 1000).
+    cs_mult, cs_shift = kvmclock.clocks_calc_mult_shift(
+        from_hz=tsc_khz, to_hz=1_000_000, maxsec=600 * 1000
+    )
+    # then the maxadj loop: while mult +/- 11% (clocksource_max_adjustment) would wrap a u32,
+    # halve mult and decrement shift
+    while cs_mult + cs_mult * 11 // 100 > U32_MAX:
+        cs_mult >>= 1
+        cs_shift -= 1
+    doc: dict[str, Any] = {
+        "tsc_khz": tsc_khz,
+        "tsc_to_ns": {
+            "source": "kvm_get_time_scale(NSEC_PER_SEC, tsc_khz * 1000)",
+            "tsc_to_system_mul": mult,
+            "tsc_shift": shift,
+            "ns_per_cycle": mult * 2.0**shift / 2**32,
+            "pvclock_tsc_khz": back,
+            "round_trip_ok": back == tsc_khz,
+        },
+        "ns_to_tsc": {
+            "source": "kvm_get_time_scale(tsc_khz * 1000, NSEC_PER_SEC)",
+            "mult": vmult,
+            "shift": vshift,
+            "cycles_per_ns": vmult * 2.0**vshift / 2**32,
+        },
+        "clocksource_tsc": {
+            "source": "clocksource_register_khz: clocks_calc_mult_shift(tsc_khz, "
+            "NSEC_PER_SEC / 1000, 600 * 1000) and the maxadj loop",
+            "mult": cs_mult,
+            "shift": cs_shift,
+            "ns_per_cycle": cs_mult / 2.0**cs_shift,
+        },
+    }
+    if guest_khz is not None or ratio_text is not None:
+        vendors = [vendor] if vendor else ["vmx", "svm"]
+        scaling = []
+        for v in vendors:
+            frac = _FRAC_BITS[v]
+            if ratio_text is not None:
+                ratio = _parse_ratio(ratio_text, frac)
+                if ratio <= 0 or ratio >= 1 << 64:
+                    raise UsageError(f"scale: --ratio must be in 1..2**64-1 as fixed point "
+                                     f"with {frac} fraction bits, got {ratio}")
+                source = "--ratio"
+            else:
+                assert guest_khz is not None
+                ratio = kvmclock.tsc_scaling_ratio(
+                    user_tsc_khz=guest_khz, tsc_khz=tsc_khz, frac_bits=frac
+                )
+                source = "tsc_scaling_ratio(user_tsc_khz, tsc_khz) (set_tsc_khz)"
+            scaled_khz = kvmclock.scale_tsc(tsc=tsc_khz, ratio=ratio, frac_bits=frac)
+            entry: dict[str, Any] = {
+                "vendor": v,
+                "frac_bits": frac,
+                "ratio": ratio,
+                "ratio_hex": f"{ratio:#x}",
+                "ratio_value": ratio / 2**frac,
+                "ratio_source": source,
+                "guest_tsc_khz": scaled_khz,
+            }
+            if scaled_khz > 0:
+                gshift, gmult = kvmclock.get_time_scale(scaled_hz=10**9,
+                                                        base_hz=scaled_khz * 1000)
+                entry["guest_tsc_to_system_mul"] = gmult
+                entry["guest_tsc_shift"] = gshift
+                entry["guest_pvclock_tsc_khz"] = kvmclock.pvclock_tsc_khz(
+                    tsc_to_system_mul=gmult, tsc_shift=gshift
+                )
+            scaling.append(entry)
+        doc["tsc_scaling"] = scaling
+        if guest_khz is not None:
+            doc["guest_khz"] = guest_khz
+    return doc
+
+
+def format_scale(doc: dict[str, Any]) -> str:
+    """Text of :func:`scale_report`."""
+    a, b, c = doc["tsc_to_ns"], doc["ns_to_tsc"], doc["clocksource_tsc"]
+    out = [
+        f"TSC {doc['tsc_khz']} kHz",
+        f"  TSC -> ns (pvclock record, {a['source']}):",
+        f"    tsc_to_system_mul {a['tsc_to_system_mul']:#010x} ({a['tsc_to_system_mul']}), "
+        f"tsc_shift {a['tsc_shift']}  = {a['ns_per_cycle']:.12f} ns/cycle",
+        f"    pvclock_tsc_khz back: {a['pvclock_tsc_khz']} kHz"
+        + ("" if a["round_trip_ok"] else f" (differs by {a['pvclock_tsc_khz'] - doc['tsc_khz']})"),
+        f"  ns -> TSC (virtual_tsc_mult/shift, {b['source']}):",
+        f"    mult {b['mult']:#010x} ({b['mult']}), shift {b['shift']}  = "
+        f"{b['cycles_per_ns']:.12f} cycles/ns",
+        f"  clocksource tsc ({c['source']}):",
+        f"    mult {c['mult']} shift {c['shift']}  = {c['ns_per_cycle']:.12f} ns/cycle",
+    ]
+    for s in doc.get("tsc_scaling", []):
+        out.append(
+            f"  TSC scaling {s['vendor'].upper()} ({s['frac_bits']} fraction bits): ratio "
+            f"{s['ratio_hex']} (= {s['ratio_value']:.12f}, {s['ratio_source']}) -> guest TSC "
+            f"{s['guest_tsc_khz']} kHz"
+        )
+        if "guest_tsc_to_system_mul" in s:
+            out.append(
+                f"    guest record: tsc_to_system_mul {s['guest_tsc_to_system_mul']:#010x} "
+                f"tsc_shift {s['guest_tsc_shift']}, pvclock_tsc_khz back "
+                f"{s['guest_pvclock_tsc_khz']} kHz"
+            )
+    return "\n".join(out)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    if args.ratio is not None and args.guest_khz is not None:
+        raise UsageError("scale: give --ratio or --guest-khz, not both")
+    try:
+        doc = scale_report(args.tsc_khz, args.guest_khz, args.ratio, args.vendor)
+    except (ValueError, OverflowError, ZeroDivisionError) as exc:
+        raise UsageError(f"scale: {exc}") from exc
+    print(json.dumps(doc, indent=2) if args.json else format_scale(doc))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# decode
+# --------------------------------------------------------------------------------------------
+
+PVCLOCK_SIZE = 32
+WALL_CLOCK_SIZE = 12
+_HEX_TOKEN = re.compile(r"(?:0[xX])?([0-9a-fA-F]*)")
+
+
+def parse_hex(text: str) -> list[bytes]:
+    """Hex text to byte strings, one per non-empty line. Spaces, commas, newlines and ``0x``
+    prefixes (per token) are allowed. The digits are the bytes in memory order."""
+    chunks = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        digits = []
+        for tok in re.split(r"[\s,]+", line.strip()):
+            if not tok:
+                continue
+            m = _HEX_TOKEN.fullmatch(tok)
+            if m is None:
+                raise UsageError(f"decode: line {lineno}: {tok[:40]!r} is not hex")
+            digits.append(m.group(1))
+        joined = "".join(digits)
+        if not joined:
+            continue
+        if len(joined) % 2:
+            raise UsageError(
+                f"decode: line {lineno}: odd number of hex digits ({len(joined)}); "
+                "every byte needs two digits"
+            )
+        chunks.append(bytes.fromhex(joined))
+    return chunks
+
+
+def _split_records(chunks: list[bytes], kind: str) -> list[tuple[str, bytes]]:
+    """Cut the input into (kind, 32- or 12-byte record) pieces."""
+    sizes = {"pvclock": PVCLOCK_SIZE, "wallclock": WALL_CLOCK_SIZE}
+    if kind == "auto" and len(chunks) > 1 and all(len(c) in sizes.values() for c in chunks):
+        return [("pvclock" if len(c) == PVCLOCK_SIZE else "wallclock", c) for c in chunks]
+    data = b"".join(chunks)
+    n = len(data)
+    if kind == "auto":
+        if n % PVCLOCK_SIZE == 0:
+            kind = "pvclock"
+        elif n % WALL_CLOCK_SIZE == 0:
+            kind = "wallclock"
+        else:
+            raise UsageError(
+                f"decode: {n} bytes is not a whole number of pvclock_vcpu_time_info (32 bytes) "
+                f"or pvclock_wall_clock (12 bytes) records"
+            )
+    size = sizes[kind]
+    if n % size:
+        raise UsageError(f"decode: {n} bytes is not a multiple of {size} ({kind} records)")
+    return [(kind, data[i : i + size]) for i in range(0, n, size)]
+
+
+def _pvclock_entry(info: Any, tsc: int | None) -> dict[str, Any]:
+    import kvmclock
+    from kvmclock.trace import flag_names
+
+    rec: dict[str, Any] = {
+        "type": "pvclock",
+        "version": int(info.version),
+        "tsc_timestamp": int(info.tsc_timestamp),
+        "system_time": int(info.system_time),
+        "tsc_to_system_mul": int(info.tsc_to_system_mul),
+        "tsc_shift": int(info.tsc_shift),
+        "flags": int(info.flags),
+    }
+    rec["flag_names"] = flag_names(rec["flags"])
+    rec["version_odd"] = bool(rec["version"] & 1)
+    rec["tsc_khz"] = (
+        int(kvmclock.pvclock_tsc_khz(tsc_to_system_mul=rec["tsc_to_system_mul"],
+                                     tsc_shift=rec["tsc_shift"]))
+        if rec["tsc_to_system_mul"]
+        else None
+    )
+    rec["kvmclock_ns_at_tsc_timestamp"] = int(info.read_cycles(rec["tsc_timestamp"]))
+    if tsc is not None:
+        rec["tsc"] = tsc
+        rec["kvmclock_ns_at_tsc"] = int(info.read_cycles(tsc))
+    if rec["tsc_khz"]:
+        # does mul/shift equal what KVM derives from that kHz (kvm_guest_time_update)?
+        shift, mult = kvmclock.get_time_scale(scaled_hz=10**9, base_hz=rec["tsc_khz"] * 1000)
+        rec["matches_get_time_scale_of_tsc_khz"] = (
+            mult == rec["tsc_to_system_mul"] and shift == rec["tsc_shift"]
+        )
+    return rec
+
+
+def decode_records(pieces: list[tuple[str, bytes]], tsc: int | None) -> list[dict[str, Any]]:
+    """Decode raw records with the native ABI classes (``PvclockVcpuTimeInfo``,
+    ``PvclockWallClock``)."""
+    import datetime
+
+    import kvmclock
+
+    out: list[dict[str, Any]] = []
+    for i, (kind, raw) in enumerate(pieces):
+        if kind == "pvclock":
+            rec = _pvclock_entry(kvmclock.PvclockVcpuTimeInfo.from_bytes(raw), tsc)
+        else:
+            wc = kvmclock.PvclockWallClock.from_bytes(raw)
+            rec = {
+                "type": "wall_clock",
+                "version": int(wc.version),
+                "sec": int(wc.sec),
+                "nsec": int(wc.nsec),
+                "version_odd": bool(int(wc.version) & 1),
+            }
+            try:
+                rec["utc"] = datetime.datetime.fromtimestamp(
+                    rec["sec"], tz=datetime.timezone.utc
+                ).isoformat()
+            except (OverflowError, OSError, ValueError):
+                rec["utc"] = None
+        rec = {"index": i, **rec, "hex": raw.hex()}
+        out.append(rec)
+    return out
+
+
+def decode_trace_lines(text: str, tsc: int | None) -> list[dict[str, Any]]:
+    """Records from ``kvm_pvclock_update`` lines (other lines are ignored)."""
+    import kvmclock
+    from kvmclock.trace import parse_text
+
+    out: list[dict[str, Any]] = []
+    for rec in parse_text(text).records:
+        if rec.event != "kvm_pvclock_update" or rec.data is None:
+            continue
+        d = rec.data
+        info = kvmclock.PvclockVcpuTimeInfo(
+            version=d["version"], tsc_timestamp=d["tsc_timestamp"],
+            system_time=d["system_time"], tsc_to_system_mul=d["tsc_to_system_mul"],
+            tsc_shift=d["tsc_shift"], flags=d["flags"],
+        )
+        entry = {"index": len(out), "line": rec.line_no, "vcpu_id": d["vcpu_id"],
+                 "timestamp": rec.timestamp, **_pvclock_entry(info, tsc),
+                 "hex": info.to_bytes().hex()}
+        out.append(entry)
+    return out
+
+
+def format_decoded(records: list[dict[str, Any]]) -> str:
+    """Text of decoded records."""
+    out = []
+    for r in records:
+        where = f" (line {r['line']}, vCPU {r['vcpu_id']})" if "line" in r else ""
+        if r["type"] == "pvclock":
+            khz = "-" if r["tsc_khz"] is None else f"{r['tsc_khz']} kHz"
+            odd = " (odd: update in progress)" if r["version_odd"] else ""
+            out.append(f"record {r['index']}: pvclock_vcpu_time_info{where}")
+            out.append(f"  version           {r['version']}{odd}")
+            out.append(f"  tsc_timestamp     {r['tsc_timestamp']} ({r['tsc_timestamp']:#x})")
+            out.append(f"  system_time       {r['system_time']} ns "
+                       f"({r['system_time'] / 1e9:.9f} s)")
+            out.append(f"  tsc_to_system_mul {r['tsc_to_system_mul']:#010x}")
+            out.append(f"  tsc_shift         {r['tsc_shift']}")
+            out.append(f"  flags             {r['flags']:#x} "
+                       f"{'|'.join(r['flag_names']) or '-'}")
+            extra = ""
+            if "matches_get_time_scale_of_tsc_khz" in r:
+                extra = (" (mul/shift = get_time_scale of it)"
+                         if r["matches_get_time_scale_of_tsc_khz"]
+                         else " (mul/shift differ from get_time_scale of it)")
+            out.append(f"  TSC frequency     {khz}{extra}")
+            out.append(f"  kvmclock at tsc_timestamp: {r['kvmclock_ns_at_tsc_timestamp']} ns")
+            if "kvmclock_ns_at_tsc" in r:
+                out.append(f"  kvmclock at TSC {r['tsc']}: {r['kvmclock_ns_at_tsc']} ns")
+        else:
+            odd = " (odd: update in progress)" if r["version_odd"] else ""
+            out.append(f"record {r['index']}: pvclock_wall_clock")
+            out.append(f"  version {r['version']}{odd}")
+            out.append(f"  sec {r['sec']} nsec {r['nsec']} ({r['utc'] or 'out of range'})")
+    return "\n".join(out)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    if args.input == ["-"]:
+        raw = sys.stdin.buffer.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("decode: stdin is not text (give hex digits or trace lines)") \
+                from None
+        if "\0" in text:
+            raise UsageError("decode: stdin is binary (NUL bytes); give hex digits")
+    else:
+        text = " ".join(args.input)
+    if not text.strip():
+        raise UsageError("decode: empty input: give hex bytes, '-' for stdin, or trace lines")
+    try:
+        if "kvm_pvclock_update" in text:
+            records = decode_trace_lines(text, args.tsc)
+            if not records:
+                raise UsageError("decode: no valid kvm_pvclock_update line in the input")
+        else:
+            records = decode_records(_split_records(parse_hex(text), args.type), args.tsc)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise UsageError(f"decode: {exc}") from exc
+    print(json.dumps({"records": records}, indent=2) if args.json
+          else format_decoded(records))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# trace / host / verify
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from kvmclock.errors import TraceParseError
+    from kvmclock.trace import format_summary, parse_bytes, summarize
+
+    data = _read_input(args.file, "trace file")
+    name = "stdin" if args.file == "-" else args.file
+    if not data.strip():
+        raise UsageError(f"trace: {name} is empty")
+    try:
+        result = parse_bytes(data)
+    except TraceParseError as exc:
+        raise UsageError(f"trace: {name}: {exc}") from exc
+    summary = summarize(result)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return EXIT_OK
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from kvmclock.real.host import format_host_report, host_report
+
+    report = host_report()
+    print(json.dumps(report, indent=2, default=str) if args.json
+          else format_host_report(report))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from kvmclock.real.verify import format_verify, run_verify
+
+    result = run_verify(scenarios=args.scenario or None)
+    print(json.dumps(result, indent=2, default=str) if args.json else format_verify(result))
+    return EXIT_OK if result.get("ok") else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------------------------
+# parser and main
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every command (each ``--help`` ends with an example)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(
+        prog="kvmclock",
+        description="An executable, bit-exact model of the Linux x86 KVM clock.",
+        epilog="example:\n  kvmclock simulate            # nested scenario, gtod vs series\n"
+        "  kvmclock simulate --json run.json --plot run.png\n"
+        "exit codes: 0 ok, 1 verify failed, 2 bad arguments/input, 3 missing real resource",
+        formatter_class=fmt,
+    )
+    p.add_argument("--version", action="version", version=f"kvmclock {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser(
+        "simulate", help="run a scenario under the gtod and series profiles",
+        description="Run a built-in scenario (default: nested) under both profiles side by "
+        "side and print, per profile and level, the clocksource, masterclock, pvclock stable "
+        "bit, counters, skew and the key moments.",
+        epilog="examples:\n  kvmclock simulate\n"
+        "  kvmclock simulate --scenario nested --profile series --seed 3 --json -\n"
+        "  kvmclock simulate --trace sim.txt --perfetto sim.json --plot sim.png\n"
+        "with --profile both, --trace PATH writes PATH-gtod and PATH-series files.",
+        formatter_class=fmt,
+    )
+    s.add_argument("--scenario", default="nested", help="scenario name (kvmclock scenarios)")
+    s.add_argument("--profile", choices=["gtod", "series", "both"], default="both")
+    s.add_argument("--seed", type=_int_arg("seed", 0, 2**63 - 1), default=0)
+    s.add_argument("--duration", type=_duration_arg, metavar="S",
+                   help="simulated seconds (scenarios that take it)")
+    s.add_argument("--vcpus", type=_int_arg("vcpus", 1, 1024), metavar="N",
+                   help="vCPUs (scenarios that take it)")
+    s.add_argument("--json", metavar="PATH|-", help="write the runs as JSON ('-' = stdout)")
+    s.add_argument("--trace", metavar="PATH|-", help="write ftrace text with a level column")
+    s.add_argument("--perfetto", metavar="PATH", help="write Chrome/Perfetto trace-event JSON")
+    s.add_argument("--plot", metavar="PATH", help="write a PNG (needs matplotlib)")
+    s.add_argument("--moments", type=_int_arg("moments", 0, 100000), default=30, metavar="N",
+                   help="key moments shown in the timeline (default 30)")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser(
+        "scenarios", help="list the built-in scenarios",
+        description="List the built-in scenarios, one line each.",
+        epilog="example:\n  kvmclock scenarios", formatter_class=fmt,
+    )
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_scenarios)
+
+    s = sub.add_parser(
+        "scale", help="mult/shift for a TSC frequency (and TSC scaling)",
+        description="kvm_get_time_scale both ways for a TSC frequency, pvclock_tsc_khz back, "
+        "the tsc clocksource's clocks_calc_mult_shift, and with --guest-khz or --ratio the "
+        "TSC scaling ratio (VMX: 48 fraction bits, SVM: 32).",
+        epilog="examples:\n  kvmclock scale --tsc-khz 2933437\n"
+        "  kvmclock scale --tsc-khz 3000000 --guest-khz 1500000 --vendor vmx\n"
+        "  kvmclock scale --tsc-khz 3000000 --ratio 0.5 --json",
+        formatter_class=fmt,
+    )
+    s.add_argument("--tsc-khz", type=_int_arg("--tsc-khz", 1, U32_MAX), required=True,
+                   metavar="K")
+    s.add_argument("--guest-khz", type=_int_arg("--guest-khz", 1, U32_MAX), metavar="G")
+    s.add_argument("--ratio", metavar="R", help="fixed-point ratio (int/0x) or a real number")
+    s.add_argument("--vendor", choices=["vmx", "svm"], help="default: both")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_scale)
+
+    s = sub.add_parser(
+        "decode", help="decode pvclock (32-byte) and wall clock (12-byte) records",
+        description="Decode pvclock_vcpu_time_info (32 bytes) and pvclock_wall_clock "
+        "(12 bytes) records from hex (bytes in memory order; spaces, commas, newlines and 0x "
+        "allowed; one record per line or several concatenated) or from kvm_pvclock_update "
+        "trace lines. '-' reads stdin.",
+        epilog="examples:\n"
+        "  kvmclock decode 02000000 00000000 0a2f1e4e1c000000 00ca9a3b00000000 "
+        "3d0ad7a3 ff 01 0000\n"
+        "  grep kvm_pvclock_update trace.txt | kvmclock decode - --json",
+        formatter_class=fmt,
+    )
+    s.add_argument("input", nargs="+", metavar="HEX|-")
+    s.add_argument("--type", choices=["auto", "pvclock", "wallclock"], default="auto",
+                   help="record type (auto: by length)")
+    s.add_argument("--tsc", type=_int_arg("--tsc", 0, 2**64 - 1), metavar="TSC",
+                   help="also compute kvmclock at this TSC value")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_decode)
+
+    s = sub.add_parser(
+        "trace", help="summarise an ftrace / trace-cmd text capture of KVM clock events",
+        description="Parse ftrace (trace, trace_pipe) or trace-cmd report text: masterclock "
+        "transitions, TSC generations and offsets, pvclock updates per VM process and vCPU, "
+        "anomalies. Unknown and garbled lines are counted and skipped.",
+        epilog="examples:\n  kvmclock trace /sys/kernel/tracing/trace\n"
+        "  trace-cmd report | kvmclock trace - --json\n"
+        "timestamps are seconds, or raw counter values for a counter clock (x86-tsc); "
+        "a leading 'L<n> ' column (kvmclock simulate --trace) is the level.",
+        formatter_class=fmt,
+    )
+    s.add_argument("file", metavar="FILE|-")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_trace)
+
+    s = sub.add_parser(
+        "host", help="what this computer is and what KVM would do here",
+        description="Clocksource, TSC flags and kHz, the KVM guest pvclock page decoded and "
+        "checked against get_time_scale, /dev/kvm capabilities.",
+        epilog="example:\n  kvmclock host --json", formatter_class=fmt,
+    )
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_host)
+
+    s = sub.add_parser(
+        "verify", help="model vs the real /dev/kvm on built-in scenarios",
+        description="Run the model and the real /dev/kvm side by side and report every "
+        "relation (SPEC.md section 7). Exit 1 when a relation did not hold, 3 when /dev/kvm "
+        "is missing.",
+        epilog="example:\n  kvmclock verify --json", formatter_class=fmt,
+    )
+    s.add_argument("--scenario", action="append", metavar="NAME",
+                   help="run only this scenario (repeatable)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_verify)
+    return p
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code (never raises)."""
+    from kvmclock.errors import LivelockDetected, RealResourceUnavailable
+
+    prog = "kvmclock"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            raise UsageError(
+                f"{prog}: a command is required: simulate, scenarios, scale, decode, trace, "
+                f"host, verify (see '{prog} --help')"
+            )
+        return int(args.func(args))
+    except UsageError as exc:
+        print(_one_line(str(exc)), file=sys.stderr)
+        return EXIT_USAGE
+    except RealResourceUnavailable as exc:
+        print(f"{prog}: real resource unavailable: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except LivelockDetected as exc:
+        # the model detected the patch 09 spin (a result, not a crash)
+        print(f"{prog}: livelock detected: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): stop quietly
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OverflowError, ZeroDivisionError, TypeError) as exc:
+        # errors.ScenarioError and the native core's range errors name the bad argument
+        if os.environ.get("KVMCLOCK_DEBUG"):
+            raise
+        print(f"{prog}: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if os.environ.get("KVMCLOCK_DEBUG"):
+            raise
+        print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+              "(KVMCLOCK_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""A kernel booted on a machine (SPEC §2): clocksources, timekeeper, watchdog, notifier chains.
+
+``Kernel(machine, profile)`` models the time subsystem of one Linux kernel at one level:
+level 0 on a ``PhysicalMachine``, level N on a VM that KVM at level N-1 provides.  Kernel code
+gets a CPU only through ``run_on_cpu`` (which goes through ``machine.run_on_cpu`` and sets
+``current_cpu``); every clocksource read happens on ``current_cpu``.
+
+Profiles: ``gtod`` (before the 2017 series, and upstream today: the pvclock_gtod chain is
+called on every timekeeping update) and ``series`` (all 11 patches: clocksource reads report
+cycle stamps, the clocksource change chain fires on switches, on registration and on a
+kvm-clock stable-bit flip, never on ticks).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import kvmclock as _k
+from kvmclock.machine.base import Machine, T
+from kvmclock.timekeeping.clocksource import (
+    CLOCK_SOURCE_IS_CONTINUOUS,
+    CLOCK_SOURCE_UNSTABLE,
+    MSR_KVM_SYSTEM_TIME_NEW,
+    PVTI_SIZE,
+    VCLOCK_PVCLOCK,
+    Clocksource,
+    CounterClocksource,
+    JiffiesClocksource,
+    KvmClock,
+    TscClocksource,
+    tick_nsec,
+)
+from kvmclock.timekeeping.notifier import NotifierCallback, NotifierChain
+from kvmclock.timekeeping.timekeeper import Timekeeper
+from kvmclock.timekeeping.watchdog import ClocksourceWatchdog
+
+if TYPE_CHECKING:
+    from kvmclock.kvm.x86 import KvmModule
+    from kvmclock.machine.world import Periodic
+
+__all__ = ["PROFILES", "Kernel"]
+
+PROFILES = ("gtod", "series")
+U64_MASK = (1 << 64) - 1
+PLATFORM_RATINGS = {"hpet": 250, "acpi_pm": 200}  # clocksource_hpet, clocksource_acpi_pm
+
+
+def _initial_jiffies(hz: int) -> int:
+    """``INITIAL_JIFFIES`` = (unsigned long)(unsigned int)(-300 * HZ)."""
+    return (-300 * hz) & 0xFFFFFFFF
+
+
+class Kernel:
+    """The time subsystem of one kernel on ``machine`` (see module docstring)."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        profile: str,
+        *,
+        name: str | None = None,
+        hz: int = 250,
+        clocksource_override: str | None = None,
+        kvmclock_rating: int = 400,
+        pvti_gpa: int = 0,
+    ) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile={profile!r} invalid; choose one of {', '.join(PROFILES)}")
+        if isinstance(hz, bool) or not isinstance(hz, int):
+            raise TypeError(f"hz must be an int, got {type(hz).__name__}")
+        if not 1 <= hz <= 10_000:
+            raise ValueError(f"hz={hz} out of range (1..10000)")
+        if isinstance(kvmclock_rating, bool) or not isinstance(kvmclock_rating, int):
+            raise TypeError(f"kvmclock_rating must be an int, got {type(kvmclock_rating).__name__}")
+        if not 0 <= kvmclock_rating <= 1000:
+            raise ValueError(
+                f"kvmclock_rating={kvmclock_rating} out of range (0..1000; 400 in 2017, 299 later)"
+            )
+        if clocksource_override is not None and not isinstance(clocksource_override, str):
+            raise TypeError("clocksource_override must be a clocksource name (str) or None")
+        if isinstance(pvti_gpa, bool) or not isinstance(pvti_gpa, int) or pvti_gpa < 0:
+            raise ValueError(f"pvti_gpa={pvti_gpa!r} must be an int >= 0")
+        self.machine = machine
+        self.world = machine.world
+        self.profile = profile
+        self.level = machine.level
+        self.name = name if name is not None else f"L{machine.level}"
+        self.hz = hz
+        self.clocksource_override = clocksource_override
+        self.kvmclock_rating = kvmclock_rating
+        self.pvti_gpa = pvti_gpa
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.current_cpu = 0
+        self.jiffies_64 = _initial_jiffies(hz)
+        self.tsc_unstable = False
+        self.finished_booting = False
+        self.booted = False
+        self.boot_ns: int | None = None
+        self.clocksources: dict[str, Clocksource] = {}
+        self.clocksource_list: list[Clocksource] = []  # sorted by rating, like clocksource_list
+        self.curr_clocksource: Clocksource | None = None
+        self.pvclock_gtod_chain = NotifierChain("pvclock_gtod_chain")
+        self.clocksource_changes_chain = NotifierChain("clocksource_changes_chain")
+        self.timekeeper = Timekeeper(self)
+        self.watchdog = ClocksourceWatchdog(self)
+        self.kvm: KvmModule | None = None
+        self.pvclock: Any = None  # kvmclock.PvclockClock once kvmclock_init ran
+        self.pvclock_valid_flags = 0
+        self.tick_cpu = 0  # tick_do_timer_cpu
+        self.tick_timer: Periodic | None = None
+
+    # -- CPUs ---------------------------------------------------------------------------------
+    def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:
+        """Run kernel code ``fn`` on ``cpu`` through ``machine.run_on_cpu``; sets
+        ``current_cpu``.
+        """
+
+        def body() -> T:
+            prev = self.current_cpu
+            self.current_cpu = cpu
+            try:
+                return fn()
+            finally:
+                self.current_cpu = prev
+
+        return self.machine.run_on_cpu(cpu, body)
+
+    def printk(self, text: str, level: str = "info") -> None:
+        """A kernel log line, appended to the world's event log."""
+        self.world.log("printk", kernel=self.name, level=level, text=text)
+
+    def pvti_offset(self, cpu: int) -> int:
+        """Guest-physical address of ``hv_clock[cpu].pvti`` (64-byte per-CPU slots from
+        ``pvti_gpa``).
+        """
+        return self.pvti_gpa + cpu * PVTI_SIZE
+
+    # -- notifier chains --------------------------------------------------------------------------
+    def update_pvclock_gtod(self, was_set: bool) -> int:
+        """``update_pvclock_gtod(tk, was_set)``: call the pvclock_gtod chain with the timekeeper."""
+        self.counters["notifier_calls.pvclock_gtod"] += 1
+        return self.pvclock_gtod_chain.call(int(was_set), self.timekeeper)
+
+    def pvclock_gtod_register_notifier(self, fn: NotifierCallback, priority: int = 0) -> None:
+        """``pvclock_gtod_register_notifier``: register, then call the chain once with was_set=1."""
+        self.pvclock_gtod_chain.register(fn, priority)
+        self.update_pvclock_gtod(True)
+
+    def pvclock_gtod_unregister_notifier(self, fn: NotifierCallback) -> None:
+        """``pvclock_gtod_unregister_notifier``."""
+        self.pvclock_gtod_chain.unregister(fn)
+
+    def clocksource_changes_notify(self) -> int:
+        """``clocksource_changes_notify()`` (patch 07): ``raw_notifier_call_chain(chain, 0,
+        NULL)``.
+        """
+        self.counters["notifier_calls.clocksource_changes"] += 1
+        return self.clocksource_changes_chain.call(0, None)
+
+    def clocksource_changes_register_notifier(
+        self, fn: NotifierCallback, priority: int = 0
+    ) -> None:
+        """``clocksource_changes_register_notifier`` (patch 07): register, then notify the chain
+        once.
+        """
+        self.clocksource_changes_chain.register(fn, priority)
+        self.clocksource_changes_notify()
+
+    def clocksource_changes_unregister_notifier(self, fn: NotifierCallback) -> None:
+        """``clocksource_changes_unregister_notifier`` (patch 07)."""
+        self.clocksource_changes_chain.unregister(fn)
+
+    # -- clocksource framework -------------------------------------------------------------------
+    def _enqueue(self, cs: Clocksource) -> None:
+        """``clocksource_enqueue``: after every source of equal or higher rating."""
+        pos = len(self.clocksource_list)
+        for i, other in enumerate(self.clocksource_list):
+            if other.rating < cs.rating:
+                pos = i
+                break
+        self.clocksource_list.insert(pos, cs)
+
+    def clocksource_register(self, cs: Clocksource, *, scale: int = 1, freq: int = 0) -> None:
+        """``__clocksource_register_scale``: mult/shift from the frequency, enqueue, watchdog,
+        select.
+        """
+        if cs.name in self.clocksources:
+            raise ValueError(f"clocksource {cs.name!r} already registered on kernel {self.name}")
+        cs.update_freq_scale(scale, freq)
+        self.clocksources[cs.name] = cs
+        cs.registered = True
+        self._enqueue(cs)
+        self.watchdog.enqueue(cs)
+        self.clocksource_select()
+        self.watchdog.select_watchdog()
+        self.world.log(
+            "clocksource_register",
+            kernel=self.name,
+            cs=cs.name,
+            rating=cs.rating,
+            mult=cs.mult,
+            shift=cs.shift,
+        )
+
+    def clocksource_change_rating(self, cs: Clocksource, rating: int) -> None:
+        """``__clocksource_change_rating``: re-enqueue with the new rating."""
+        self.clocksource_list.remove(cs)
+        cs.rating = rating
+        self._enqueue(cs)
+
+    def clocksource_select(self) -> None:
+        """``clocksource_select``: the override by name if usable, else the best rating; switch if
+        different.
+
+        No high-resolution/oneshot mode is modelled, so VALID_FOR_HRES does not gate the choice;
+        an override naming an UNSTABLE clocksource is dropped with the kernel's warning (what
+        the kernel does once it runs in oneshot mode).
+        """
+        if not self.finished_booting or not self.clocksource_list:
+            return
+        best = self.clocksource_list[0]
+        name = self.clocksource_override
+        if name is not None:
+            cs = self.clocksources.get(name)
+            if cs is not None:
+                if cs.flags & CLOCK_SOURCE_UNSTABLE:
+                    self.printk(
+                        f"clocksource: Override clocksource {name} is unstable and not HRT "
+                        "compatible - "
+                        "cannot switch while in HRT/NOHZ mode",
+                        level="warn",
+                    )
+                    self.clocksource_override = None
+                else:
+                    best = cs
+        if best is not self.curr_clocksource:
+            self.timekeeping_notify(best)
+            self.printk(f"clocksource: Switched to clocksource {best.name}")
+            self.curr_clocksource = best
+
+    def timekeeping_notify(self, clock: Clocksource) -> None:
+        """``timekeeping_notify``: nothing if already current, else ``change_clocksource``
+        (stop_machine).
+        """
+        if self.timekeeper.tkr_mono.clock is clock:
+            return
+        self.timekeeper.change_clocksource(clock)
+
+    def mark_tsc_unstable(self, reason: str) -> None:
+        """``mark_tsc_unstable`` (arch/x86/kernel/tsc.c): once; rating 0 and reselect via the
+        watchdog work.
+        """
+        if self.tsc_unstable:
+            return
+        self.tsc_unstable = True
+        self.printk(f"tsc: Marking TSC unstable due to {reason}")
+        tsc = self.clocksources.get("tsc")
+        if tsc is not None and tsc.mult:
+            tsc.mark_unstable()
+        elif tsc is not None:
+            tsc.flags |= CLOCK_SOURCE_UNSTABLE
+            tsc.rating = 0
+
+    def check_tsc_unstable(self) -> bool:
+        """``check_tsc_unstable``."""
+        return self.tsc_unstable
+
+    # -- boot -------------------------------------------------------------------------------------
+    def _kvmclock_init(self) -> None:
+        """``kvmclock_init`` on the boot CPU: valid flags, PvclockClock, MSR_KVM_SYSTEM_TIME_NEW for
+        CPU 0.
+        """
+        m = self.machine
+        need = self.pvti_offset(len(m.cpus))
+        if need > len(m.memory):
+            raise ValueError(
+                f"machine memory ({len(m.memory)} bytes) too small for {len(m.cpus)} "
+                "pvclock records "
+                f"at pvti_gpa={self.pvti_gpa:#x} (needs {need} bytes)"
+            )
+        stable = "kvmclock_stable_bit" in m.features
+        self.pvclock_valid_flags = _k.PVCLOCK_TSC_STABLE_BIT if stable else 0
+        self.pvclock = _k.PvclockClock(valid_flags=self.pvclock_valid_flags)
+        self._kvm_register_clock(0)
+
+    def _kvm_register_clock(self, cpu: int) -> None:
+        """``kvm_register_clock``: wrmsr(MSR_KVM_SYSTEM_TIME_NEW, pa(hv_clock[cpu]) | 1) on that
+        CPU.
+        """
+        self.machine.wrmsr(cpu, MSR_KVM_SYSTEM_TIME_NEW, self.pvti_offset(cpu) | 1)
+        self.world.log("kvmclock_register", kernel=self.name, cpu=cpu, gpa=self.pvti_offset(cpu))
+
+    def _kvm_setup_vsyscall_timeinfo(self) -> int:
+        """``kvm_setup_vsyscall_timeinfo`` on CPU 0: the vclock mode is PVCLOCK only if the boot
+        vCPU's record carries the stable bit (masked by the valid flags) now; else NONE."""
+        off = self.pvti_offset(self.current_cpu)
+        info = _k.PvclockVcpuTimeInfo.from_bytes(bytes(self.machine.memory[off : off + 32]))
+        return int(info.flags) & self.pvclock_valid_flags & int(_k.PVCLOCK_TSC_STABLE_BIT)
+
+    def boot(self) -> None:
+        """Boot the time subsystem now (``world.now_ns``).
+
+        Order: kvmclock_init (boot CPU MSR) and the secondary CPUs' MSRs when the machine has
+        "kvmclock"; kvm_setup_vsyscall_timeinfo; register kvm-clock (rating ``kvmclock_rating``);
+        timekeeping_init on jiffies; register tsc (registered at once, as with a known TSC
+        frequency: the 2017 delayed refinement is not modelled), hpet, acpi_pm;
+        clocksource_done_booting (selection, possibly an override); start the tick on
+        ``tick_cpu`` every TICK_NSEC and the watchdog every 0.5 s.
+        """
+        if self.booted:
+            raise RuntimeError(f"kernel {self.name} already booted")
+        m = self.machine
+        self.boot_ns = self.world.now_ns
+        kvmclock = "kvmclock" in m.features
+        if kvmclock:
+            self.run_on_cpu(0, self._kvmclock_init)
+            for cpu in range(1, len(m.cpus)):
+                self.run_on_cpu(cpu, lambda c=cpu: self._kvm_register_clock(c))  # type: ignore[misc]
+        self.run_on_cpu(0, self._boot_on_cpu0)
+        self.tick_timer = self.world.every(tick_nsec(self.hz), self._tick)
+        self.watchdog.start()
+        self.booted = True
+        self.world.log(
+            "boot",
+            kernel=self.name,
+            profile=self.profile,
+            level=self.level,
+            clocksource=self.timekeeper.clock.name,
+            tsc=[c.read_tsc() for c in m.cpus],
+        )
+
+    def _boot_on_cpu0(self) -> None:
+        m = self.machine
+        if "kvmclock" in m.features:
+            stable = bool(self._kvm_setup_vsyscall_timeinfo())
+            kc = KvmClock(self, self.kvmclock_rating)
+            if stable:
+                kc.vclock_mode = VCLOCK_PVCLOCK
+            kc.last_stable = stable
+            self.clocksource_register(
+                kc, scale=1, freq=1_000_000_000
+            )  # clocksource_register_hz(NSEC_PER_SEC)
+        # timekeeping_init: read_persistent_clock64 + clocksource_default_clock() (jiffies)
+        jiffies = JiffiesClocksource(self)
+        self.clocksource_register(jiffies)
+        read_rtc = getattr(m, "read_persistent_clock_ns", None)
+        now = int(read_rtc()) if callable(read_rtc) else 0
+        self.timekeeper.timekeeping_init(jiffies, now)
+        self.curr_clocksource = jiffies
+        # tsc_init / init_tsc_clocksource: clocksource_register_khz(&clocksource_tsc, tsc_khz)
+        tsc_khz = m.cpus[0].tsc_khz if m.cpus else 0
+        if tsc_khz > 0 and "notsc" not in m.features:
+            tsc = TscClocksource(self)
+            if self.tsc_unstable:
+                tsc.rating = 0
+                tsc.flags &= ~CLOCK_SOURCE_IS_CONTINUOUS
+            self.clocksource_register(tsc, scale=1000, freq=tsc_khz)
+        for cname, counter in m.platform_counters.items():
+            rating = PLATFORM_RATINGS.get(cname)
+            if rating is None:
+                continue
+            self.clocksource_register(
+                CounterClocksource(self, counter, rating), scale=1, freq=counter.freq_hz
+            )
+        # clocksource_done_booting (fs_initcall)
+        self.finished_booting = True
+        self.watchdog.watchdog_kthread()
+        self.clocksource_select()
+
+    def _tick(self) -> None:
+        self.run_on_cpu(self.tick_cpu, self._do_tick)
+
+    def _do_tick(self) -> None:
+        """Tick on the timekeeping CPU: ``tick_do_update_jiffies64`` (jiffies_64++) then
+        ``update_wall_time``.
+        """
+        self.jiffies_64 = (self.jiffies_64 + 1) & U64_MASK
+        self.counters["ticks"] += 1
+        self.timekeeper.update_wall_time()
+
+    # -- KVM --------------------------------------------------------------------------------------
+    def load_kvm(self) -> KvmModule:
+        """``kvm_arch_init``: create the KVM module of this kernel (``KvmModule(kernel)``).
+
+        ``KvmModule.__init__`` registers KVM's notifier on the profile's chain
+        (``pvclock_gtod_register_notifier`` for gtod, ``clocksource_changes_register_notifier``
+        for series); both fire once at registration, as the kernel's do.
+        """
+        if self.kvm is not None:
+            raise RuntimeError(f"KVM already loaded on kernel {self.name}")
+        from kvmclock.kvm.x86 import KvmModule
+
+        self.kvm = KvmModule(self)
+        return self.kvm
+
+    def __repr__(self) -> str:
+        cs = self.timekeeper.tkr_mono.clock
+        cs_name = None if cs is None else cs.name
+        return (
+            f"Kernel(name={self.name!r}, profile={self.profile!r}, level={self.level}, "
+            f"clocksource={cs_name!r})"
+        )

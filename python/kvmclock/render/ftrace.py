@@ -1,0 +1,36 @@
+"""ftrace text of a simulation run (``kvmclock simulate --trace``): the run's trace rows
+written with :func:`kvmclock.trace.format_line`, with the level column (``L<n>``) so that one
+file holds every level; ``kvmclock trace`` reads it back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kvmclock.trace import format_line
+
+
+def trace_text(run: Mapping[str, Any], scenario: str, seed: int) -> str:
+    """The ``trace`` file body of one run: a ``# ``-comment header like tracefs's, then one
+    line per row ``[t_ns, level, comm, pid, cpu, event, fields_text]`` in time order.
+    ``kvm_write_tsc_offset`` gets the flags ``d...`` (traced with irqs off under
+    tsc_write_lock), the other events ``....``."""
+    rows = run.get("trace")
+    if rows is None:
+        raise ValueError("run has no 'trace' rows: call run_scenario(..., trace=True)")
+    lines = [
+        "# tracer: nop",
+        f"# kvmclock simulate: scenario {scenario}, profile {run['profile']}, seed {seed} "
+        "(simulated time; first column L<n> = level of the emitting kernel)",
+        f"# entries-in-buffer/entries-written: {len(rows)}/{len(rows)}",
+        "#",
+        "#  LEVEL         TASK-PID     CPU#  ||||   TIMESTAMP  FUNCTION",
+        "#                   | |         |   ||||      |         |",
+    ]
+    for t_ns, level, comm, pid, cpu, event, fields in sorted(rows, key=lambda r: r[0]):
+        flags = "d..." if event == "kvm_write_tsc_offset" else "...."
+        lines.append(
+            format_line(str(comm), int(pid), int(cpu), int(t_ns), str(event), str(fields),
+                        flags=flags, level=int(level))
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,219 @@
+"""Text output of ``kvmclock simulate``: a side-by-side table per profile and level, a headline
+derived from the runs (SPEC.md section 6), and the key moments as a short timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Run = Mapping[str, Any]
+
+
+def fmt_time(t_ns: int | None) -> str:
+    """Simulated time in seconds with microsecond resolution."""
+    if t_ns is None:
+        return "-"
+    return f"{t_ns / 1e9:.6f} s"
+
+
+def _onoff(v: object) -> str:
+    if v is None:
+        return "-"
+    return "on" if v else "off"
+
+
+def _num(v: object, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}{unit}"
+    return f"{v}{unit}"
+
+
+def _defs(level: Mapping[str, Any], key: str) -> str:
+    cd = level.get("clock_definitions")
+    if not isinstance(cd, Mapping):
+        return "-"
+    return _num(cd.get(key), " ns")
+
+
+def _level_name(level: Mapping[str, Any]) -> str:
+    tag = f"L{level['level']}"
+    name = str(level.get("name") or "")
+    if name.startswith(tag):
+        return name
+    return f"{tag} {name}" if name else tag
+
+
+_ROWS: list[tuple[str, Any]] = [
+    ("clocksource", lambda lv: str(lv.get("clocksource") or "-")),
+    ("masterclock (KVM here)", lambda lv: _onoff(lv.get("masterclock"))),
+    ("pvclock stable bit", lambda lv: _onoff(lv.get("pvclock_stable"))),
+    ("masterclock updates", lambda lv: _num(lv.get("masterclock_updates"))),
+    ("notifier calls", lambda lv: _num(lv.get("notifier_calls"))),
+    ("gtod copies", lambda lv: _num(lv.get("gtod_copies"))),
+    ("timekeeping updates", lambda lv: _num(lv.get("timekeeping_updates"))),
+    ("guest backwards steps", lambda lv: _num(lv.get("guest_backwards"))),
+    ("last_value clamp hits", lambda lv: _num(lv.get("last_value_clamp_hits"))),
+    ("max cross-vCPU skew", lambda lv: _num(lv.get("max_cross_vcpu_skew_ns"), " ns")),
+    ("clock defs |A-B| max", lambda lv: _defs(lv, "max_abs_a_minus_b_ns")),
+    ("clock defs |A-C| max", lambda lv: _defs(lv, "max_abs_a_minus_c_ns")),
+    ("clock defs |B-C| max", lambda lv: _defs(lv, "max_abs_b_minus_c_ns")),
+    ("vCPUs", lambda lv: _num(lv.get("vcpus"))),
+]
+
+
+def side_by_side(runs: Sequence[Run]) -> str:
+    """The per-profile, per-level table (one column per level, profiles next to each other)."""
+    columns: list[tuple[str, Mapping[str, Any]]] = []
+    groups: list[tuple[str, int]] = []
+    for run in runs:
+        levels = list(run["levels"])
+        groups.append((str(run["profile"]), len(levels)))
+        columns.extend((str(run["profile"]), lv) for lv in levels)
+    label_w = max(len(r[0]) for r in _ROWS) + 2
+    cells = [[fn(lv) for _, lv in columns] for _, fn in _ROWS]
+    heads = [_level_name(lv) for _, lv in columns]
+    widths = [
+        max(len(heads[i]), *(len(row[i]) for row in cells)) + 2 for i in range(len(columns))
+    ]
+    sep = " | "
+    # profile header over each group of level columns
+    top = " " * label_w
+    i = 0
+    for gi, (name, n) in enumerate(groups):
+        w = sum(widths[i : i + n])
+        top += (sep if gi else "") + f"profile {name}".center(w)
+        i += n
+    lines = [top.rstrip()]
+
+    def row(label: str, vals: list[str]) -> str:
+        out = label.ljust(label_w)
+        j = 0
+        for gi, (_, n) in enumerate(groups):
+            out += (sep if gi else "") + "".join(
+                vals[j + k].rjust(widths[j + k]) for k in range(n)
+            )
+            j += n
+        return out.rstrip()
+
+    lines.append(row("level", heads))
+    lines.append("-" * len(lines[-1]))
+    for (label, _), vals in zip(_ROWS, cells, strict=True):
+        lines.append(row(label, vals))
+    return "\n".join(lines)
+
+
+def describe_timeline(timeline: Sequence[Sequence[Any]], duration_ns: int | None) -> str:
+    """Plain words for a ``[[t_ns, bool], ...]`` timeline (first entry the initial state)."""
+    if not timeline:
+        return "no data"
+    spans: list[tuple[int, int | None]] = []
+    start: int | None = None
+    for t, state in timeline:
+        if state and start is None:
+            start = int(t)
+        elif not state and start is not None:
+            spans.append((start, int(t)))
+            start = None
+    if start is not None:
+        spans.append((start, None))
+    if not spans:
+        return "never set"
+    parts = []
+    for a, b in spans:
+        if b is None:
+            parts.append(f"set from {a / 1e9:.3f} s to the end")
+        else:
+            parts.append(f"set from {a / 1e9:.3f} s, lost at {b / 1e9:.3f} s")
+    return "; ".join(parts)
+
+
+def headline(runs: Sequence[Run]) -> list[str]:
+    """Per profile: the deepest guest's stable bit over time, masterclock per KVM level, and
+    notifier calls against timekeeping updates (SPEC.md section 6's expected headline)."""
+    out = []
+    for run in runs:
+        levels = list(run["levels"])
+        if not levels:
+            continue
+        deepest = max(levels, key=lambda lv: int(lv["level"]))
+        duration = run.get("duration_ns")
+        notif = sum(int(lv.get("notifier_calls") or 0) for lv in levels)
+        tku = sum(int(lv.get("timekeeping_updates") or 0) for lv in levels)
+        stable = describe_timeline(deepest.get("pvclock_stable_timeline") or [], duration)
+        if deepest.get("pvclock_stable") is None and not deepest.get("pvclock_stable_timeline"):
+            stable = "no pvclock (physical host)"
+        out.append(
+            f"{run['profile']:>7}: L{deepest['level']} pvclock stable bit {stable}; "
+            f"{notif:,} notifier calls for {tku:,} timekeeping updates"
+        )
+        for lv in levels:
+            tl = lv.get("masterclock_timeline") or []
+            if lv.get("masterclock") is None and not tl:
+                continue
+            out.append(
+                f"{'':>7}  masterclock of KVM at L{lv['level']}: {describe_timeline(tl, duration)}"
+            )
+        ll = run.get("livelock")
+        if ll:
+            out.append(
+                f"{'':>7}  LIVELOCK detected at {fmt_time(ll.get('t_ns'))} in L{ll.get('level')} "
+                f"{ll.get('where')} after {ll.get('spins')} spins"
+            )
+    return out
+
+
+def moments_timeline(runs: Sequence[Run], limit: int = 30) -> list[str]:
+    """The key moments of all runs, in time order, at most ``limit`` lines."""
+    rows: list[tuple[int, int, int, str, str]] = []
+    for order, run in enumerate(runs):
+        for t_ns, level, text in run.get("moments") or []:
+            rows.append((int(t_ns), order, int(level), str(run["profile"]), str(text)))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    out = [f"{fmt_time(t):>14}  {prof:<6} L{lvl}  {text}" for t, _, lvl, prof, text in rows[:limit]]
+    if len(rows) > limit:
+        out.append(f"{'':>14}  ... {len(rows) - limit} more moments (all of them in --json)")
+    return out
+
+
+def render_simulation(
+    scenario: str,
+    description: str | None,
+    seed: int,
+    runs: Sequence[Run],
+    wall_s: Sequence[float] | None = None,
+    moments_limit: int = 30,
+) -> str:
+    """The whole ``kvmclock simulate`` text: title, table, headline, timeline, speed."""
+    dur = runs[0].get("duration_ns") if runs else None
+    out = [
+        f"kvmclock simulate: scenario {scenario}, seed {seed}, {fmt_time(dur)} simulated, "
+        f"profiles {', '.join(str(r['profile']) for r in runs)}"
+    ]
+    if description:
+        out.append(f"  {description}")
+    out.append("")
+    out.append(side_by_side(runs))
+    out.append("")
+    out.append("Headline:")
+    out.extend("  " + h for h in headline(runs))
+    moments = moments_timeline(runs, moments_limit)
+    if moments:
+        out.append("")
+        out.append("Key moments:")
+        out.extend(moments)
+    if wall_s is not None:
+        out.append("")
+        for run, w in zip(runs, wall_s, strict=True):
+            st = run.get("stats") or {}
+            ev = int(st.get("events") or 0)
+            rd = int(st.get("guest_reads") or 0)
+            rate = f"{ev / w:,.0f} events/s, {rd / w:,.0f} guest clock reads/s" if w > 0 else ""
+            out.append(
+                f"  {run['profile']}: {ev:,} events, {rd:,} guest clock reads in "
+                f"{w:.2f} s wall ({rate})"
+            )
+    return "\n".join(out)

@@ -1,0 +1,76 @@
+"""The kernel's time (kernel/time/*): clocksources, the timekeeper, the watchdog, notifier
+chains.
+"""
+
+from kvmclock.timekeeping.clocksource import (
+    CLOCK_SOURCE_IS_CONTINUOUS,
+    CLOCK_SOURCE_MUST_VERIFY,
+    CLOCK_SOURCE_RESELECT,
+    CLOCK_SOURCE_SUSPEND_NONSTOP,
+    CLOCK_SOURCE_UNSTABLE,
+    CLOCK_SOURCE_VALID_FOR_HRES,
+    CLOCK_SOURCE_WATCHDOG,
+    MSR_KVM_SYSTEM_TIME_NEW,
+    PVTI_SIZE,
+    VCLOCK_HVCLOCK,
+    VCLOCK_NONE,
+    VCLOCK_PVCLOCK,
+    VCLOCK_TSC,
+    Clocksource,
+    CounterClocksource,
+    JiffiesClocksource,
+    KvmClock,
+    TscClocksource,
+    clocksource_delta,
+)
+from kvmclock.timekeeping.notifier import (
+    NOTIFY_BAD,
+    NOTIFY_DONE,
+    NOTIFY_OK,
+    NOTIFY_STOP,
+    NOTIFY_STOP_MASK,
+    NotifierChain,
+)
+from kvmclock.timekeeping.timekeeper import (
+    TK_OFFS_BOOT,
+    TK_OFFS_REAL,
+    TK_OFFS_TAI,
+    Timekeeper,
+    TkReadBase,
+)
+from kvmclock.timekeeping.watchdog import WATCHDOG_THRESHOLD, ClocksourceWatchdog
+
+__all__ = [
+    "CLOCK_SOURCE_IS_CONTINUOUS",
+    "CLOCK_SOURCE_MUST_VERIFY",
+    "CLOCK_SOURCE_RESELECT",
+    "CLOCK_SOURCE_SUSPEND_NONSTOP",
+    "CLOCK_SOURCE_UNSTABLE",
+    "CLOCK_SOURCE_VALID_FOR_HRES",
+    "CLOCK_SOURCE_WATCHDOG",
+    "MSR_KVM_SYSTEM_TIME_NEW",
+    "NOTIFY_BAD",
+    "NOTIFY_DONE",
+    "NOTIFY_OK",
+    "NOTIFY_STOP",
+    "NOTIFY_STOP_MASK",
+    "PVTI_SIZE",
+    "TK_OFFS_BOOT",
+    "TK_OFFS_REAL",
+    "TK_OFFS_TAI",
+    "VCLOCK_HVCLOCK",
+    "VCLOCK_NONE",
+    "VCLOCK_PVCLOCK",
+    "VCLOCK_TSC",
+    "WATCHDOG_THRESHOLD",
+    "Clocksource",
+    "ClocksourceWatchdog",
+    "CounterClocksource",
+    "JiffiesClocksource",
+    "KvmClock",
+    "NotifierChain",
+    "Timekeeper",
+    "TkReadBase",
+    "TscClocksource",
+    "clocksource_delta",
+]

@@ -1,0 +1,324 @@
+"""Clocksources: the framework part of kernel/time/clocksource.c and the x86 drivers.
+
+Drivers: ``tsc`` (arch/x86/kernel/tsc.c), ``hpet`` (arch/x86/kernel/hpet.c), ``acpi_pm``
+(drivers/clocksource/acpi_pm.c), ``jiffies`` (kernel/time/jiffies.c) and the guest
+``kvm-clock`` (arch/x86/kernel/kvmclock.c + pvclock.c).  ``read()`` returns
+``(cycles, stamp)`` as the 2017 series' patch 01 reshaped ``clocksource::read``:
+
+* tsc: stamp = the TSC value itself (patch 04);
+* kvm-clock: stamp = the TSC of the successful pvclock version-retry iteration (02/03);
+* hpet, acpi_pm, jiffies: not TSC based; the stamp is the counter itself (patch 01 left the
+  choice to the driver: "the counter itself or untouched").  Consumers must only trust the
+  stamp of a TSC-derived clocksource (vclock mode TSC, or PVCLOCK with the stable bit).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import kvmclock as _k
+
+if TYPE_CHECKING:
+    from kvmclock.kernel import Kernel
+    from kvmclock.machine.base import Counter
+
+__all__ = [
+    "CLOCK_SOURCE_IS_CONTINUOUS",
+    "CLOCK_SOURCE_MUST_VERIFY",
+    "CLOCK_SOURCE_RESELECT",
+    "CLOCK_SOURCE_SUSPEND_NONSTOP",
+    "CLOCK_SOURCE_UNSTABLE",
+    "CLOCK_SOURCE_VALID_FOR_HRES",
+    "CLOCK_SOURCE_WATCHDOG",
+    "VCLOCK_HVCLOCK",
+    "VCLOCK_NONE",
+    "VCLOCK_PVCLOCK",
+    "VCLOCK_TSC",
+    "Clocksource",
+    "CounterClocksource",
+    "JiffiesClocksource",
+    "KvmClock",
+    "TscClocksource",
+    "clocksource_delta",
+    "clocksource_mask",
+    "clocksource_max_adjustment",
+    "jiffies_shift",
+    "tick_nsec",
+]
+
+NSEC_PER_SEC = 1_000_000_000
+U64_MASK = (1 << 64) - 1
+U32_MASK = (1 << 32) - 1
+
+# include/linux/clocksource.h
+CLOCK_SOURCE_IS_CONTINUOUS = 0x01
+CLOCK_SOURCE_MUST_VERIFY = 0x02
+CLOCK_SOURCE_WATCHDOG = 0x10
+CLOCK_SOURCE_VALID_FOR_HRES = 0x20
+CLOCK_SOURCE_UNSTABLE = 0x40
+CLOCK_SOURCE_SUSPEND_NONSTOP = 0x80
+CLOCK_SOURCE_RESELECT = 0x100
+
+# archdata.vclock_mode (arch/x86/include/asm/clocksource.h, 2017); same order as today's
+# enum vdso_clock_mode.  HPET's vclock (VCLOCK_HPET) is not modelled: hpet reports NONE.
+VCLOCK_NONE = 0
+VCLOCK_TSC = 1
+VCLOCK_PVCLOCK = 2
+VCLOCK_HVCLOCK = 3
+
+MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
+PVTI_SIZE = 64  # sizeof(struct pvclock_vsyscall_time_info): 32-byte record padded to a cache line
+
+
+def clocksource_mask(bits: int) -> int:
+    """``CLOCKSOURCE_MASK(bits)``."""
+    if not 1 <= bits <= 64:
+        raise ValueError(f"bits={bits} out of range (1..64)")
+    return (1 << bits) - 1
+
+
+def clocksource_delta(now: int, last: int, mask: int) -> int:
+    """x86 ``clocksource_delta`` (CONFIG_CLOCKSOURCE_VALIDATE_LAST_CYCLE, 2017).
+
+    ``(now - last) & mask``; a result with the top half-range bit set is negative motion
+    (``now`` behind ``last``, e.g. a TSC read on a CPU slightly behind) and yields 0.
+    """
+    ret = (now - last) & mask
+    return 0 if ret & ~(mask >> 1) else ret
+
+
+def clocksource_max_adjustment(mult: int) -> int:
+    """``clocksource_max_adjustment``: 11% of mult (MAX_ADJ for NTP)."""
+    return (mult * 11) // 100
+
+
+def tick_nsec(hz: int) -> int:
+    """``TICK_NSEC`` = (NSEC_PER_SEC + HZ/2) / HZ (include/linux/jiffies.h)."""
+    return (NSEC_PER_SEC + hz // 2) // hz
+
+
+def jiffies_shift(hz: int) -> int:
+    """``JIFFIES_SHIFT`` (kernel/time/timekeeping.h / jiffies.h): 6 below HZ 34, 7 below 67, else
+    8.
+    """
+    if hz < 34:
+        return 6
+    if hz < 67:
+        return 7
+    return 8
+
+
+class Clocksource:
+    """``struct clocksource``: name, rating, mask, mult, shift, flags, vclock mode, read().
+
+    Subclasses implement ``_read_counter()`` -> ``(cycles, stamp)``; ``read()`` is what the
+    timekeeper and the watchdog call (it counts reads in ``kernel.counters``).
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        name: str,
+        rating: int,
+        mask: int,
+        *,
+        flags: int = 0,
+        vclock_mode: int = VCLOCK_NONE,
+        mult: int = 0,
+        shift: int = 0,
+    ) -> None:
+        self.kernel = kernel
+        self.name = name
+        self.rating = rating
+        self.mask = mask
+        self.mult = mult
+        self.shift = shift
+        self.flags = flags
+        self.vclock_mode = vclock_mode
+        self.maxadj = 0
+        self.max_cycles = 0
+        self.max_idle_ns = 0
+        self.freq_hz = 0  # scale * freq given at registration (0 for jiffies)
+        self.cs_last = 0  # watchdog bookkeeping (cs->cs_last, cs->wd_last)
+        self.wd_last = 0
+        self.registered = False
+
+    # -- the driver's read --------------------------------------------------------------------
+    def read(self) -> tuple[int, int]:
+        """``cs->read(cs, &stamp)`` on ``kernel.current_cpu``: ``(cycles, stamp)``."""
+        return self._read_counter()
+
+    def _read_counter(self) -> tuple[int, int]:
+        raise NotImplementedError(f"clocksource {self.name!r} has no read()")
+
+    def cyc2ns(self, cycles: int) -> int:
+        """``clocksource_cyc2ns(cycles, mult, shift)`` (64-bit product wraps, as in the kernel)."""
+        return int(_k.clocksource_cyc2ns(cycles & U64_MASK, self.mult, self.shift))
+
+    # -- framework -------------------------------------------------------------------------
+    def update_freq_scale(self, scale: int, freq: int) -> None:
+        """``__clocksource_update_freq_scale`` (kernel/time/clocksource.c).
+
+        ``sec = mask / freq / scale`` (at least 1; capped at 600 for masks wider than 32 bits),
+        ``clocks_calc_mult_shift(freq, NSEC_PER_SEC / scale, sec * scale)``, then halve
+        mult/shift until ``mult +- maxadj`` (11%) fits in u32, then ``clocks_calc_max_nsecs``.
+        ``freq == 0`` keeps the driver's own mult/shift (jiffies).
+        """
+        if scale <= 0:
+            raise ValueError(f"scale={scale} must be > 0")
+        if freq < 0 or freq > U32_MASK:
+            raise ValueError(f"freq={freq} out of range (0..2**32-1)")
+        if freq:
+            sec = self.mask // freq // scale
+            if sec == 0:
+                sec = 1
+            elif sec > 600 and self.mask > U32_MASK:
+                sec = 600
+            mult, shift = _k.clocks_calc_mult_shift(
+                from_hz=freq, to_hz=NSEC_PER_SEC // scale, maxsec=sec * scale
+            )
+            self.mult, self.shift = int(mult), int(shift)
+        self.maxadj = clocksource_max_adjustment(self.mult)
+        while freq and (
+            ((self.mult + self.maxadj) & U32_MASK) < self.mult
+            or ((self.mult - self.maxadj) & U32_MASK) > self.mult
+        ):
+            self.mult >>= 1
+            self.shift -= 1
+            self.maxadj = clocksource_max_adjustment(self.mult)
+        self.freq_hz = scale * freq
+        # clocks_calc_max_nsecs(mult, shift, maxadj, mask, &max_cycles)
+        if self.mult:
+            max_cycles = min(U64_MASK // (self.mult + self.maxadj), self.mask)
+            self.max_cycles = max_cycles
+            self.max_idle_ns = (
+                int(_k.clocksource_cyc2ns(max_cycles, self.mult - self.maxadj, self.shift)) >> 1
+            )
+
+    def mark_unstable(self) -> None:
+        """``clocksource_mark_unstable(cs)``: flag it UNSTABLE; the watchdog work rates it 0 and
+        reselects.
+        """
+        self.kernel.watchdog.clocksource_mark_unstable(self)
+
+    def on_mark_unstable(self) -> None:
+        """The driver's ``cs->mark_unstable`` hook (called from ``__clocksource_unstable``); none by
+        default.
+        """
+
+    @property
+    def unstable(self) -> bool:
+        """CLOCK_SOURCE_UNSTABLE is set."""
+        return bool(self.flags & CLOCK_SOURCE_UNSTABLE)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, rating={self.rating}, mask={self.mask:#x}, "
+            f"mult={self.mult}, shift={self.shift}, flags={self.flags:#x}, "
+            f"vclock_mode={self.vclock_mode})"
+        )
+
+
+class TscClocksource(Clocksource):
+    """``clocksource_tsc``: rating 300, 64-bit, CONTINUOUS|MUST_VERIFY, vclock TSC.
+
+    Registered with ``clocksource_register_khz(&clocksource_tsc, tsc_khz)``.  ``read_tsc`` is
+    ``rdtsc_ordered()`` on the current CPU; the stamp is that value (patch 04).
+    """
+
+    def __init__(self, kernel: Kernel) -> None:
+        flags = CLOCK_SOURCE_IS_CONTINUOUS | CLOCK_SOURCE_MUST_VERIFY
+        features = kernel.machine.features
+        if "constant_tsc" in features and "nonstop_tsc" in features:
+            flags |= CLOCK_SOURCE_SUSPEND_NONSTOP
+        if "tsc_reliable" in features:  # X86_FEATURE_TSC_RELIABLE: no watchdog
+            flags &= ~CLOCK_SOURCE_MUST_VERIFY
+        super().__init__(kernel, "tsc", 300, U64_MASK, flags=flags, vclock_mode=VCLOCK_TSC)
+
+    def _read_counter(self) -> tuple[int, int]:
+        k = self.kernel
+        v = k.machine.cpus[k.current_cpu].read_tsc()
+        return v, v
+
+    def on_mark_unstable(self) -> None:
+        """``tsc_cs_mark_unstable``: sets tsc_unstable and prints the watchdog reason."""
+        k = self.kernel
+        if k.tsc_unstable:
+            return
+        k.tsc_unstable = True
+        k.printk("tsc: Marking TSC unstable due to clocksource watchdog")
+
+
+class CounterClocksource(Clocksource):
+    """A platform counter clocksource (hpet 250, acpi_pm 200), CONTINUOUS, vclock NONE."""
+
+    def __init__(self, kernel: Kernel, counter: Counter, rating: int) -> None:
+        super().__init__(
+            kernel,
+            counter.name,
+            rating,
+            clocksource_mask(counter.bits),
+            flags=CLOCK_SOURCE_IS_CONTINUOUS,
+        )
+        self.counter = counter
+
+    def _read_counter(self) -> tuple[int, int]:
+        v = self.counter.read() & self.mask
+        return v, v
+
+
+class JiffiesClocksource(Clocksource):
+    """``clocksource_jiffies``: rating 1, 32-bit mask, mult TICK_NSEC << JIFFIES_SHIFT, no freq."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        hz = kernel.hz
+        shift = jiffies_shift(hz)
+        super().__init__(
+            kernel, "jiffies", 1, clocksource_mask(32), mult=tick_nsec(hz) << shift, shift=shift
+        )
+        self.max_cycles = 10
+
+    def _read_counter(self) -> tuple[int, int]:
+        v = self.kernel.jiffies_64 & U64_MASK  # jiffies_read: (u64) jiffies
+        return v, v
+
+
+class KvmClock(Clocksource):
+    """The guest ``kvm-clock`` (arch/x86/kernel/kvmclock.c): 64-bit ns, CONTINUOUS, 1 GHz.
+
+    ``read()`` is ``kvm_clock_get_cycles`` -> ``pvclock_clocksource_read`` on the current
+    vCPU's record in ``machine.memory`` with the kernel's shared ``PvclockClock`` (the
+    ``last_value`` clamp unless stable); the stamp is the TSC of the successful retry
+    iteration (patches 02/03).  Profile ``series`` (patch 10): the clocksource remembers the
+    last observed ``PVCLOCK_TSC_STABLE_BIT`` (masked by the valid flags) and, when a read sees
+    it flip, calls ``kernel.clocksource_changes_notify()`` synchronously before returning, as
+    the kernel would.  The new value is recorded first, so a re-entrant read from a notifier
+    callback does not fire again; the timekeeper refuses reads from inside its own write
+    section, so a callback cannot deadlock on ``tk_core.seq``.
+    """
+
+    def __init__(self, kernel: Kernel, rating: int) -> None:
+        super().__init__(kernel, "kvm-clock", rating, U64_MASK, flags=CLOCK_SOURCE_IS_CONTINUOUS)
+        self.last_stable: bool | None = None
+        self.stable_flips = 0
+
+    def _read_counter(self) -> tuple[int, int]:
+        k = self.kernel
+        cpu = k.current_cpu
+        pv = k.pvclock
+        if pv is None:
+            raise RuntimeError("kvm-clock read before kvmclock_init (kernel.pvclock is None)")
+        ns, flags, stamp = pv.read_with_stamp(
+            k.machine.memory, k.machine.cpus[cpu].read_tsc, k.pvti_offset(cpu)
+        )
+        if k.profile == "series":
+            stable = bool(flags & k.pvclock_valid_flags & _k.PVCLOCK_TSC_STABLE_BIT)
+            if self.last_stable is None:
+                self.last_stable = stable
+            elif stable != self.last_stable:
+                self.last_stable = stable
+                self.stable_flips += 1
+                k.counters["pvclock.stable_flips"] += 1
+                k.world.log("pvclock_stable_flip", kernel=k.name, cpu=cpu, stable=stable)
+                k.clocksource_changes_notify()
+        return int(ns), int(stamp)

@@ -1,0 +1,489 @@
+"""The timekeeper: ``tk_core`` = {seqcount, struct timekeeper} of kernel/time/timekeeping.c (v4.13).
+
+One object holds ``tkr_mono``/``tkr_raw`` (``struct tk_read_base``), ``xtime_sec``,
+``wall_to_monotonic``, ``offs_real``/``offs_boot``/``offs_tai``, ``raw_sec`` and the
+intervals ``tk_setup_internals`` computes; ``seq`` is the Rust ``SeqCount`` (``tk_core.seq``).
+
+Model choices (documented here and in docs/ARCHITECTURE.md):
+* NTP-free: ``ntp_tick`` = (NSEC_PER_SEC / HZ) << ntp_error_shift and ``timekeeping_adjust``
+  never changes ``mult`` (no NTP frequency or offset adjustments are modelled).
+* No separate shadow timekeeper: ``update_wall_time`` reads the clocksource outside the write
+  section (as the kernel does, under ``timekeeper_lock`` only) and then accumulates and calls
+  ``timekeeping_update`` inside ``write_seqcount_begin/end``.  In this single-threaded model
+  the only way a reader can overlap a writer is the ``interleave`` hook, which runs a whole
+  writer between a reader's ``read_begin`` and ``read_retry``; the observable result equals
+  the kernel's shadow + memcpy.
+* The vDSO copy (``update_vsyscall``) and the NMI-safe fast timekeepers are not modelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import kvmclock as _k
+from kvmclock.timekeeping.clocksource import Clocksource, clocksource_delta
+
+if TYPE_CHECKING:
+    from kvmclock.kernel import Kernel
+
+__all__ = [
+    "NTP_SCALE_SHIFT",
+    "TK_CLEAR_NTP",
+    "TK_CLOCK_WAS_SET",
+    "TK_MIRROR",
+    "TK_OFFS_BOOT",
+    "TK_OFFS_REAL",
+    "TK_OFFS_TAI",
+    "Timekeeper",
+    "TkReadBase",
+]
+
+NSEC_PER_SEC = 1_000_000_000
+U64_MASK = (1 << 64) - 1
+NTP_SCALE_SHIFT = 32
+
+# timekeeping_update() actions
+TK_CLEAR_NTP = 1 << 0
+TK_MIRROR = 1 << 1
+TK_CLOCK_WAS_SET = 1 << 2
+
+# enum tk_offsets
+TK_OFFS_REAL = 0
+TK_OFFS_BOOT = 1
+TK_OFFS_TAI = 2
+
+
+@dataclass
+class TkReadBase:
+    """``struct tk_read_base``: clock, mask, cycle_last, mult, shift, xtime_nsec (ns << shift), base
+    (ns).
+    """
+
+    clock: Clocksource | None = None
+    mask: int = 0
+    cycle_last: int = 0
+    mult: int = 0
+    shift: int = 0
+    xtime_nsec: int = 0
+    base: int = 0
+
+
+def _livelock_error() -> type[Exception]:
+    """``kvmclock.errors.LivelockDetected`` (a RuntimeError); RuntimeError if errors.py is
+    absent.
+    """
+    try:
+        from kvmclock.errors import LivelockDetected
+    except ImportError:  # pragma: no cover - errors.py belongs to the foundation layer
+        return RuntimeError
+    return LivelockDetected
+
+
+def _ilog2(x: int) -> int:
+    return x.bit_length() - 1
+
+
+class Timekeeper:
+    """``tk_core.timekeeper`` plus ``tk_core.seq`` and the update/read functions around them."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.hz = kernel.hz
+        self.seq = _k.SeqCount()
+        self.tkr_mono = TkReadBase()
+        self.tkr_raw = TkReadBase()
+        self.xtime_sec = 0
+        self.ktime_sec = 0
+        self.wall_to_monotonic = 0  # ns (timespec64 normalised: sec*1e9 + nsec)
+        self.offs_real = 0
+        self.offs_boot = 0
+        self.offs_tai = 0
+        self.tai_offset = 0
+        self.raw_sec = 0
+        self.clock_was_set_seq = 0
+        self.cs_was_changed_seq = 0
+        self.cycle_interval = 0
+        self.xtime_interval = 0
+        self.xtime_remainder = 0
+        self.raw_interval = 0
+        self.ntp_tick = 0
+        self.ntp_error = 0
+        self.ntp_error_shift = 0
+        # tick_length of the NTP core without adjustments: (NSEC_PER_SEC << 32) / NTP_INTERVAL_FREQ
+        self.ntp_tick_length = (NSEC_PER_SEC << NTP_SCALE_SHIFT) // self.hz
+        self.interleave: Callable[[], None] | None = None
+        self._write_depth = 0
+
+    # -- small helpers ----------------------------------------------------------------------
+    @property
+    def clock(self) -> Clocksource:
+        """``tkr_mono.clock`` (the current clocksource)."""
+        clock = self.tkr_mono.clock
+        if clock is None:
+            raise RuntimeError("timekeeper has no clocksource yet (timekeeping_init not run)")
+        return clock
+
+    @property
+    def in_write_section(self) -> bool:
+        """True while a writer holds ``tk_core.seq`` (odd sequence)."""
+        return self._write_depth > 0
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """``write_seqcount_begin/end(&tk_core.seq)``; always ends, even if a callback raises."""
+        self.seq.write_begin()
+        self._write_depth += 1
+        try:
+            yield
+        finally:
+            self._write_depth -= 1
+            self.seq.write_end()
+
+    def _check_can_read(self) -> None:
+        if self._write_depth:
+            raise _livelock_error()(
+                f"{self.kernel.name}: timekeeper read inside its own tk_core.seq write section "
+                "(read_seqcount_begin would spin forever on this CPU)"
+            )
+
+    # -- tk_setup_internals / forward_now / ktime data -------------------------------------
+    def _setup_internals(self, clock: Clocksource) -> None:
+        """``tk_setup_internals``: new clock, cycle_last, intervals for HZ, shift conversion of
+        xtime_nsec.
+        """
+        mono, raw = self.tkr_mono, self.tkr_raw
+        old = mono.clock
+        self.cs_was_changed_seq = (self.cs_was_changed_seq + 1) & 0xFF
+        mono.clock = clock
+        mono.mask = clock.mask
+        mono.cycle_last = clock.read()[0]
+        raw.clock = clock
+        raw.mask = clock.mask
+        raw.cycle_last = mono.cycle_last
+        # ns -> cycles conversion of one NTP interval with the unadjusted mult
+        ntpinterval = (NSEC_PER_SEC // self.hz) << clock.shift
+        interval = (ntpinterval + clock.mult // 2) // clock.mult
+        if interval == 0:
+            interval = 1
+        self.cycle_interval = interval
+        self.xtime_interval = (interval * clock.mult) & U64_MASK
+        self.xtime_remainder = ntpinterval - self.xtime_interval
+        self.raw_interval = (interval * clock.mult) & U64_MASK
+        if old is not None:
+            shift_change = clock.shift - old.shift
+            if shift_change < 0:
+                mono.xtime_nsec >>= -shift_change
+                raw.xtime_nsec >>= -shift_change
+            else:
+                mono.xtime_nsec = (mono.xtime_nsec << shift_change) & U64_MASK
+                raw.xtime_nsec = (raw.xtime_nsec << shift_change) & U64_MASK
+        mono.shift = raw.shift = clock.shift
+        self.ntp_error = 0
+        self.ntp_error_shift = NTP_SCALE_SHIFT - clock.shift
+        self.ntp_tick = (
+            ntpinterval << self.ntp_error_shift if self.ntp_error_shift >= 0 else ntpinterval
+        )
+        mono.mult = raw.mult = clock.mult
+
+    def _normalize_xtime(self) -> None:
+        """``tk_normalize_xtime``: carry whole seconds out of both xtime_nsec fields."""
+        mono, raw = self.tkr_mono, self.tkr_raw
+        nsps = NSEC_PER_SEC << mono.shift
+        while mono.xtime_nsec >= nsps:
+            mono.xtime_nsec -= nsps
+            self.xtime_sec += 1
+        nsps = NSEC_PER_SEC << raw.shift
+        while raw.xtime_nsec >= nsps:
+            raw.xtime_nsec -= nsps
+            self.raw_sec += 1
+
+    def _forward_now(self) -> None:
+        """``timekeeping_forward_now``: fold the cycles since cycle_last into xtime_nsec (mono and
+        raw).
+        """
+        mono, raw = self.tkr_mono, self.tkr_raw
+        cycle_now = self.clock.read()[0]
+        delta = clocksource_delta(cycle_now, mono.cycle_last, mono.mask)
+        mono.cycle_last = raw.cycle_last = cycle_now
+        mono.xtime_nsec = (mono.xtime_nsec + delta * mono.mult) & U64_MASK
+        raw.xtime_nsec = (raw.xtime_nsec + delta * raw.mult) & U64_MASK
+        self._normalize_xtime()
+
+    def _set_wall_to_mono(self, wtm: int) -> None:
+        """``tk_set_wall_to_mono``: offs_real = -wall_to_monotonic, offs_tai = offs_real +
+        tai_offset.
+        """
+        self.wall_to_monotonic = wtm
+        self.offs_real = -wtm
+        self.offs_tai = self.offs_real + self.tai_offset * NSEC_PER_SEC
+
+    def _set_xtime(self, real_ns: int) -> None:
+        """``tk_set_xtime``: xtime_sec = sec, xtime_nsec = nsec << shift."""
+        sec, nsec = divmod(real_ns, NSEC_PER_SEC)
+        self.xtime_sec = sec
+        self.tkr_mono.xtime_nsec = nsec << self.tkr_mono.shift
+
+    def _update_ktime_data(self) -> None:
+        """``tk_update_ktime_data``: tkr_mono.base = xtime + wall_to_monotonic; tkr_raw.base =
+        raw_sec * 1e9.
+        """
+        mono = self.tkr_mono
+        wtm_sec, wtm_nsec = divmod(self.wall_to_monotonic, NSEC_PER_SEC)
+        seconds = self.xtime_sec + wtm_sec
+        mono.base = seconds * NSEC_PER_SEC + wtm_nsec
+        if wtm_nsec + (mono.xtime_nsec >> mono.shift) >= NSEC_PER_SEC:
+            seconds += 1
+        self.ktime_sec = seconds
+        # v4.13 (after "time: Clean up CLOCK_MONOTONIC_RAW time handling", 2017): the raw
+        # sub-second part lives in tkr_raw.xtime_nsec and is added by every read, so the base
+        # is whole seconds only.  (reference/series-and-upstream.md §10.2 shows the pre-fix form.)
+        self.tkr_raw.base = self.raw_sec * NSEC_PER_SEC
+
+    def timekeeping_update(self, action: int) -> None:
+        """``timekeeping_update`` (called with tk_core.seq write-held).
+
+        Recomputes the ktime bases, counts the update and, in profile ``gtod``, calls the
+        pvclock_gtod chain (``update_pvclock_gtod(tk, action & TK_CLOCK_WAS_SET)``) with this
+        timekeeper as data, which is what KVM's shadow copy listens to.
+        """
+        if action & TK_CLEAR_NTP:
+            self.ntp_error = 0
+        self._update_ktime_data()
+        k = self.kernel
+        k.counters["timekeeping_updates"] += 1
+        if k.profile == "gtod":
+            k.update_pvclock_gtod(bool(action & TK_CLOCK_WAS_SET))
+        if action & TK_CLOCK_WAS_SET:
+            self.clock_was_set_seq += 1
+
+    # -- writers ----------------------------------------------------------------------------
+    def timekeeping_init(self, clock: Clocksource, now_ns: int, boot_ns: int = 0) -> None:
+        """``timekeeping_init``: start on ``clock`` (jiffies) with wall time ``now_ns``; monotonic =
+        0.
+
+        ``boot_ns`` is ``read_boot_clock64`` (0 = unknown -> boot time = now).  Profile series
+        (later revision of patch 07): the change chain is called after the first update.
+        """
+        with self._write():
+            self._setup_internals(clock)
+            self._set_xtime(now_ns)
+            self.raw_sec = 0
+            self.tkr_raw.xtime_nsec = 0
+            boot = now_ns if boot_ns == 0 else boot_ns
+            self._set_wall_to_mono(-boot)
+            self.timekeeping_update(TK_MIRROR | TK_CLOCK_WAS_SET)
+            if self.kernel.profile == "series":
+                self.kernel.clocksource_changes_notify()
+
+    def update_wall_time(self) -> None:
+        """``update_wall_time`` on a tick: accumulate whole ``cycle_interval``s, then update.
+
+        The clocksource is read before the write section.  Less than one interval since
+        cycle_last: nothing happens (no timekeeping_update, no notifier).  Otherwise the
+        offset is accumulated logarithmically (chunks of ``cycle_interval << shift``, shift
+        capped by the NTP tick length) exactly as ``logarithmic_accumulation`` does.
+        """
+        mono = self.tkr_mono
+        cycles = self.clock.read()[0]
+        offset = clocksource_delta(cycles, mono.cycle_last, mono.mask)
+        if offset < self.cycle_interval:
+            return
+        with self._write():
+            shift = max(0, _ilog2(offset) - _ilog2(self.cycle_interval))
+            maxshift = (64 - (_ilog2(self.ntp_tick_length) + 1)) - 1
+            shift = min(shift, maxshift)
+            clock_set = 0
+            while offset >= self.cycle_interval:
+                offset, cs = self._logarithmic_accumulation(offset, shift)
+                clock_set |= cs
+                if offset < self.cycle_interval << shift:
+                    shift -= 1
+            # timekeeping_adjust(): NTP not modelled, mult stays the clocksource's.
+            clock_set |= self._accumulate_nsecs_to_secs()
+            self.timekeeping_update(clock_set)
+
+    def _accumulate_nsecs_to_secs(self) -> int:
+        """``accumulate_nsecs_to_secs`` (no leap seconds modelled): returns the clock_set action."""
+        mono = self.tkr_mono
+        nsps = NSEC_PER_SEC << mono.shift
+        while mono.xtime_nsec >= nsps:
+            mono.xtime_nsec -= nsps
+            self.xtime_sec += 1
+        return 0
+
+    def _logarithmic_accumulation(self, offset: int, shift: int) -> tuple[int, int]:
+        """``logarithmic_accumulation``: move ``cycle_interval << shift`` cycles into the xtime
+        fields.
+        """
+        interval = self.cycle_interval << shift
+        if offset < interval:
+            return offset, 0
+        offset -= interval
+        mono, raw = self.tkr_mono, self.tkr_raw
+        mono.cycle_last = (mono.cycle_last + interval) & U64_MASK
+        raw.cycle_last = (raw.cycle_last + interval) & U64_MASK
+        mono.xtime_nsec = (mono.xtime_nsec + (self.xtime_interval << shift)) & U64_MASK
+        clock_set = self._accumulate_nsecs_to_secs()
+        raw.xtime_nsec = (raw.xtime_nsec + (self.raw_interval << shift)) & U64_MASK
+        snsec_per_sec = NSEC_PER_SEC << raw.shift
+        while raw.xtime_nsec >= snsec_per_sec:
+            raw.xtime_nsec -= snsec_per_sec
+            self.raw_sec += 1
+        return offset, clock_set
+
+    def change_clocksource(self, new: Clocksource) -> None:
+        """``change_clocksource`` (run by stop_machine from ``timekeeping_notify``).
+
+        Under the write seqcount: forward_now, tk_setup_internals(new),
+        timekeeping_update(TK_CLEAR_NTP | TK_MIRROR | TK_CLOCK_WAS_SET); profile ``series``
+        then calls the clocksource change chain still inside the write section (the later
+        revision of patch 07 at sbourdelin/linux 04ca0266).
+        """
+        k = self.kernel
+        old = self.tkr_mono.clock
+        with self._write():
+            self._forward_now()
+            self._setup_internals(new)
+            k.counters["clocksource_changes"] += 1
+            self.timekeeping_update(TK_CLEAR_NTP | TK_MIRROR | TK_CLOCK_WAS_SET)
+            if k.profile == "series":
+                k.clocksource_changes_notify()
+        k.world.log(
+            "clocksource_change", kernel=k.name, old=None if old is None else old.name, new=new.name
+        )
+
+    def do_settimeofday64(self, real_ns: int) -> None:
+        """``do_settimeofday64``: set CLOCK_REALTIME to ``real_ns``; monotonic is unchanged
+        (offs_real moves).
+        """
+        if isinstance(real_ns, bool) or not isinstance(real_ns, int):
+            raise TypeError(f"real_ns must be an int, got {type(real_ns).__name__}")
+        if real_ns < 0:
+            raise ValueError(f"real_ns={real_ns} must be >= 0 (timespec64_valid_strict)")
+        with self._write():
+            self._forward_now()
+            xt = self.xtime_sec * NSEC_PER_SEC + (self.tkr_mono.xtime_nsec >> self.tkr_mono.shift)
+            delta = real_ns - xt
+            self._set_wall_to_mono(self.wall_to_monotonic - delta)
+            self._set_xtime(real_ns)
+            self.timekeeping_update(TK_CLEAR_NTP | TK_MIRROR | TK_CLOCK_WAS_SET)
+
+    def inject_sleeptime(self, delta_ns: int) -> None:
+        """``timekeeping_inject_sleeptime64``: a suspend of ``delta_ns``: realtime and boottime
+        advance by it, monotonic does not (offs_boot += delta, wall_to_monotonic -= delta)."""
+        if isinstance(delta_ns, bool) or not isinstance(delta_ns, int):
+            raise TypeError(f"delta_ns must be an int, got {type(delta_ns).__name__}")
+        if delta_ns < 0:
+            raise ValueError(f"delta_ns={delta_ns} must be >= 0 (timespec64_valid_strict)")
+        with self._write():
+            self._forward_now()
+            sec, nsec = divmod(delta_ns, NSEC_PER_SEC)
+            self.xtime_sec += sec
+            self.tkr_mono.xtime_nsec += nsec << self.tkr_mono.shift
+            self._accumulate_nsecs_to_secs()
+            self._set_wall_to_mono(self.wall_to_monotonic - delta_ns)
+            self.offs_boot += delta_ns
+            self.timekeeping_update(TK_CLEAR_NTP | TK_MIRROR | TK_CLOCK_WAS_SET)
+
+    # -- readers ----------------------------------------------------------------------------
+    @staticmethod
+    def _delta_to_ns(tkr: TkReadBase, cycles: int) -> int:
+        """``timekeeping_get_ns``: ((clocksource_delta * mult + xtime_nsec) mod 2**64) >> shift."""
+        delta = clocksource_delta(cycles, tkr.cycle_last, tkr.mask)
+        return ((delta * tkr.mult + tkr.xtime_nsec) & U64_MASK) >> tkr.shift
+
+    def _offset(self, offs: int) -> int:
+        if offs == TK_OFFS_REAL:
+            return self.offs_real
+        if offs == TK_OFFS_BOOT:
+            return self.offs_boot
+        if offs == TK_OFFS_TAI:
+            return self.offs_tai
+        raise ValueError(f"offs={offs!r} invalid (TK_OFFS_REAL 0, TK_OFFS_BOOT 1, TK_OFFS_TAI 2)")
+
+    def _read(self, raw: bool, offs: int | None) -> tuple[int, int]:
+        """One ``tk_core.seq`` read loop: base (+ offset) + ns of one clocksource read, and its
+        stamp.
+        """
+        self._check_can_read()
+        if offs is not None:
+            self._offset(offs)  # validate before looping
+        seq = self.seq
+        counters = self.kernel.counters
+        while True:
+            start = seq.read_begin()
+            tkr = self.tkr_raw if raw else self.tkr_mono
+            clock = tkr.clock
+            if clock is None:
+                raise RuntimeError("timekeeper read before timekeeping_init")
+            base = tkr.base + (0 if offs is None else self._offset(offs))
+            cycles, stamp = clock.read()
+            ns = base + self._delta_to_ns(tkr, cycles)
+            hook = self.interleave
+            if hook is not None:
+                hook()
+            if not seq.read_retry(start):
+                return ns, stamp
+            counters["timekeeper.read_retries"] += 1
+
+    def ktime_get_ns(self) -> int:
+        """``ktime_get_ns``: CLOCK_MONOTONIC."""
+        return self._read(False, None)[0]
+
+    def ktime_get_raw_ns(self) -> int:
+        """``ktime_get_raw_ns``: CLOCK_MONOTONIC_RAW (tkr_raw)."""
+        return self._read(True, None)[0]
+
+    def ktime_get_with_offset(self, offs: int) -> tuple[int, int]:
+        """``ktime_get_with_offset(offs, &cycles)`` (patch 05): (mono + offset ns, clocksource
+        stamp).
+        """
+        return self._read(False, offs)
+
+    def ktime_get_real_ns(self) -> int:
+        """``ktime_get_real_ns``: CLOCK_REALTIME = mono + offs_real."""
+        return self._read(False, TK_OFFS_REAL)[0]
+
+    def ktime_get_boot_ns(self) -> int:
+        """``ktime_get_boot_ns``: CLOCK_BOOTTIME = mono + offs_boot."""
+        return self._read(False, TK_OFFS_BOOT)[0]
+
+    def ktime_get_tai_ns(self) -> int:
+        """``ktime_get_clocktai_ns``: mono + offs_tai."""
+        return self._read(False, TK_OFFS_TAI)[0]
+
+    def ktime_get_boot_ns_with_cycles(self) -> tuple[int, int]:
+        """Patch 06: (boot ns, stamp) from one clocksource read under tk_core.seq."""
+        return self._read(False, TK_OFFS_BOOT)
+
+    def ktime_get_real_ns_with_cycles(self) -> tuple[int, int]:
+        """Patch 06: (real ns, stamp) from one clocksource read under tk_core.seq."""
+        return self._read(False, TK_OFFS_REAL)
+
+    def get_tk_seq(self) -> _k.SeqCount:
+        """Patch 08: ``&tk_core.seq``."""
+        return self.seq
+
+    def get_tk_mono_clock_mode(self) -> int:
+        """Patch 08: ``tkr_mono.clock->archdata.vclock_mode`` (read without the seqcount, like the
+        patch).
+        """
+        return self.clock.vclock_mode
+
+    def snapshot(self) -> dict[str, object]:
+        """A plain copy of the timekeeper fields (for tests, metrics and KVM's gtod copy)."""
+        return {
+            "tkr_mono": replace(self.tkr_mono),
+            "tkr_raw": replace(self.tkr_raw),
+            "xtime_sec": self.xtime_sec,
+            "wall_to_monotonic": self.wall_to_monotonic,
+            "offs_real": self.offs_real,
+            "offs_boot": self.offs_boot,
+            "raw_sec": self.raw_sec,
+            "cycle_interval": self.cycle_interval,
+            "xtime_interval": self.xtime_interval,
+            "raw_interval": self.raw_interval,
+        }

@@ -1,0 +1,982 @@
+"""ftrace text writer and parser for the four KVM clock trace events.
+
+The events are defined in ``arch/x86/kvm/trace.h`` (``kvm_update_master_clock``,
+``kvm_track_tsc``, ``kvm_write_tsc_offset``, ``kvm_pvclock_update``); their TP_printk strings are
+the contract reproduced here, in the ``before`` form (2017 base of the series, unchanged upstream
+today) and the ``after`` form (patch 09/11 of the 2017 series: ``hostclock stable %u``).
+
+Line layout (``kernel/trace/trace_output.c``: ``trace_print_context`` and
+``trace_print_lat_fmt``)::
+
+    <comm>-<pid> [<cpu:03d>] <flags> <secs>.<usecs>: <event>: <fields>
+
+``<flags>`` (irqs-off, need-resched, hardirq/softirq, preempt depth, and since 5.x
+migrate-disable: 4 or 5 characters such as ``d...`` or ``d..1.``) is absent in older kernels
+and in plain ``trace-cmd report``. A clock in counter units (``trace_clock`` ``x86-tsc`` or
+``counter``, or ``trace-cmd record -C x86-tsc``) prints an integer timestamp with no dot.
+With ``-o record-tgid`` a ``(<tgid>)`` column follows ``<comm>-<pid>``. ``perf script`` lines
+(``<comm> <pid> [<cpu>] <secs>.<usecs>: kvm:<event>: <fields>``) are accepted too.
+
+Level column (a kvmclock extension for nested simulations, not a kernel format): a line may start
+with ``L<level>`` and one or more spaces, e.g. ``L1 qemu-1000 [000] .... 5.000000: ...``.
+The parser accepts it on any line; a real comm that itself starts with ``L<digits> `` followed
+by another word would be read as a level column (documented ambiguity; real comms of that shape
+are rare and the writer never produces them without ``level``).
+
+Parsing never fails on a bad line: unknown or garbled lines (including lines with NUL bytes or
+bytes that are not UTF-8) are counted and skipped. Only an input that is wholly binary (it has
+bytes, and no line of it decodes as NUL-free UTF-8 text) raises
+:class:`kvmclock.errors.TraceParseError`, since it cannot be a text trace at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kvmclock.errors import TraceParseError
+
+__all__ = [
+    "CLOCK_EVENTS",
+    "FORMAT_BY_PROFILE",
+    "HOST_CLOCKS",
+    "ParseResult",
+    "SkippedLine",
+    "TraceRecord",
+    "fields_pvclock_update",
+    "fields_track_tsc",
+    "fields_track_tsc_after",
+    "fields_track_tsc_before",
+    "fields_update_master_clock",
+    "fields_update_master_clock_after",
+    "fields_update_master_clock_before",
+    "fields_write_tsc_offset",
+    "format_line",
+    "format_summary",
+    "format_timestamp",
+    "host_clock_symbol",
+    "parse_bytes",
+    "parse_fields",
+    "parse_line",
+    "parse_lines",
+    "parse_text",
+    "summarize",
+    "to_signed64",
+]
+
+U8_MAX = (1 << 8) - 1
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+S64_MIN = -(1 << 63)
+
+#: The four clock events this module writes and interprets.
+CLOCK_EVENTS = (
+    "kvm_update_master_clock",
+    "kvm_track_tsc",
+    "kvm_write_tsc_offset",
+    "kvm_pvclock_update",
+)
+
+#: ``host_clocks`` symbol table of ``__print_symbolic`` in arch/x86/kvm/trace.h (July 2017 to
+#: today: VCLOCK_NONE / VDSO_CLOCKMODE_NONE = 0 "none", TSC = 1 "tsc"). Values without an entry
+#: print as ``0x%lx`` (``trace_print_symbols_seq``), e.g. PVCLOCK = 2 prints ``0x2``.
+HOST_CLOCKS: dict[int, str] = {0: "none", 1: "tsc"}
+
+#: The pre-2017 table also had ``{VCLOCK_HPET, "hpet"}`` with VCLOCK_HPET = 2; the parser
+#: accepts that symbol from old traces (then 2 meant HPET, not PVCLOCK).
+_HOST_CLOCK_SYMBOLS_IN: dict[str, int] = {"none": 0, "tsc": 1, "hpet": 2}
+
+#: Which TP_printk form a kernel profile prints: ``gtod`` (before the series, upstream today)
+#: prints ``hostclock %s``; ``series`` (patch 09/11) prints ``hostclock stable %u``.
+FORMAT_BY_PROFILE: dict[str, Literal["before", "after"]] = {
+    "gtod": "before",
+    "upstream": "before",
+    "series": "after",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# writer
+# --------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> int:
+    """Range/type check shared by the field formatters; names the argument and its range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def _check_bool(name: str, value: object) -> int:
+    """A C ``bool`` trace field: Python bool or 0/1; printed as 0 or 1."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    raise TypeError(f"{name} must be a bool (or 0/1), got {value!r}")
+
+
+def host_clock_symbol(host_clock: int) -> str:
+    """``__print_symbolic(host_clock, host_clocks)``: "none", "tsc", else ``0x%lx``."""
+    value = _check_int("host_clock", host_clock, 0, U32_MAX)
+    return HOST_CLOCKS.get(value, f"0x{value:x}")
+
+
+def fields_update_master_clock_before(
+    use_master_clock: bool, host_clock: int, offset_matched: bool
+) -> str:
+    """kvm_update_master_clock, before patch 09 (arch/x86/kvm/trace.h):
+    ``"masterclock %d hostclock %s offsetmatched %u"``; host_clock is the vclock mode."""
+    return (
+        f"masterclock {_check_bool('use_master_clock', use_master_clock)} "
+        f"hostclock {host_clock_symbol(host_clock)} "
+        f"offsetmatched {_check_bool('offset_matched', offset_matched)}"
+    )
+
+
+def fields_update_master_clock_after(
+    use_master_clock: bool, host_clock_stable: bool, offset_matched: bool
+) -> str:
+    """kvm_update_master_clock, after patch 09: ``"masterclock %d hostclock stable %u
+    offsetmatched %u"``."""
+    return (
+        f"masterclock {_check_bool('use_master_clock', use_master_clock)} "
+        f"hostclock stable {_check_bool('host_clock_stable', host_clock_stable)} "
+        f"offsetmatched {_check_bool('offset_matched', offset_matched)}"
+    )
+
+
+def _format_of(profile: str) -> Literal["before", "after"]:
+    try:
+        return FORMAT_BY_PROFILE[profile]
+    except KeyError:
+        raise ValueError(
+            f"profile must be one of {sorted(FORMAT_BY_PROFILE)}, got {profile!r}"
+        ) from None
+
+
+def fields_update_master_clock(
+    profile: str,
+    use_master_clock: bool,
+    offset_matched: bool,
+    *,
+    host_clock: int | None = None,
+    host_clock_stable: bool | None = None,
+) -> str:
+    """The kvm_update_master_clock fields of ``profile`` (gtod: needs ``host_clock``, the
+    vclock mode; series: needs ``host_clock_stable``)."""
+    if _format_of(profile) == "before":
+        if host_clock is None:
+            raise ValueError(f"host_clock (vclock mode) is required for profile {profile!r}")
+        return fields_update_master_clock_before(use_master_clock, host_clock, offset_matched)
+    if host_clock_stable is None:
+        raise ValueError(f"host_clock_stable is required for profile {profile!r}")
+    return fields_update_master_clock_after(use_master_clock, host_clock_stable, offset_matched)
+
+
+def fields_track_tsc_before(
+    vcpu_id: int,
+    use_master_clock: bool,
+    nr_vcpus_matched_tsc: int,
+    online_vcpus: int,
+    host_clock: int,
+) -> str:
+    """kvm_track_tsc before patch 09: ``"vcpu_id %u masterclock %u offsetmatched %u
+    nr_online %u hostclock %s"`` (offsetmatched is the count nr_vcpus_matched_tsc)."""
+    return (
+        f"vcpu_id {_check_int('vcpu_id', vcpu_id, 0, U32_MAX)} "
+        f"masterclock {_check_bool('use_master_clock', use_master_clock)} "
+        f"offsetmatched {_check_int('nr_vcpus_matched_tsc', nr_vcpus_matched_tsc, 0, U32_MAX)} "
+        f"nr_online {_check_int('online_vcpus', online_vcpus, 0, U32_MAX)} "
+        f"hostclock {host_clock_symbol(host_clock)}"
+    )
+
+
+def fields_track_tsc_after(
+    vcpu_id: int,
+    use_master_clock: bool,
+    nr_vcpus_matched_tsc: int,
+    online_vcpus: int,
+    host_clock_stable: bool,
+) -> str:
+    """kvm_track_tsc after patch 09: ``"... nr_online %u hostclock stable %u"``."""
+    return (
+        f"vcpu_id {_check_int('vcpu_id', vcpu_id, 0, U32_MAX)} "
+        f"masterclock {_check_bool('use_master_clock', use_master_clock)} "
+        f"offsetmatched {_check_int('nr_vcpus_matched_tsc', nr_vcpus_matched_tsc, 0, U32_MAX)} "
+        f"nr_online {_check_int('online_vcpus', online_vcpus, 0, U32_MAX)} "
+        f"hostclock stable {_check_bool('host_clock_stable', host_clock_stable)}"
+    )
+
+
+def fields_track_tsc(
+    profile: str,
+    vcpu_id: int,
+    use_master_clock: bool,
+    nr_vcpus_matched_tsc: int,
+    online_vcpus: int,
+    *,
+    host_clock: int | None = None,
+    host_clock_stable: bool | None = None,
+) -> str:
+    """The kvm_track_tsc fields of ``profile`` (see :func:`fields_update_master_clock`)."""
+    if _format_of(profile) == "before":
+        if host_clock is None:
+            raise ValueError(f"host_clock (vclock mode) is required for profile {profile!r}")
+        return fields_track_tsc_before(
+            vcpu_id, use_master_clock, nr_vcpus_matched_tsc, online_vcpus, host_clock
+        )
+    if host_clock_stable is None:
+        raise ValueError(f"host_clock_stable is required for profile {profile!r}")
+    return fields_track_tsc_after(
+        vcpu_id, use_master_clock, nr_vcpus_matched_tsc, online_vcpus, host_clock_stable
+    )
+
+
+def _u64(name: str, value: int) -> int:
+    """A u64 field; a negative s64 is accepted and printed as its u64 bit pattern."""
+    v = _check_int(name, value, S64_MIN, U64_MAX)
+    return v & U64_MAX
+
+
+def fields_write_tsc_offset(vcpu_id: int, previous_tsc_offset: int, next_tsc_offset: int) -> str:
+    """kvm_write_tsc_offset: ``"vcpu=%u prev=%llu next=%llu"``; offsets are u64 (a negative
+    offset, given as s64, prints as 2**64 + offset like the kernel's ``%llu``)."""
+    return (
+        f"vcpu={_check_int('vcpu_id', vcpu_id, 0, U32_MAX)} "
+        f"prev={_u64('previous_tsc_offset', previous_tsc_offset)} "
+        f"next={_u64('next_tsc_offset', next_tsc_offset)}"
+    )
+
+
+def fields_pvclock_update(
+    vcpu_id: int,
+    version: int,
+    tsc_timestamp: int,
+    system_time: int,
+    tsc_to_system_mul: int,
+    tsc_shift: int,
+    flags: int,
+) -> str:
+    """kvm_pvclock_update: ``"vcpu_id %u, pvclock { version %u, tsc_timestamp 0x%llx,
+    system_time 0x%llx, tsc_to_system_mul 0x%x, tsc_shift %d, flags 0x%x }"``
+    (tsc_shift is the s8 field, printed signed)."""
+    return (
+        f"vcpu_id {_check_int('vcpu_id', vcpu_id, 0, U32_MAX)}, pvclock {{ "
+        f"version {_check_int('version', version, 0, U32_MAX)}, "
+        f"tsc_timestamp 0x{_check_int('tsc_timestamp', tsc_timestamp, 0, U64_MAX):x}, "
+        f"system_time 0x{_check_int('system_time', system_time, 0, U64_MAX):x}, "
+        f"tsc_to_system_mul 0x{_check_int('tsc_to_system_mul', tsc_to_system_mul, 0, U32_MAX):x}, "
+        f"tsc_shift {_check_int('tsc_shift', tsc_shift, -128, 127)}, "
+        f"flags 0x{_check_int('flags', flags, 0, U8_MAX):x} }}"
+    )
+
+
+def format_timestamp(t_ns: int, *, raw: bool = False) -> str:
+    """The timestamp column: ``%5lu.%06lu`` seconds.microseconds, with the ns value rounded to
+    the nearest microsecond as kernel/trace/trace.c ``ns2usecs`` does (+500, /1000); or with
+    ``raw`` a counter-clock value printed as an integer (``%12llu``)."""
+    t = _check_int("t_ns", t_ns, 0, U64_MAX)
+    if raw:
+        return f"{t:12d}"
+    usecs = (t + 500) // 1000
+    secs, rem = divmod(usecs, 1_000_000)
+    return f"{secs:5d}.{rem:06d}"
+
+
+_FLAGS_RE = re.compile(r"[.A-Za-z0-9]{4,5}")
+_EVENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def format_line(
+    comm: str,
+    pid: int,
+    cpu: int,
+    t_ns: int,
+    event: str,
+    fields: str,
+    flags: str | None = "....",
+    level: int | None = None,
+    *,
+    raw_timestamp: bool = False,
+) -> str:
+    """One ftrace text line as ``trace``/``trace_pipe`` prints it (trace_print_context:
+    ``%16s-%-7d [%03d] <flags> %5lu.%06lu: <event>: <fields>``). ``flags=None`` omits the
+    latency column (older kernels, trace-cmd report); ``level`` prepends ``L<level> ``."""
+    if not isinstance(comm, str) or not comm or any(c in comm for c in "\r\n\0"):
+        raise ValueError(f"comm must be a non-empty single-line str, got {comm!r}")
+    _check_int("pid", pid, 0, (1 << 31) - 1)
+    _check_int("cpu", cpu, 0, 99999)
+    if not isinstance(event, str) or not _EVENT_RE.fullmatch(event):
+        raise ValueError(f"event must be an identifier like 'kvm_track_tsc', got {event!r}")
+    if not isinstance(fields, str) or any(c in fields for c in "\r\n\0"):
+        raise ValueError("fields must be a single-line str")
+    if flags is not None and not _FLAGS_RE.fullmatch(flags):
+        raise ValueError(f"flags must be 4 or 5 characters of [.A-Za-z0-9] or None, got {flags!r}")
+    prefix = ""
+    if level is not None:
+        prefix = f"L{_check_int('level', level, 0, 999)} "
+    flag_col = f" {flags}" if flags is not None else ""
+    ts = format_timestamp(t_ns, raw=raw_timestamp)
+    return f"{prefix}{comm:>16}-{pid:<7d} [{cpu:03d}]{flag_col} {ts}: {event}: {fields}"
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+
+_LINE_RE = re.compile(
+    r"""^\s*
+    (?:L(?P<level>\d{1,3})\s+(?=\S.*[-\s]\d+\s))?   # kvmclock level column
+    (?P<comm>.+?)(?:-|\s+)(?P<pid>\d+)\s+            # comm-pid (ftrace) or comm pid (perf)
+    (?:\(\s*(?P<tgid>\d+|-+)\)\s+)?                  # -o record-tgid column
+    \[(?P<cpu>\d+)\]\s+
+    (?:(?P<flags>[.A-Za-z0-9]{4,5})\s+)?             # latency flags (absent: trace-cmd, old)
+    (?P<ts>\d+(?:\.\d+)?):\s+
+    (?:[A-Za-z0-9_]+:)?(?P<event>[A-Za-z_][A-Za-z0-9_]*):  # optional "kvm:" system prefix
+    (?:\s+(?P<fields>.*?))?\s*$""",
+    re.VERBOSE,
+)
+
+# Header lines of trace-cmd report (not comments, not events): counted as headers, not garbage.
+_HEADER_RE = re.compile(
+    r"^\s*(?:#.*|cpus=\d+|version\s*=\s*\d+.*|CPU\s*\d+ is empty|trace-cmd:.*|"
+    r"CPU:\d+ \[LOST \d+ EVENTS\]|##### CPU \d+ buffer started ####)\s*$"
+)
+
+_B = r"([01])"
+_U = r"(\d+)"
+_FIELD_RES: dict[str, list[tuple[Literal["before", "after"] | None, re.Pattern[str]]]] = {
+    "kvm_update_master_clock": [
+        ("after", re.compile(rf"^masterclock {_B} hostclock stable {_B} offsetmatched {_B}$")),
+        ("before", re.compile(rf"^masterclock {_B} hostclock (\S+) offsetmatched {_B}$")),
+    ],
+    "kvm_track_tsc": [
+        (
+            "after",
+            re.compile(
+                rf"^vcpu_id {_U} masterclock {_B} offsetmatched {_U} nr_online {_U} "
+                rf"hostclock stable {_B}$"
+            ),
+        ),
+        (
+            "before",
+            re.compile(
+                rf"^vcpu_id {_U} masterclock {_B} offsetmatched {_U} nr_online {_U} "
+                r"hostclock (\S+)$"
+            ),
+        ),
+    ],
+    "kvm_write_tsc_offset": [
+        (None, re.compile(rf"^vcpu={_U} prev={_U} next={_U}$")),
+    ],
+    "kvm_pvclock_update": [
+        (
+            None,
+            re.compile(
+                rf"^vcpu_id {_U}, pvclock \{{ version {_U}, tsc_timestamp 0x([0-9a-f]+), "
+                r"system_time 0x([0-9a-f]+), tsc_to_system_mul 0x([0-9a-f]+), "
+                r"tsc_shift (-?\d+), flags 0x([0-9a-f]+) \}$"
+            ),
+        ),
+    ],
+}
+
+_HOSTCLOCK_HEX_RE = re.compile(r"^0x([0-9a-f]+)$")
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """One parsed event line. ``data`` holds the typed fields of the four clock events (None
+    for other events); ``fmt`` is "before"/"after" for the two events whose text changed."""
+
+    line_no: int
+    level: int | None
+    comm: str
+    pid: int
+    tgid: int | None
+    cpu: int
+    flags: str | None
+    timestamp: str
+    t_ns: int | None
+    counter: int | None
+    event: str
+    fields: str
+    data: dict[str, Any] | None = None
+    fmt: Literal["before", "after"] | None = None
+
+    @property
+    def time_value(self) -> float | int:
+        """Seconds (float) for ``secs.usecs`` timestamps, the raw counter value otherwise."""
+        if self.t_ns is not None:
+            return self.t_ns / 1e9
+        assert self.counter is not None
+        return self.counter
+
+
+@dataclass(frozen=True)
+class SkippedLine:
+    """A line that is neither an event, a header, nor blank (``reason`` says why)."""
+
+    line_no: int
+    reason: str
+    text: str
+
+
+@dataclass
+class ParseResult:
+    """Everything :func:`parse_lines` saw: records in input order, skipped lines, counts."""
+
+    records: list[TraceRecord] = field(default_factory=list)
+    skipped: list[SkippedLine] = field(default_factory=list)
+    header_lines: int = 0
+    blank_lines: int = 0
+    total_lines: int = 0
+
+
+def _hostclock_value(token: str) -> int | None:
+    if token in _HOST_CLOCK_SYMBOLS_IN:
+        return _HOST_CLOCK_SYMBOLS_IN[token]
+    m = _HOSTCLOCK_HEX_RE.match(token)
+    if m is None:
+        return None
+    v = int(m.group(1), 16)
+    return v if v <= U32_MAX else None
+
+
+def parse_fields(
+    event: str, text: str
+) -> tuple[dict[str, Any], Literal["before", "after"] | None] | None:
+    """Typed fields of one of the four clock events (names as in TP_STRUCT__entry), and which
+    format matched; None when ``text`` is not a valid TP_printk output of that event (also when
+    a value is out of its C type's range). Raises ValueError for an event it does not know."""
+    if event not in _FIELD_RES:
+        raise ValueError(f"event must be one of {list(CLOCK_EVENTS)}, got {event!r}")
+    for fmt, rx in _FIELD_RES[event]:
+        m = rx.match(text)
+        if m is None:
+            continue
+        g = m.groups()
+        data: dict[str, Any]
+        if event == "kvm_update_master_clock":
+            data = {"use_master_clock": g[0] == "1", "offset_matched": g[2] == "1"}
+            if fmt == "after":
+                data["host_clock_stable"] = g[1] == "1"
+            else:
+                hc = _hostclock_value(g[1])
+                if hc is None:
+                    return None
+                data["host_clock"] = hc
+                data["host_clock_symbol"] = g[1]
+        elif event == "kvm_track_tsc":
+            nums = [int(g[0]), int(g[2]), int(g[3])]
+            if any(n > U32_MAX for n in nums):
+                return None
+            data = {
+                "vcpu_id": nums[0],
+                "use_master_clock": g[1] == "1",
+                "nr_vcpus_matched_tsc": nums[1],
+                "online_vcpus": nums[2],
+            }
+            if fmt == "after":
+                data["host_clock_stable"] = g[4] == "1"
+            else:
+                hc = _hostclock_value(g[4])
+                if hc is None:
+                    return None
+                data["host_clock"] = hc
+                data["host_clock_symbol"] = g[4]
+        elif event == "kvm_write_tsc_offset":
+            vcpu, prev, nxt = (int(x) for x in g)
+            if vcpu > U32_MAX or prev > U64_MAX or nxt > U64_MAX:
+                return None
+            data = {"vcpu_id": vcpu, "previous_tsc_offset": prev, "next_tsc_offset": nxt}
+        else:  # kvm_pvclock_update
+            vals = {
+                "vcpu_id": int(g[0]),
+                "version": int(g[1]),
+                "tsc_timestamp": int(g[2], 16),
+                "system_time": int(g[3], 16),
+                "tsc_to_system_mul": int(g[4], 16),
+                "tsc_shift": int(g[5]),
+                "flags": int(g[6], 16),
+            }
+            limits = {
+                "vcpu_id": (0, U32_MAX),
+                "version": (0, U32_MAX),
+                "tsc_timestamp": (0, U64_MAX),
+                "system_time": (0, U64_MAX),
+                "tsc_to_system_mul": (0, U32_MAX),
+                "tsc_shift": (-128, 127),
+                "flags": (0, U8_MAX),
+            }
+            if any(not lo <= vals[k] <= hi for k, (lo, hi) in limits.items()):
+                return None
+            data = vals
+        return data, fmt
+    return None
+
+
+def _parse_timestamp(ts: str) -> tuple[int | None, int | None]:
+    """``secs.frac`` -> (t_ns, None); integer counter -> (None, counter)."""
+    if "." in ts:
+        secs, frac = ts.split(".", 1)
+        frac_ns = int((frac + "000000000")[:9])
+        return int(secs) * 1_000_000_000 + frac_ns, None
+    return None, int(ts)
+
+
+def parse_line(line: str, line_no: int = 0) -> TraceRecord | SkippedLine | None:
+    """Parse one text line: a :class:`TraceRecord`, a :class:`SkippedLine` (garbled), or None
+    for a blank or header line (``#`` comments, trace-cmd's ``cpus=N`` / ``version = N``)."""
+    text = line.rstrip("\r\n")
+    if not text.strip() or _HEADER_RE.match(text):
+        return None
+    if "\0" in text:
+        return SkippedLine(line_no, "NUL byte in line", text.replace("\0", "\\0")[:160])
+    m = _LINE_RE.match(text)
+    if m is None:
+        return SkippedLine(line_no, "not an ftrace event line", text[:160])
+    event = m.group("event")
+    fields_text = m.group("fields") or ""
+    t_ns, counter = _parse_timestamp(m.group("ts"))
+    tgid_s = m.group("tgid")
+    data: dict[str, Any] | None = None
+    fmt: Literal["before", "after"] | None = None
+    if event in _FIELD_RES:
+        parsed = parse_fields(event, fields_text)
+        if parsed is None:
+            return SkippedLine(line_no, f"garbled {event} fields", text[:160])
+        data, fmt = parsed
+    level_s = m.group("level")
+    return TraceRecord(
+        line_no=line_no,
+        level=int(level_s) if level_s is not None else None,
+        comm=m.group("comm").strip(),
+        pid=int(m.group("pid")),
+        tgid=int(tgid_s) if tgid_s is not None and tgid_s.isdigit() else None,
+        cpu=int(m.group("cpu")),
+        flags=m.group("flags"),
+        timestamp=m.group("ts"),
+        t_ns=t_ns,
+        counter=counter,
+        event=event,
+        fields=fields_text,
+        data=data,
+        fmt=fmt,
+    )
+
+
+def _collect(result: ParseResult, line_no: int, parsed: TraceRecord | SkippedLine | None,
+             blank: bool) -> None:
+    result.total_lines += 1
+    if isinstance(parsed, TraceRecord):
+        result.records.append(parsed)
+    elif isinstance(parsed, SkippedLine):
+        result.skipped.append(parsed)
+    elif blank:
+        result.blank_lines += 1
+    else:
+        result.header_lines += 1
+
+
+def parse_lines(lines: Iterable[str]) -> ParseResult:
+    """Parse text lines (``trace``, ``trace_pipe``, ``trace-cmd report``); never raises on a
+    bad line."""
+    result = ParseResult()
+    for i, line in enumerate(lines, start=1):
+        _collect(result, i, parse_line(line, i), not line.strip())
+    return result
+
+
+def parse_text(text: str) -> ParseResult:
+    """:func:`parse_lines` over a whole text (LF or CRLF line ends)."""
+    return parse_lines(text.splitlines())
+
+
+def parse_bytes(data: bytes) -> ParseResult:
+    """Parse raw bytes line by line: a line with a NUL byte or invalid UTF-8 is a skipped
+    (garbled) line. Raises TraceParseError when the input is non-empty and no line of it is
+    text (a binary file, e.g. trace.dat given instead of ``trace-cmd report`` output)."""
+    result = ParseResult()
+    text_lines = 0
+    for i, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            result.total_lines += 1
+            result.skipped.append(
+                SkippedLine(i, "not UTF-8 text", raw[:80].decode("latin-1", "replace"))
+            )
+            continue
+        if "\0" not in line and line.strip():
+            text_lines += 1
+        _collect(result, i, parse_line(line, i), not line.strip())
+    if data.strip() and text_lines == 0:
+        raise TraceParseError(
+            f"input is binary, not ftrace text ({len(data)} bytes, no text line); "
+            "for a trace.dat run 'trace-cmd report' first"
+        )
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------------------------
+
+
+def to_signed64(value: int) -> int:
+    """The s64 view of a u64 (a TSC offset printed ``%llu`` is really ``s64``)."""
+    v = _check_int("value", value, 0, U64_MAX)
+    return v - (1 << 64) if v >> 63 else v
+
+
+def _pvclock_derived(rec: Mapping[str, int]) -> dict[str, Any]:
+    """Decode a traced record with the native core: kvmclock at the record's own
+    tsc_timestamp (``__pvclock_read_cycles``, = system_time), the TSC kHz it implies
+    (``pvclock_tsc_khz``) and the flag names."""
+    import kvmclock
+
+    info = kvmclock.PvclockVcpuTimeInfo(
+        version=rec["version"],
+        tsc_timestamp=rec["tsc_timestamp"],
+        system_time=rec["system_time"],
+        tsc_to_system_mul=rec["tsc_to_system_mul"],
+        tsc_shift=rec["tsc_shift"],
+        flags=rec["flags"],
+    )
+    khz: int | None = None
+    if rec["tsc_to_system_mul"] != 0:
+        khz = int(kvmclock.pvclock_tsc_khz(
+            tsc_to_system_mul=rec["tsc_to_system_mul"], tsc_shift=rec["tsc_shift"]
+        ))
+    return {
+        "kvmclock_ns": int(info.read_cycles(rec["tsc_timestamp"])),
+        "tsc_khz": khz,
+        "flag_names": flag_names(rec["flags"]),
+    }
+
+
+def flag_names(flags: int) -> list[str]:
+    """Names of the pvclock flag bits (arch/x86/include/asm/pvclock-abi.h)."""
+    names: list[str] = []
+    for bit, name in ((1, "TSC_STABLE"), (2, "GUEST_STOPPED"), (4, "COUNTS_FROM_ZERO")):
+        if flags & bit:
+            names.append(name)
+    rest = flags & ~7
+    if rest:
+        names.append(f"0x{rest:x}")
+    return names
+
+
+def _kvmclock_at(rec: Mapping[str, int], tsc: int) -> int:
+    """``__pvclock_read_cycles(rec, tsc)`` via the native record."""
+    import kvmclock
+
+    info = kvmclock.PvclockVcpuTimeInfo(
+        version=rec["version"],
+        tsc_timestamp=rec["tsc_timestamp"],
+        system_time=rec["system_time"],
+        tsc_to_system_mul=rec["tsc_to_system_mul"],
+        tsc_shift=rec["tsc_shift"],
+        flags=rec["flags"],
+    )
+    return int(info.read_cycles(tsc))
+
+
+_RECORD_KEYS = (
+    "version", "tsc_timestamp", "system_time", "tsc_to_system_mul", "tsc_shift", "flags"
+)
+
+
+def _process_key(rec: TraceRecord) -> str:
+    """Grouping key of a VM process: the tgid when traced (-o record-tgid), else the pid
+    (QEMU vCPU threads have their own pids; without tgid they appear as separate processes)."""
+    ident = rec.tgid if rec.tgid is not None else rec.pid
+    return f"L{rec.level}:{ident}" if rec.level is not None else str(ident)
+
+
+def summarize(result: ParseResult) -> dict[str, Any]:
+    """Per VM process and vCPU: masterclock transitions, TSC generations (a kvm_track_tsc with
+    offsetmatched 0 opens one: ``__kvm_synchronize_tsc`` resets nr_vcpus_matched_tsc on an
+    unmatched write), TSC offsets (u64 and s64 view), pvclock updates with the kvmclock at each
+    record's tsc_timestamp and the step a guest sees at the update, and anomalies."""
+    records = result.records
+    by_event = Counter(r.event for r in records)
+    units = {("s" if r.t_ns is not None else "counter") for r in records}
+    unit = None if not units else (units.pop() if len(units) == 1 else "mixed")
+    formats = Counter(r.fmt for r in records if r.fmt is not None)
+
+    masterclock: list[list[Any]] = []
+    top_vcpus: dict[str, dict[str, Any]] = {}
+    processes: dict[str, dict[str, Any]] = {}
+    anomalies: list[dict[str, Any]] = []
+
+    def proc_of(rec: TraceRecord) -> dict[str, Any]:
+        key = _process_key(rec)
+        p: dict[str, Any] | None = processes.get(key)
+        if p is None:
+            p = {
+                "pid": rec.tgid if rec.tgid is not None else rec.pid,
+                "comm": rec.comm,
+                "level": rec.level,
+                "events": 0,
+                "masterclock_updates": 0,
+                "masterclock": None,
+                "masterclock_transitions": [],
+                "tsc_generations": [],
+                "vcpus": {},
+            }
+            processes[key] = p
+        return p
+
+    def vcpu_of(p: dict[str, Any], vid: int) -> dict[str, Any]:
+        v: dict[str, Any] | None = p["vcpus"].get(str(vid))
+        if v is None:
+            v = {
+                "tsc_writes": 0,
+                "tsc_offset": None,
+                "tsc_offset_signed": None,
+                "offsets": [],
+                "track_tsc": 0,
+                "generation": None,
+                "pvclock_updates": 0,
+                "pvclock": [],
+                "last_pvclock": None,
+            }
+            p["vcpus"][str(vid)] = v
+        return v
+
+    for rec in records:
+        if rec.data is None:
+            continue
+        p = proc_of(rec)
+        p["events"] += 1
+        d = rec.data
+        tv = rec.time_value
+        where = {"line": rec.line_no, "timestamp": tv, "process": _process_key(rec)}
+        if rec.event == "kvm_update_master_clock":
+            on = bool(d["use_master_clock"])
+            masterclock.append([tv, on])
+            p["masterclock_updates"] += 1
+            if p["masterclock"] is None or p["masterclock"] != on:
+                p["masterclock_transitions"].append([tv, on])
+            p["masterclock"] = on
+            p["host_clock"] = (
+                {"stable": d["host_clock_stable"]}
+                if "host_clock_stable" in d
+                else {"vclock_mode": d["host_clock"], "symbol": d["host_clock_symbol"]}
+            )
+        elif rec.event == "kvm_write_tsc_offset":
+            v = vcpu_of(p, d["vcpu_id"])
+            v["tsc_writes"] += 1
+            v["tsc_offset"] = d["next_tsc_offset"]
+            v["tsc_offset_signed"] = to_signed64(d["next_tsc_offset"])
+            v["offsets"].append(
+                {
+                    "timestamp": tv,
+                    "prev": d["previous_tsc_offset"],
+                    "next": d["next_tsc_offset"],
+                    "prev_signed": to_signed64(d["previous_tsc_offset"]),
+                    "next_signed": to_signed64(d["next_tsc_offset"]),
+                }
+            )
+        elif rec.event == "kvm_track_tsc":
+            v = vcpu_of(p, d["vcpu_id"])
+            v["track_tsc"] += 1
+            gens = p["tsc_generations"]
+            if d["nr_vcpus_matched_tsc"] == 0 or not gens:
+                gens.append(
+                    {
+                        "index": len(gens),
+                        "timestamp": tv,
+                        "opened_by_vcpu": d["vcpu_id"],
+                        "offset": v["tsc_offset"],
+                        "offset_signed": v["tsc_offset_signed"],
+                        "vcpus": [d["vcpu_id"]],
+                        "nr_vcpus_matched_tsc": d["nr_vcpus_matched_tsc"],
+                        "online_vcpus": d["online_vcpus"],
+                    }
+                )
+            else:
+                g = gens[-1]
+                if d["vcpu_id"] not in g["vcpus"]:
+                    g["vcpus"].append(d["vcpu_id"])
+                g["nr_vcpus_matched_tsc"] = d["nr_vcpus_matched_tsc"]
+                g["online_vcpus"] = d["online_vcpus"]
+            v["generation"] = gens[-1]["index"]
+        elif rec.event == "kvm_pvclock_update":
+            v = vcpu_of(p, d["vcpu_id"])
+            record = {k: d[k] for k in _RECORD_KEYS}
+            entry: dict[str, Any] = {"timestamp": tv, **record, **_pvclock_derived(record)}
+            prev = v["last_pvclock"]
+            entry["step_ns"] = None
+            if prev is not None:
+                if record["system_time"] < prev["system_time"]:
+                    anomalies.append(
+                        {
+                            "kind": "system_time_backwards",
+                            "vcpu": d["vcpu_id"],
+                            **where,
+                            "detail": f"system_time {prev['system_time']} -> "
+                            f"{record['system_time']} "
+                            f"({record['system_time'] - prev['system_time']} ns)",
+                        }
+                    )
+                if prev["flags"] & 1 and not record["flags"] & 1:
+                    anomalies.append(
+                        {
+                            "kind": "stable_bit_lost",
+                            "vcpu": d["vcpu_id"],
+                            **where,
+                            "detail": f"flags 0x{prev['flags']:x} -> 0x{record['flags']:x}",
+                        }
+                    )
+                if record["tsc_timestamp"] >= prev["tsc_timestamp"]:
+                    # what a guest reading at the new record's TSC got from the old record
+                    # versus from the new one (pvclock_clocksource_read, no clamp when stable)
+                    old_view = _kvmclock_at(prev, record["tsc_timestamp"])
+                    entry["step_ns"] = record["system_time"] - old_view
+                    if entry["step_ns"] < 0 and prev["flags"] & record["flags"] & 1:
+                        anomalies.append(
+                            {
+                                "kind": "kvmclock_step_back",
+                                "vcpu": d["vcpu_id"],
+                                **where,
+                                "detail": f"guest clock steps back {-entry['step_ns']} ns "
+                                "at the update (both records stable: no last_value clamp)",
+                            }
+                        )
+            if record["version"] & 1:
+                anomalies.append(
+                    {
+                        "kind": "odd_version",
+                        "vcpu": d["vcpu_id"],
+                        **where,
+                        "detail": f"traced version {record['version']} is odd "
+                        "(kvm_setup_guest_pvclock traces the final, even version)",
+                    }
+                )
+            v["pvclock_updates"] += 1
+            v["pvclock"].append(entry)
+            v["last_pvclock"] = entry
+            top = top_vcpus.setdefault(
+                str(d["vcpu_id"]), {"pvclock_updates": 0, "last_pvclock": None}
+            )
+            top["pvclock_updates"] += 1
+            top["last_pvclock"] = entry
+
+    return {
+        "events": len(records),
+        "clock_events": sum(by_event[e] for e in CLOCK_EVENTS),
+        "skipped_lines": len(result.skipped),
+        "header_lines": result.header_lines,
+        "total_lines": result.total_lines,
+        "timestamp_unit": unit,
+        "formats": dict(sorted(formats.items())),
+        "by_event": dict(sorted(by_event.items())),
+        "masterclock": masterclock,
+        "vcpus": dict(sorted(top_vcpus.items(), key=lambda kv: int(kv[0]))),
+        "processes": processes,
+        "anomalies": anomalies,
+        "skipped": [
+            {"line": s.line_no, "reason": s.reason, "text": s.text} for s in result.skipped[:20]
+        ],
+    }
+
+
+def _ts(v: float | int | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.6f}s" if isinstance(v, float) else f"@{v}"
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Human-readable text of :func:`summarize`'s dict."""
+    out: list[str] = []
+    fm = summary["formats"]
+    fmt_txt = ", ".join(f"{k} {v}" for k, v in fm.items()) or "none"
+    out.append(
+        f"{summary['events']} events ({summary['clock_events']} KVM clock events; formats: "
+        f"{fmt_txt}), {summary['skipped_lines']} skipped lines, "
+        f"{summary['header_lines']} header lines; timestamps in "
+        f"{ {'s': 'seconds', 'counter': 'counter units (raw clock)'}.get(summary['timestamp_unit'], str(summary['timestamp_unit']))}"  # noqa: E501
+    )
+    if summary["by_event"]:
+        out.append("by event: " + ", ".join(f"{k} {v}" for k, v in summary["by_event"].items()))
+    for key, p in summary["processes"].items():
+        lvl = f" level {p['level']}" if p["level"] is not None else ""
+        out.append("")
+        out.append(f"VM process {key} ({p['comm']}){lvl}: {p['events']} clock events")
+        mc = p["masterclock"]
+        hc = p.get("host_clock")
+        hc_txt = ""
+        if hc is not None:
+            hc_txt = (
+                f", hostclock stable {int(hc['stable'])}"
+                if "stable" in hc
+                else f", hostclock {hc['symbol']}"
+            )
+        out.append(
+            f"  masterclock: {'-' if mc is None else ('on' if mc else 'off')} after "
+            f"{p['masterclock_updates']} updates{hc_txt}; transitions: "
+            + (
+                ", ".join(f"{_ts(t)} {'on' if s else 'off'}" for t, s in
+                          p["masterclock_transitions"])
+                or "none"
+            )
+        )
+        for g in p["tsc_generations"]:
+            off = (
+                "?"
+                if g["offset"] is None
+                else f"{g['offset']} (signed {g['offset_signed']})"
+            )
+            out.append(
+                f"  TSC generation {g['index']} at {_ts(g['timestamp'])}: opened by vCPU "
+                f"{g['opened_by_vcpu']}, offset {off}, vCPUs {g['vcpus']}, matched "
+                f"{g['nr_vcpus_matched_tsc']} of {g['online_vcpus']} online"
+            )
+        for vid, v in sorted(p["vcpus"].items(), key=lambda kv: int(kv[0])):
+            off = (
+                "-" if v["tsc_offset"] is None
+                else f"{v['tsc_offset']} (signed {v['tsc_offset_signed']})"
+            )
+            out.append(
+                f"  vCPU {vid}: {v['tsc_writes']} TSC offset writes, offset {off}; "
+                f"{v['pvclock_updates']} pvclock updates"
+            )
+            last = v["last_pvclock"]
+            if last is not None:
+                khz = "-" if last["tsc_khz"] is None else f"{last['tsc_khz']} kHz"
+                steps = [e["step_ns"] for e in v["pvclock"] if e["step_ns"] is not None]
+                step_txt = (
+                    f"; step at updates min {min(steps)} max {max(steps)} ns" if steps else ""
+                )
+                out.append(
+                    f"    last pvclock at {_ts(last['timestamp'])}: version {last['version']}, "
+                    f"tsc_timestamp {last['tsc_timestamp']:#x}, system_time "
+                    f"{last['system_time']} ns (kvmclock there {last['kvmclock_ns']} ns), "
+                    f"mul {last['tsc_to_system_mul']:#x} shift {last['tsc_shift']} ({khz}), "
+                    f"flags {last['flags']:#x} {'|'.join(last['flag_names']) or '-'}{step_txt}"
+                )
+    anomalies = summary["anomalies"]
+    out.append("")
+    out.append(f"anomalies: {len(anomalies)}")
+    for a in anomalies[:50]:
+        out.append(
+            f"  line {a['line']} {_ts(a['timestamp'])} {a['process']} vCPU {a['vcpu']}: "
+            f"{a['kind']}: {a['detail']}"
+        )
+    if len(anomalies) > 50:
+        out.append(f"  ... {len(anomalies) - 50} more")
+    if summary["skipped"]:
+        out.append(f"skipped lines (first {len(summary['skipped'])}):")
+        for s in summary["skipped"][:5]:
+            out.append(f"  line {s['line']}: {s['reason']}: {s['text'][:100]}")
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Independent pure-Python reference of the kernel clock math (never imports kvmclock)."""

@@ -1,0 +1,416 @@
+"""The ``kvmclock`` command through its real entry points (``python -m kvmclock`` in a
+subprocess, and the ``kvmclock`` console script when installed), plus the simulate renderers
+on a run dict built from the SPEC.md section 5 schema."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import kvmclock
+import pytest
+from kvmclock import trace as T
+from kvmclock.render.ftrace import trace_text
+from kvmclock.render.perfetto import perfetto_trace
+from kvmclock.render.text import describe_timeline, render_simulation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data", "trace")
+S9_PIPE = os.path.join(DATA, "series-upstream-s9-trace_pipe.txt")
+COMMANDS = ["simulate", "scenarios", "scale", "decode", "trace", "host", "verify"]
+
+HAVE_SIM = importlib.util.find_spec("kvmclock.sim") is not None
+needs_sim = pytest.mark.skipif(not HAVE_SIM, reason="kvmclock.sim is not in the tree yet")
+needs_scale = pytest.mark.skipif(
+    not all(hasattr(kvmclock, n) for n in ("get_time_scale", "pvclock_tsc_khz",
+                                           "clocks_calc_mult_shift", "tsc_scaling_ratio",
+                                           "scale_tsc")),
+    reason="native core without the scale functions (not built yet)",
+)
+needs_record = pytest.mark.skipif(
+    not hasattr(kvmclock, "PvclockVcpuTimeInfo"),
+    reason="native core without PvclockVcpuTimeInfo (not built yet)",
+)
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+def run(*args: str, stdin: bytes | None = None, timeout: float = 300,
+        exe: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = (exe or [sys.executable, "-m", "kvmclock"]) + list(args)
+    env = dict(os.environ)
+    env.pop("KVMCLOCK_DEBUG", None)
+    p = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, cwd=ROOT,
+                       env=env, check=False)
+    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode(),
+                                       p.stderr.decode())
+
+
+def assert_usage_error(p: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit 2, exactly one line on stderr, no traceback, the line names the problem."""
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+# ---------------------------------------------------------------------------- generic
+
+
+def test_version_and_help() -> None:
+    p = run("--version")
+    assert p.returncode == 0 and p.stdout.startswith("kvmclock ")
+    p = run("--help")
+    assert p.returncode == 0
+    for c in COMMANDS:
+        assert c in p.stdout
+        h = run(c, "--help")
+        assert h.returncode == 0, (c, h.stderr)
+        assert "example" in h.stdout and f"kvmclock {c}" in h.stdout, c
+
+
+def test_bad_arguments_one_line() -> None:
+    assert_usage_error(run(), "a command is required", "simulate")
+    assert_usage_error(run("frobnicate"), "invalid choice")
+    assert_usage_error(run("simulate", "--seed", "x"), "seed")
+    assert_usage_error(run("simulate", "--profile", "both2"), "profile")
+    assert_usage_error(run("simulate", "--duration", "-1"), "duration")
+    assert_usage_error(run("scale"), "--tsc-khz")
+    assert_usage_error(run("scale", "--tsc-khz", "0"), "--tsc-khz", "1..")
+    assert_usage_error(run("decode"), "HEX")
+    assert_usage_error(run("trace"), "FILE")
+
+
+@pytest.mark.skipif(shutil.which("kvmclock", path=os.path.join(ROOT, ".venv", "bin")) is None,
+                    reason=".venv/bin/kvmclock console script not installed")
+def test_console_script() -> None:
+    exe = [os.path.join(ROOT, ".venv", "bin", "kvmclock")]
+    p = run("--version", exe=exe)
+    assert p.returncode == 0 and p.stdout.startswith("kvmclock ")
+    p = run("trace", S9_PIPE, exe=exe)
+    assert p.returncode == 0, p.stderr
+
+
+# ---------------------------------------------------------------------------- trace
+
+
+def test_trace_text_and_json() -> None:
+    p = run("trace", S9_PIPE)
+    assert p.returncode == 0, p.stderr
+    assert "VM process 20024" in p.stdout and "-6815369687214825" in p.stdout
+    p = run("trace", S9_PIPE, "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    for key in ("events", "skipped_lines", "by_event", "masterclock", "vcpus", "processes",
+                "anomalies"):
+        assert key in doc
+    assert doc["events"] == 4 and doc["skipped_lines"] == 0
+    assert doc["by_event"]["kvm_update_master_clock"] == 2
+    assert [s for _, s in doc["masterclock"]] == [False, True]
+    assert all(isinstance(t, float) for t, _ in doc["masterclock"])
+    with open(S9_PIPE, "rb") as f:
+        p2 = run("trace", "-", "--json", stdin=f.read())
+    assert json.loads(p2.stdout) == doc
+
+
+def test_trace_bad_inputs(tmp_path: Any) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert_usage_error(run("trace", str(empty)), "empty")
+    binary = tmp_path / "trace.dat"
+    binary.write_bytes(b"\x17\x08\x44tracing6\x00\x00" + bytes(range(256)) * 8)
+    assert_usage_error(run("trace", str(binary)), "binary")
+    assert_usage_error(run("trace", str(tmp_path / "missing.txt")), "cannot read")
+    assert_usage_error(run("trace", "-", stdin=b""), "empty")
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_bytes(b"hello\nworld\n\xff\xfe\n")
+    p = run("trace", str(garbage), "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["skipped_lines"] == 3
+
+
+# ---------------------------------------------------------------------------- scale
+
+
+@needs_scale
+def test_scale_json_recomputed() -> None:
+    khz = 2933437
+    p = run("scale", "--tsc-khz", str(khz), "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    a = doc["tsc_to_ns"]
+    mult, shift = a["tsc_to_system_mul"], a["tsc_shift"]
+    # mult * 2**shift / 2**32 ns per cycle must be 10**6 / khz within the u32 mantissa's
+    # precision (mult >= 2**31 after kvm_get_time_scale's normalisation)
+    assert 2**31 <= mult < 2**32
+    exact = 10**6 / khz
+    assert abs(mult * 2.0**shift / 2**32 - exact) / exact < 2**-30
+    back = (10**6 << 32) // mult
+    back = back << -shift if shift < 0 else back >> shift
+    assert a["pvclock_tsc_khz"] == back
+    b = doc["ns_to_tsc"]
+    assert abs(b["mult"] * 2.0 ** b["shift"] / 2**32 - khz / 10**6) / (khz / 10**6) < 2**-30
+    c = doc["clocksource_tsc"]
+    assert abs(c["mult"] / 2.0 ** c["shift"] - exact) / exact < 1e-6
+    text = run("scale", "--tsc-khz", str(khz))
+    assert text.returncode == 0 and f"{mult:#010x}" in text.stdout
+
+
+@needs_scale
+def test_scale_tsc_scaling() -> None:
+    p = run("scale", "--tsc-khz", "3000000", "--guest-khz", "1500000", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    by_vendor = {s["vendor"]: s for s in doc["tsc_scaling"]}
+    for vendor, frac in (("vmx", 48), ("svm", 32)):
+        s = by_vendor[vendor]
+        assert s["frac_bits"] == frac
+        assert s["ratio"] == (1500000 << frac) // 3000000  # exact: 1/2
+        assert s["guest_tsc_khz"] == (3000000 * s["ratio"]) >> frac == 1500000
+    p = run("scale", "--tsc-khz", "3000000", "--ratio", "0.5", "--vendor", "svm", "--json")
+    (s,) = json.loads(p.stdout)["tsc_scaling"]
+    assert s["ratio"] == 1 << 31 and s["guest_tsc_khz"] == 1500000
+    assert_usage_error(run("scale", "--tsc-khz", "3000000", "--ratio", "abc"), "--ratio")
+    assert_usage_error(run("scale", "--tsc-khz", "1", "--ratio", "1", "--guest-khz", "1"),
+                       "not both")
+
+
+# ---------------------------------------------------------------------------- host / verify
+
+
+@pytest.mark.parametrize("cmd", ["host", "verify"])
+def test_real_commands_exit_codes(cmd: str) -> None:
+    pytest.importorskip(f"kvmclock.real.{cmd}", reason=f"kvmclock.real.{cmd} not importable yet",
+                        exc_type=ImportError)
+    p = run(cmd, "--json", timeout=600)
+    assert "Traceback" not in p.stderr
+    if p.returncode == 3:
+        assert len(p.stderr.strip().splitlines()) == 1 and "unavailable" in p.stderr
+        return
+    assert p.returncode in ((0,) if cmd == "host" else (0, 1)), p.stderr
+    doc = json.loads(p.stdout)
+    assert isinstance(doc, dict)
+    if cmd == "verify":
+        assert (p.returncode == 0) == bool(doc["ok"])
+
+
+# ---------------------------------------------------------------------------- simulate renderers
+# A run dict built from the schema of SPEC.md section 5 (and the issue): not a model result.
+
+
+def schema_run(profile: str) -> dict[str, Any]:
+    stable_l2 = [[0, False]] if profile == "gtod" else [[0, False], [1_000_000, True],
+                                                        [5_000_000_000, False]]
+    levels = []
+    for lvl, name, cs in ((0, "host", "hpet"), (1, "L1 guest", "kvm-clock"),
+                          (2, "L2 guest", "kvm-clock")):
+        levels.append({
+            "level": lvl, "name": name, "clocksource": cs,
+            "masterclock": None if lvl == 2 else False,
+            "pvclock_stable": None if lvl == 0 else False,
+            "masterclock_timeline": [] if lvl == 2 else [[0, True], [5_000_000_000, False]],
+            "pvclock_stable_timeline": [] if lvl == 0 else (
+                stable_l2 if lvl == 2 else [[0, True], [5_000_000_000, False]]),
+            "masterclock_updates": 3 + lvl, "notifier_calls": 2500 if profile == "gtod" else 2,
+            "gtod_copies": 2500 if profile == "gtod" else 0, "guest_backwards": 0,
+            "max_cross_vcpu_skew_ns": None if lvl == 0 else 40 * lvl,
+            "last_value_clamp_hits": 7 * lvl, "timekeeping_updates": 2500, "vcpus": 4 // (lvl or 1),
+            "clock_definitions": {"max_abs_a_minus_b_ns": 3, "max_abs_a_minus_c_ns": 2,
+                                  "max_abs_b_minus_c_ns": 1},
+        })
+    fields = T.fields_track_tsc(profile, 1, True, 1, 4, host_clock=1, host_clock_stable=True)
+    return {
+        "scenario": "nested", "seed": 0, "profile": profile, "params": {"duration_s": 10.0},
+        "duration_ns": 10_000_000_000, "levels": levels,
+        "moments": [[5_000_000_000, 0, "watchdog marks tsc unstable; clocksource hpet"]],
+        "samples": [[t, 2, 10 + t // 10**9, t < 5 * 10**9] for t in range(0, 10**10, 10**9)],
+        "livelock": None, "stats": {"events": 1000, "guest_reads": 500},
+        "trace": [[1_000_000, 1, "qemu", 100, 0, "kvm_track_tsc", fields],
+                  [1_000_500, 1, "qemu", 100, 0, "kvm_write_tsc_offset",
+                   T.fields_write_tsc_offset(1, 0, -5)]],
+    }
+
+
+def test_render_text_from_schema_run() -> None:
+    runs = [schema_run("gtod"), schema_run("series")]
+    text = render_simulation("nested", "desc", 0, runs, [0.5, 0.5])
+    assert "profile gtod" in text and "profile series" in text
+    assert "L2 pvclock stable bit never set" in text
+    assert "set from 0.001 s, lost at 5.000 s" in text
+    assert "watchdog marks tsc unstable" in text
+    assert "2,000 events/s" in text
+    assert describe_timeline([[0, True]], None) == "set from 0.000 s to the end"
+
+
+def test_render_ftrace_and_perfetto_from_schema_run() -> None:
+    run_ = schema_run("series")
+    text = trace_text(run_, "nested", 0)
+    res = T.parse_text(text)
+    assert res.skipped == [] and [r.level for r in res.records] == [1, 1]
+    assert res.records[1].flags == "d..." and res.records[1].data is not None
+    assert T.to_signed64(res.records[1].data["next_tsc_offset"]) == -5
+    doc = perfetto_trace([schema_run("gtod"), run_])
+    assert doc["displayTimeUnit"] == "ns"
+    for e in doc["traceEvents"]:
+        assert {"name", "ph", "ts", "pid", "tid"} <= set(e)
+    phs = {e["ph"] for e in doc["traceEvents"]}
+    assert {"M", "C", "i"} <= phs
+    vcpu_threads = {(e["pid"], e["tid"]) for e in doc["traceEvents"]
+                    if e["ph"] == "i" and e.get("cat") == "ftrace"}
+    assert (2001, 2) in vcpu_threads  # series (2nd run) L1, vCPU 1 -> tid 2
+
+
+@pytest.mark.skipif(not HAVE_MPL, reason="matplotlib not installed (optional extra 'plot')")
+def test_render_plot_from_schema_run(tmp_path: Any) -> None:
+    from kvmclock.render.plot import write_plot
+
+    out = tmp_path / "p.png"
+    write_plot([schema_run("gtod"), schema_run("series")], str(out), "schema")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- simulate e2e
+
+RUN_KEYS = {"scenario", "seed", "profile", "params", "duration_ns", "levels", "moments",
+            "samples", "livelock", "stats"}
+LEVEL_KEYS = {"level", "clocksource", "masterclock", "pvclock_stable", "masterclock_timeline",
+              "pvclock_stable_timeline", "masterclock_updates", "notifier_calls", "gtod_copies",
+              "guest_backwards", "max_cross_vcpu_skew_ns"}
+
+
+def _short_args() -> list[str]:
+    """--duration 2 when the nested scenario takes a duration (keeps the tests quick)."""
+    from kvmclock import sim
+
+    params = set(getattr(sim.SCENARIOS["nested"], "params", {}) or {})
+    if params & {"duration_s", "duration", "duration_ns"}:
+        return ["--duration", "6"]
+    return []
+
+
+@needs_sim
+def test_scenarios_list() -> None:
+    from kvmclock import sim
+
+    p = run("scenarios")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == len(sim.SCENARIOS)
+    for name in ("nested", "tsc-sync", "unstable-tsc", "set-clock", "patch09-hang"):
+        assert any(line.split()[0] == name for line in lines), name
+
+
+@needs_sim
+def test_simulate_json_schema_and_determinism(tmp_path: Any) -> None:
+    short = _short_args()
+    p1 = run("simulate", *short, "--seed", "7", "--json", "-")
+    assert p1.returncode == 0, p1.stderr
+    doc = json.loads(p1.stdout)
+    assert doc["scenario"] == "nested" and doc["seed"] == 7
+    assert [r["profile"] for r in doc["runs"]] == ["gtod", "series"]
+    for r in doc["runs"]:
+        assert RUN_KEYS <= set(r) and "trace" not in r
+        assert [lv["level"] for lv in r["levels"]] == list(range(len(r["levels"])))
+        assert r["levels"][0]["pvclock_stable"] is None
+        for lv in r["levels"]:
+            assert LEVEL_KEYS <= set(lv)
+            for key in ("masterclock_timeline", "pvclock_stable_timeline"):
+                for t, state in lv[key]:
+                    assert isinstance(t, int) and isinstance(state, bool)
+    out = tmp_path / "run.json"
+    p2 = run("simulate", *short, "--seed", "7", "--json", str(out))
+    assert p2.returncode == 0, p2.stderr
+    assert json.loads(out.read_text()) == doc
+    assert "profile gtod" in p2.stdout and "Headline" in p2.stdout
+
+
+@needs_sim
+def test_simulate_default_text() -> None:
+    p = run("simulate", *_short_args())
+    assert p.returncode == 0, p.stderr
+    assert "profile gtod" in p.stdout and "profile series" in p.stdout
+    assert "Key moments" in p.stdout and "Traceback" not in p.stderr
+
+
+@needs_sim
+def test_simulate_trace_perfetto_plot(tmp_path: Any) -> None:
+    short = _short_args()
+    tr = tmp_path / "sim.txt"
+    pf = tmp_path / "sim.perfetto.json"
+    p = run("simulate", *short, "--profile", "series", "--trace", str(tr), "--perfetto", str(pf))
+    assert p.returncode == 0, p.stderr
+    res = T.parse_text(tr.read_text())
+    assert res.skipped == [] and res.records
+    assert {r.level for r in res.records} <= {0, 1, 2, 3, 4}
+    assert all(r.fmt in (None, "after") for r in res.records)  # series prints "stable %u"
+    tp = run("trace", str(tr), "--json")
+    assert tp.returncode == 0 and json.loads(tp.stdout)["events"] == len(res.records)
+    doc = json.loads(pf.read_text())
+    assert doc["displayTimeUnit"] == "ns" and doc["traceEvents"]
+    for e in doc["traceEvents"]:
+        assert {"name", "ph", "ts", "pid", "tid"} <= set(e)
+    assert any(e["ph"] == "C" and e["name"] == "pvclock stable" for e in doc["traceEvents"])
+    png = tmp_path / "sim.png"
+    p = run("simulate", *short, "--plot", str(png))
+    if HAVE_MPL:
+        assert p.returncode == 0, p.stderr
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert_usage_error(p, "--plot needs matplotlib", "kvmclock[plot]")
+        assert not png.exists()
+
+
+@needs_sim
+def test_simulate_bad_arguments() -> None:
+    assert_usage_error(run("simulate", "--scenario", "no-such"), "unknown scenario", "nested")
+    assert_usage_error(run("simulate", "--json", "-", "--trace", "-", "--profile", "gtod"),
+                       "stdout")
+
+
+@needs_record
+def test_decode_happy_path_is_in_test_decode() -> None:
+    # decode has its own module (tests/test_decode.py); here only the wiring
+    p = run("decode", "--help")
+    assert p.returncode == 0 and "12 bytes" in p.stdout
+
+
+class _Tty:
+    """A stream that says it is a terminal (the spinner only draws on one)."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        return None
+
+
+def test_spinner_only_on_a_terminal_and_only_when_slow() -> None:
+    import time
+
+    from kvmclock.cli import _spinner
+
+    tty = _Tty(True)
+    with _spinner("work", tty, delay_s=0.0):  # type: ignore[arg-type]
+        time.sleep(0.25)
+    assert "work ..." in tty.text and tty.text.endswith("\r\033[K")
+    quick = _Tty(True)
+    with _spinner("work", quick, delay_s=5.0):  # type: ignore[arg-type]
+        pass
+    assert quick.text == ""
+    pipe = _Tty(False)
+    with _spinner("work", pipe, delay_s=0.0):  # type: ignore[arg-type]
+        time.sleep(0.15)
+    assert pipe.text == ""
