@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import kvmclock as _k
+from kvmclock.errors import LivelockDetected
 from kvmclock.timekeeping.clocksource import Clocksource, clocksource_delta
 
 if TYPE_CHECKING:
@@ -69,17 +70,6 @@ class TkReadBase:
     shift: int = 0
     xtime_nsec: int = 0
     base: int = 0
-
-
-def _livelock_error() -> type[Exception]:
-    """``kvmclock.errors.LivelockDetected`` (a RuntimeError); RuntimeError if errors.py is
-    absent.
-    """
-    try:
-        from kvmclock.errors import LivelockDetected
-    except ImportError:  # pragma: no cover - errors.py belongs to the foundation layer
-        return RuntimeError
-    return LivelockDetected
 
 
 def _ilog2(x: int) -> int:
@@ -144,7 +134,7 @@ class Timekeeper:
 
     def _check_can_read(self) -> None:
         if self._write_depth:
-            raise _livelock_error()(
+            raise LivelockDetected(
                 f"{self.kernel.name}: timekeeper read inside its own tk_core.seq write section "
                 "(read_seqcount_begin would spin forever on this CPU)"
             )

@@ -333,6 +333,11 @@ impl PvclockClock {
         self.last_value.load(Ordering::Relaxed)
     }
 
+    /// `pvclock_resume()`: `last_value` back to 0.
+    pub fn resume(&self) {
+        self.last_value.store(0, Ordering::Relaxed);
+    }
+
     /// The value step of `pvclock_clocksource_read` after a successful retry iteration that
     /// saw `flags` and computed `raw`: no clamp when both `valid_flags` and `flags` carry
     /// PVCLOCK_TSC_STABLE_BIT; otherwise max(raw, last_value) as u64, moving `last_value` up

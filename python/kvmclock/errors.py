@@ -1,0 +1,39 @@
+"""Exception classes of kvmclock; each subclasses the builtin it refines.
+
+``PvclockRetryError`` and ``SeqCountError`` are defined in Rust (``kvmclock._native``,
+``create_exception!`` with base ``ValueError``) and re-exported here.
+"""
+
+from __future__ import annotations
+
+from kvmclock._native import PvclockRetryError, SeqCountError
+
+__all__ = [
+    "KvmclockError",
+    "LivelockDetected",
+    "PvclockRetryError",
+    "RealResourceUnavailable",
+    "ScenarioError",
+    "SeqCountError",
+    "TraceParseError",
+]
+
+
+class KvmclockError(Exception):
+    """Base class of the errors kvmclock defines in Python."""
+
+
+class ScenarioError(KvmclockError, ValueError):
+    """An unknown scenario or a bad scenario parameter."""
+
+
+class TraceParseError(KvmclockError, ValueError):
+    """Input that cannot be parsed as an ftrace / trace-cmd text trace."""
+
+
+class LivelockDetected(KvmclockError, RuntimeError):
+    """A modelled kernel loop that would spin forever (e.g. patch 09's missing ``do``)."""
+
+
+class RealResourceUnavailable(KvmclockError, OSError):
+    """A real resource of this computer (/dev/kvm, the vvar pvclock page, tracefs) is missing."""

@@ -1,0 +1,137 @@
+"""Per-level metrics of a simulation run (SPEC §5 JSON; series-and-upstream.md §7.3).
+
+Definitions (what the numbers mean, precisely):
+
+* A **guest clock read** at level N >= 1 is the guest kernel's ``kvm-clock`` clocksource read
+  (``pvclock_clocksource_read`` with the shared ``last_value`` clamp unless the record and the
+  valid flags carry PVCLOCK_TSC_STABLE_BIT) on one vCPU, entered through the host's KVM.  At
+  the same instant the model also computes the *raw* value (the same record and TSC, no clamp).
+* Reads are ordered by simulation order (true time never decreases).  ``guest_backwards``
+  counts reads whose returned value is lower than the largest value any earlier read on any
+  vCPU of that guest returned.  ``guest_backwards_stable`` counts those among reads that
+  carried the stable bit (no clamp applies to them); ``guest_backwards_clamped`` counts
+  non-stable reads lower than the largest earlier *non-stable* read (the domain of the clamp;
+  always 0 when the clamp works); ``guest_backwards_unclamped`` counts raw values lower than
+  the largest earlier raw value (what the guest would see without the clamp).
+* ``max_cross_vcpu_skew_ns``: at each sample every vCPU of the guest is read at the same true
+  time; the skew is max - min of the raw values; the maximum over samples.
+* ``last_value_clamp_hits``: reads where the clamp returned ``last_value`` (returned > raw).
+* Clock definitions (per VM run by KVM at level N, sampled on vCPU 0's host CPU while
+  masterclock is on): A = host base + kvmclock_offset, B = the record through the guest TSC,
+  C = the master pair through the host TSC with host-frequency mul/shift; max |A-B|, |A-C|,
+  |B-C| in ns (None when never sampled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import kvmclock as _k
+
+if TYPE_CHECKING:
+    from kvmclock.kernel import Kernel
+
+__all__ = ["LevelStats", "Recorder", "guest_read"]
+
+_STABLE = 1
+
+
+def guest_read(kernel: Kernel) -> tuple[int, int, int]:
+    """On ``kernel.current_cpu``: ``(returned_ns, raw_ns, flags)`` of one kvm-clock read."""
+    cs = kernel.clocksources["kvm-clock"]
+    ns, _stamp = cs.read()
+    cpu = kernel.current_cpu
+    raw, flags, _ = _k.pvclock_read(kernel.machine.memory, kernel.machine.cpus[cpu].read_tsc(), kernel.pvti_offset(cpu))
+    return int(ns), int(raw), int(flags)
+
+
+@dataclass
+class LevelStats:
+    """Counters for one guest level."""
+
+    level: int
+    guest_reads: int = 0
+    guest_backwards: int = 0
+    guest_backwards_stable: int = 0
+    guest_backwards_clamped: int = 0
+    guest_backwards_unclamped: int = 0
+    last_value_clamp_hits: int = 0
+    max_cross_vcpu_skew_ns: int = 0
+    max_seen: int | None = None
+    max_seen_unstable: int | None = None
+    max_seen_raw: int | None = None
+    max_abs: dict[str, int | None] = field(
+        default_factory=lambda: {"max_abs_a_minus_b_ns": None, "max_abs_a_minus_c_ns": None, "max_abs_b_minus_c_ns": None}
+    )
+    backwards_events: list[list[Any]] = field(default_factory=list)
+
+    def record_read(self, t_ns: int, cpu: int, ns: int, raw: int, flags: int) -> None:
+        """Account one read (see the module docstring for the definitions)."""
+        self.guest_reads += 1
+        stable = bool(flags & _STABLE)
+        if self.max_seen is not None and ns < self.max_seen:
+            self.guest_backwards += 1
+            if stable:
+                self.guest_backwards_stable += 1
+            if len(self.backwards_events) < 100:
+                self.backwards_events.append([t_ns, cpu, self.max_seen - ns, stable])
+        if not stable:
+            if self.max_seen_unstable is not None and ns < self.max_seen_unstable:
+                self.guest_backwards_clamped += 1
+            self.max_seen_unstable = ns if self.max_seen_unstable is None else max(self.max_seen_unstable, ns)
+        if self.max_seen_raw is not None and raw < self.max_seen_raw:
+            self.guest_backwards_unclamped += 1
+        if ns != raw:
+            self.last_value_clamp_hits += 1
+        self.max_seen = ns if self.max_seen is None else max(self.max_seen, ns)
+        self.max_seen_raw = raw if self.max_seen_raw is None else max(self.max_seen_raw, raw)
+
+    def record_definitions(self, a: int, b: int, c: int) -> None:
+        """Account one A/B/C sample."""
+        for key, d in (
+            ("max_abs_a_minus_b_ns", abs(a - b)),
+            ("max_abs_a_minus_c_ns", abs(a - c)),
+            ("max_abs_b_minus_c_ns", abs(b - c)),
+        ):
+            cur = self.max_abs[key]
+            self.max_abs[key] = d if cur is None else max(cur, d)
+
+
+class Recorder:
+    """Samples every guest level at fixed true-time intervals (a World periodic event)."""
+
+    def __init__(self, kernels: list[Kernel], sample_ns: int) -> None:
+        self.kernels = kernels
+        self.world = kernels[0].world
+        self.sample_ns = sample_ns
+        self.stats: dict[int, LevelStats] = {k.level: LevelStats(k.level) for k in kernels}
+        self.samples: list[list[Any]] = []
+        self.handle = self.world.every(sample_ns, self.sample)
+
+    def sample(self) -> None:
+        """Read every vCPU of every guest kernel now; then the clock definitions of each VM."""
+        t = self.world.now_ns
+        for k in self.kernels:
+            if k.level == 0 or "kvm-clock" not in k.clocksources or k.pvclock is None:
+                continue
+            st = self.stats[k.level]
+            raws: list[int] = []
+            stable = True
+            for cpu in range(len(k.machine.cpus)):
+                ns, raw, flags = k.run_on_cpu(cpu, lambda kk=k: guest_read(kk))  # type: ignore[misc]
+                st.record_read(t, cpu, ns, raw, flags)
+                raws.append(raw)
+                stable = stable and bool(flags & _STABLE)
+            skew = max(raws) - min(raws)
+            st.max_cross_vcpu_skew_ns = max(st.max_cross_vcpu_skew_ns, skew)
+            self.samples.append([t, k.level, skew, stable])
+        for k in self.kernels:
+            if k.kvm is None:
+                continue
+            for vm in k.kvm.vm_list[:1]:
+                if not vm.vcpus:
+                    continue
+                defs = vm.clock_definitions(0)
+                if defs is not None:
+                    self.stats[k.level].record_definitions(*defs)
