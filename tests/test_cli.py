@@ -172,6 +172,10 @@ def test_scale_tsc_scaling() -> None:
         assert s["frac_bits"] == frac
         assert s["ratio"] == (1500000 << frac) // 3000000  # exact: 1/2
         assert s["guest_tsc_khz"] == (3000000 * s["ratio"]) >> frac == 1500000
+        assert s["accepted_by_set_tsc_khz"] is True
+    p = run("scale", "--tsc-khz", "1", "--guest-khz", "4294967295", "--vendor", "svm", "--json")
+    (s,) = json.loads(p.stdout)["tsc_scaling"]
+    assert s["ratio"] == 4294967295 << 32 and s["accepted_by_set_tsc_khz"] is False
     p = run("scale", "--tsc-khz", "3000000", "--ratio", "0.5", "--vendor", "svm", "--json")
     (s,) = json.loads(p.stdout)["tsc_scaling"]
     assert s["ratio"] == 1 << 31 and s["guest_tsc_khz"] == 1500000
@@ -414,3 +418,45 @@ def test_spinner_only_on_a_terminal_and_only_when_slow() -> None:
     with _spinner("work", pipe, delay_s=0.0):  # type: ignore[arg-type]
         time.sleep(0.15)
     assert pipe.text == ""
+
+
+@needs_sim
+def test_simulate_params_and_trace_per_profile(tmp_path: Any) -> None:
+    from kvmclock import sim
+
+    params = set(sim.SCENARIOS["nested"].params)
+    extra = ["--param", "l2_vcpus=1"] if "l2_vcpus" in params else []
+    tr = tmp_path / "both.txt"
+    p = run("simulate", *_short_args(), "--vcpus", "2", *extra, "--trace", str(tr),
+            "--json", str(tmp_path / "r.json"))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    for r in doc["runs"]:
+        if "l1_vcpus" in params:
+            assert r["params"]["l1_vcpus"] == 2 and r["levels"][1]["vcpus"] == 2
+        if extra:
+            assert r["params"]["l2_vcpus"] == 1
+    for prof in ("gtod", "series"):
+        res = T.parse_text((tmp_path / f"both-{prof}.txt").read_text())
+        assert res.skipped == [] and res.records
+        want = "before" if prof == "gtod" else "after"
+        assert {r.fmt for r in res.records if r.fmt} == {want}
+    assert not tr.exists()
+    assert_usage_error(run("simulate", "--param", "nope=1"), "no parameter", "nope")
+    assert_usage_error(run("simulate", "--param", "novalue"), "KEY=VALUE")
+
+
+@needs_sim
+def test_simulate_headline_of_spec_section_6() -> None:
+    """The README's main command shows SPEC.md section 6's headline: under gtod L2 never gets
+    the stable bit; under series it has it, then loses it when L0's TSC goes bad."""
+    p = run("simulate", "--json", "-")
+    assert p.returncode == 0, p.stderr
+    runs = {r["profile"]: r for r in json.loads(p.stdout)["runs"]}
+    l2 = {prof: r["levels"][2]["pvclock_stable_timeline"] for prof, r in runs.items()}
+    assert not any(state for _, state in l2["gtod"])
+    states = [state for _, state in l2["series"]]
+    assert True in states and states[-1] is False
+    text = run("simulate").stdout
+    assert "L2 pvclock stable bit never set" in text
+    assert "L2 pvclock stable bit set from" in text

@@ -24,7 +24,7 @@ from reference import kernel_math as km
 N_RECORDS = 1024  # record contents cycle through k mod N_RECORDS; versions never repeat
 OFFSET = 64  # the record lives at an offset inside a larger buffer
 TSC = 0x0123_4567_89AB_CDEF
-READS_PER_READER = 300_000  # 2 readers x 2 writer kinds -> 1.2 M checked reads
+READS_PER_READER = 400_000  # 2 readers x 2 writer kinds -> 1.6 M checked reads
 
 
 def record_for(k: int) -> km.Record:
@@ -110,9 +110,10 @@ def python_writer(buf: bytearray, stop: Stop, published: list[int]) -> Callable[
         while not stop.event.is_set():
             rec = record_for(n)
             struct.pack_into("<I", buf, o, (2 * n - 1) & km.MASK32)
+            time.sleep(0)  # let readers run into the odd version
             buf[o + 8 : o + 16] = rec.tsc_timestamp.to_bytes(8, "little")
-            if n % 7 == 0:
-                time.sleep(0)  # let readers run into the odd version
+            if n % 3 == 0:
+                time.sleep(0)  # and into a half-written body
             buf[o + 16 : o + 24] = rec.system_time.to_bytes(8, "little")
             buf[o + 24 : o + 28] = rec.tsc_to_system_mul.to_bytes(4, "little")
             buf[o + 28] = rec.tsc_shift & 0xFF
@@ -120,6 +121,7 @@ def python_writer(buf: bytearray, stop: Stop, published: list[int]) -> Callable[
             struct.pack_into("<I", buf, o, (2 * n) & km.MASK32)
             published[0] = n
             n += 1
+            time.sleep(0)  # hand the GIL to a reader between records, as a vCPU exit would
 
     return write
 
@@ -190,7 +192,7 @@ def test_seqcount_protects_multi_field_snapshot() -> None:
     seq = kvmclock.SeqCount()
     snap = Snapshot()
     stop = Stop()
-    reads = 40_000
+    reads = 100_000
     writes = [0]
 
     def writer() -> None:
@@ -205,17 +207,20 @@ def test_seqcount_protects_multi_field_snapshot() -> None:
             snap.c = 3 * k
             seq.write_end()
             writes[0] = k
+            time.sleep(0)  # outside the write section too, or readers could never finish
 
     def snapshot() -> tuple[int, int, int]:
         return (snap.a, snap.b, snap.c)
 
     def reader_fn() -> None:
         last = 0
-        for _ in range(reads):
+        for i in range(reads):
             a, b, c = seq.read(snapshot)
             assert (b, c) == (2 * a, 3 * a), f"mixed snapshot {(a, b, c)}"
             assert a >= last
             last = a
+            if i % 8 == 0:
+                time.sleep(0)  # let the writer in
 
     def reader_begin_retry() -> None:
         last = 0
@@ -232,9 +237,11 @@ def test_seqcount_protects_multi_field_snapshot() -> None:
             assert a >= last
             last = a
             done += 1
+            if done % 8 == 0:
+                time.sleep(0)  # let the writer in
 
     run_threads(stop, [writer], [reader_fn, reader_begin_retry])
-    assert writes[0] > 100
+    assert writes[0] > 1000, "the writer must run many write sections during the reads"
     assert seq.sequence % 2 == 0
     assert seq.sequence == 2 * writes[0]
 
@@ -249,7 +256,7 @@ def test_pvclock_clock_never_goes_back_across_threads() -> None:
     lock = threading.Lock()
     global_max = [0]
     clamps = [0]
-    reads = 60_000
+    reads = 100_000
     mul = 2**31  # 0.5 ns per cycle
 
     def writer() -> None:

@@ -44,7 +44,7 @@ tsc_khz = st.integers(1_000, 10_000_000)
 
 KERNEL_ERRORS = (ValueError, ZeroDivisionError, OverflowError)
 
-CHEAP = settings(max_examples=3000, deadline=None)
+CHEAP = settings(max_examples=2000, deadline=None)
 MEDIUM = settings(max_examples=1000, deadline=None)
 
 

@@ -167,7 +167,9 @@ def _scenario_kwargs(name: str, scn: Any, args: argparse.Namespace) -> dict[str,
     if args.duration is not None:
         key = next((k for k in _DURATION_KEYS if k in accepted), None)
         if key is not None:
-            kwargs[key] = args.duration
+            # whole seconds as an int (the run's "params" keeps ints as they are)
+            d = args.duration
+            kwargs[key] = int(d) if float(d).is_integer() else d
         else:
             key = next((k for k in _DURATION_NS_KEYS if k in accepted), None)
             if key is None:
@@ -184,7 +186,35 @@ def _scenario_kwargs(name: str, scn: Any, args: argparse.Namespace) -> dict[str,
                 f"(its parameters: {', '.join(sorted(accepted)) or 'none'})"
             )
         kwargs[key] = args.vcpus
+    for item in args.param or []:
+        k, sep, v = item.partition("=")
+        k = k.strip()
+        if not sep or not k:
+            raise UsageError(f"simulate: --param wants KEY=VALUE, got {item!r}")
+        if k not in accepted:
+            raise UsageError(
+                f"simulate: scenario {name!r} has no parameter {k!r} "
+                f"(its parameters: {', '.join(sorted(accepted)) or 'none'})"
+            )
+        kwargs[k] = _param_value(v.strip())
     return kwargs
+
+
+def _param_value(text: str) -> int | float | bool | str | None:
+    """``--param`` values: int (also 0x), float, true/false, none, else the string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _profile_paths(path: str, profiles: Sequence[str]) -> list[str]:
@@ -292,6 +322,9 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 _FRAC_BITS = {"vmx": 48, "svm": 32}
+# kvm_caps.max_tsc_scaling_ratio: KVM_VMX_TSC_MULTIPLIER_MAX (vmx.c), SVM_TSC_RATIO_MAX
+# (arch/x86/include/asm/svm.h); set_tsc_khz rejects ratio == 0 || ratio >= max
+_MAX_RATIO = {"vmx": (1 << 64) - 1, "svm": 0x000000FFFFFFFFFF}
 
 
 def _parse_ratio(text: str, frac_bits: int) -> int:
@@ -371,8 +404,11 @@ def scale_report(tsc_khz: int, guest_khz: int | None, ratio_text: str | None,
                 )
                 source = "tsc_scaling_ratio(user_tsc_khz, tsc_khz) (set_tsc_khz)"
             scaled_khz = kvmclock.scale_tsc(tsc=tsc_khz, ratio=ratio, frac_bits=frac)
+            ok = 0 < ratio < _MAX_RATIO[v]
             entry: dict[str, Any] = {
                 "vendor": v,
+                "accepted_by_set_tsc_khz": ok,
+                "max_tsc_scaling_ratio": _MAX_RATIO[v],
                 "frac_bits": frac,
                 "ratio": ratio,
                 "ratio_hex": f"{ratio:#x}",
@@ -416,6 +452,8 @@ def format_scale(doc: dict[str, Any]) -> str:
             f"  TSC scaling {s['vendor'].upper()} ({s['frac_bits']} fraction bits): ratio "
             f"{s['ratio_hex']} (= {s['ratio_value']:.12f}, {s['ratio_source']}) -> guest TSC "
             f"{s['guest_tsc_khz']} kHz"
+            + ("" if s["accepted_by_set_tsc_khz"] else
+               f" (set_tsc_khz would reject it: ratio 0 or >= {s['max_tsc_scaling_ratio']:#x})")
         )
         if "guest_tsc_to_system_mul" in s:
             out.append(
@@ -660,7 +698,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         result = parse_bytes(data)
     except TraceParseError as exc:
         raise UsageError(f"trace: {name}: {exc}") from exc
-    summary = summarize(result)
+    summary = summarize(result, group=args.group)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return EXIT_OK
 
@@ -709,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  kvmclock simulate\n"
         "  kvmclock simulate --scenario nested --profile series --seed 3 --json -\n"
         "  kvmclock simulate --trace sim.txt --perfetto sim.json --plot sim.png\n"
+        "  kvmclock simulate --duration 3 --vcpus 2 --param l2_vcpus=1\n"
         "with --profile both, --trace PATH writes PATH-gtod and PATH-series files.",
         formatter_class=fmt,
     )
@@ -718,7 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=_duration_arg, metavar="S",
                    help="simulated seconds (scenarios that take it)")
     s.add_argument("--vcpus", type=_int_arg("vcpus", 1, 1024), metavar="N",
-                   help="vCPUs (scenarios that take it)")
+                   help="vCPUs of the first guest (scenarios that take it)")
+    s.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="any scenario parameter (kvmclock scenarios --json lists them)")
     s.add_argument("--json", metavar="PATH|-", help="write the runs as JSON ('-' = stdout)")
     s.add_argument("--trace", metavar="PATH|-", help="write ftrace text with a level column")
     s.add_argument("--perfetto", metavar="PATH", help="write Chrome/Perfetto trace-event JSON")
@@ -785,6 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     s.add_argument("file", metavar="FILE|-")
+    s.add_argument("--group", choices=["auto", "pid", "one"], default="auto",
+                   help="what one VM process is: auto = tgid column, else level column, else "
+                   "pid; pid = each task; one = all events one VM")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_trace)
 
@@ -811,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_COMMANDS = ("simulate", "scenarios", "scale", "decode", "trace", "host", "verify")
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -825,12 +872,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
             raise UsageError(
-                f"{prog}: a command is required: simulate, scenarios, scale, decode, trace, "
-                f"host, verify (see '{prog} --help')"
+                f"{prog}: a command is required: {', '.join(_COMMANDS)} (see '{prog} --help')"
             )
         return int(args.func(args))
     except UsageError as exc:
-        print(_one_line(str(exc)), file=sys.stderr)
+        msg = _one_line(str(exc))
+        if not msg.startswith(prog):
+            cmd = msg.split(":", 1)[0]
+            msg = f"{prog} {msg}" if cmd in _COMMANDS else f"{prog}: {msg}"
+        print(msg, file=sys.stderr)
         return EXIT_USAGE
     except RealResourceUnavailable as exc:
         print(f"{prog}: real resource unavailable: {_one_line(str(exc))}", file=sys.stderr)

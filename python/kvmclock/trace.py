@@ -694,18 +694,34 @@ _RECORD_KEYS = (
 )
 
 
-def _process_key(rec: TraceRecord) -> str:
-    """Grouping key of a VM process: the tgid when traced (-o record-tgid), else the pid
-    (QEMU vCPU threads have their own pids; without tgid they appear as separate processes)."""
-    ident = rec.tgid if rec.tgid is not None else rec.pid
+GROUPINGS = ("auto", "pid", "one")
+
+
+def _process_key(rec: TraceRecord, group: str) -> str:
+    """Which VM a record belongs to. ``auto``: the tgid when traced (``-o record-tgid``), else the
+    level column (kvmclock simulate: one VM per level), else the pid; ``pid``: every task on
+    its own (QEMU's vCPU threads have their own pids); ``one``: everything is one VM."""
+    if group == "one":
+        return "all"
+    if group == "pid":
+        ident: int | None = rec.pid
+    elif rec.tgid is not None:
+        ident = rec.tgid
+    elif rec.level is not None:
+        return f"L{rec.level}"
+    else:
+        ident = rec.pid
     return f"L{rec.level}:{ident}" if rec.level is not None else str(ident)
 
 
-def summarize(result: ParseResult) -> dict[str, Any]:
+def summarize(result: ParseResult, group: str = "auto") -> dict[str, Any]:
     """Per VM process and vCPU: masterclock transitions, TSC generations (a kvm_track_tsc with
     offsetmatched 0 opens one: ``__kvm_synchronize_tsc`` resets nr_vcpus_matched_tsc on an
     unmatched write), TSC offsets (u64 and s64 view), pvclock updates with the kvmclock at each
-    record's tsc_timestamp and the step a guest sees at the update, and anomalies."""
+    record's tsc_timestamp and the step a guest sees at the update, and anomalies. ``group``
+    chooses what counts as one VM process (see :func:`_process_key`)."""
+    if group not in GROUPINGS:
+        raise ValueError(f"group must be one of {list(GROUPINGS)}, got {group!r}")
     records = result.records
     by_event = Counter(r.event for r in records)
     units = {("s" if r.t_ns is not None else "counter") for r in records}
@@ -718,11 +734,11 @@ def summarize(result: ParseResult) -> dict[str, Any]:
     anomalies: list[dict[str, Any]] = []
 
     def proc_of(rec: TraceRecord) -> dict[str, Any]:
-        key = _process_key(rec)
+        key = _process_key(rec, group)
         p: dict[str, Any] | None = processes.get(key)
         if p is None:
             p = {
-                "pid": rec.tgid if rec.tgid is not None else rec.pid,
+                "pids": [],
                 "comm": rec.comm,
                 "level": rec.level,
                 "events": 0,
@@ -759,7 +775,9 @@ def summarize(result: ParseResult) -> dict[str, Any]:
         p["events"] += 1
         d = rec.data
         tv = rec.time_value
-        where = {"line": rec.line_no, "timestamp": tv, "process": _process_key(rec)}
+        where = {"line": rec.line_no, "timestamp": tv, "process": _process_key(rec, group)}
+        if rec.pid not in p["pids"]:
+            p["pids"].append(rec.pid)
         if rec.event == "kvm_update_master_clock":
             on = bool(d["use_master_clock"])
             masterclock.append([tv, on])
@@ -912,7 +930,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     for key, p in summary["processes"].items():
         lvl = f" level {p['level']}" if p["level"] is not None else ""
         out.append("")
-        out.append(f"VM process {key} ({p['comm']}){lvl}: {p['events']} clock events")
+        pids = ", ".join(str(x) for x in p["pids"])
+        out.append(f"VM process {key} ({p['comm']}){lvl}: {p['events']} clock events from "
+                   f"pid {pids}")
         mc = p["masterclock"]
         hc = p.get("host_clock")
         hc_txt = ""

@@ -609,8 +609,9 @@ class KvmModule:
 
     # -- small helpers ---------------------------------------------------------------------------
     def moment(self, text: str) -> None:
-        """A key moment for the run's timeline (``[t_ns, level, text]``)."""
+        """A key moment for the run's timeline (``[t_ns, level, text]``), also in the world log."""
         self.moments.append([self.world.now_ns, self.level, text])
+        self.world.log("moment", level=self.level, text=text)
 
     def trace(self, event: str, fields: str) -> None:
         """Record one trace event as ``(t_ns, level, comm, pid, cpu, event, fields)``."""

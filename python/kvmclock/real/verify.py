@@ -104,6 +104,9 @@ class ScenarioRun:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     obs: dict[str, dict[str, Any]] = field(default_factory=dict)
     trace: str | None = None
+    # Host time just before KVM_CREATE_VM: {"t_ns": ns relative to t0 (<= 0), "host_tsc"}.
+    # Absent in captures made before it was recorded (the 6.18 fixture).
+    vm_create: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,11 +115,19 @@ class ScenarioRun:
             "inputs": self.inputs,
             "obs": self.obs,
             "trace": self.trace,
+            "vm_create": self.vm_create,
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ScenarioRun:
-        return cls(doc["side"], doc["tsc_khz"], doc["inputs"], doc["obs"], doc.get("trace"))
+        return cls(
+            doc["side"],
+            doc["tsc_khz"],
+            doc["inputs"],
+            doc["obs"],
+            doc.get("trace"),
+            doc.get("vm_create"),
+        )
 
 
 def _planted(vm: kvmdev.KvmVm, vcpu: int, version: int, or_flags: int) -> None:
@@ -133,94 +144,107 @@ def run_real_scenarios(script: tuple[tuple[Any, ...], ...] = SCRIPT) -> Scenario
     """Execute ``script`` on /dev/kvm; every fd and mapping released on return or error."""
     from kvmclock.real import rdtsc
 
-    with kvmdev.KvmSystem() as system, system.create_vm(MEM_SIZE) as vm:
-        load(vm, RDTSC_HLT)
-        t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
-        vcpus: dict[int, kvmdev.KvmVcpu] = {}
-        run = ScenarioRun("real", 0)
-        last_write: tuple[int, int] | None = None  # (value, host tsc at the write)
+    with kvmdev.KvmSystem() as system:
+        t_create = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
+        tsc_create = rdtsc()
+        with system.create_vm(MEM_SIZE) as vm:
+            return _run_real_script(vm, script, t_create, tsc_create)
 
-        def offsets() -> dict[str, int]:
-            return {str(i): v.tsc_offset() for i, v in vcpus.items()}
 
-        for n, step in enumerate(script):
-            op = step[0]
-            t_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW) - t0
-            host_tsc = rdtsc()
-            inp: dict[str, Any] = {"n": n, "op": op, "t_ns": t_ns, "host_tsc": host_tsc}
-            ob: dict[str, Any] = {"n": n, "op": op, "t_ns": t_ns}
-            label: str | None = None
-            if op == "create_vcpu":
-                vid = step[1]
-                label = step[2]
-                vcpus[vid] = vm.create_vcpu(vid)
-                if not run.tsc_khz:
-                    run.tsc_khz = vcpus[vid].get_tsc_khz()
-                inp["vcpu"] = vid
-                ob["offsets"] = offsets()
-            elif op == "enable_kvmclock":
-                vid = step[1]
-                label = step[2] if len(step) > 2 else None
-                vcpus[vid].enable_kvmclock(record_gpa(vid))
-                inp.update(vcpu=vid, gpa=record_gpa(vid))
-                ob["record_after_write"] = _rec(vm.read_record(record_gpa(vid)))
-            elif op == "run":
-                vid, label = step[1], step[2]
-                before = rdtsc()
-                g = run_to_hlt(vcpus[vid])
-                after = rdtsc()
-                inp["vcpu"] = vid
-                ob.update(
-                    vcpu=vid,
-                    record=_rec(vm.read_record(record_gpa(vid))),
-                    guest_tsc=g.guest_tsc,
-                    host_tsc_before=before,
-                    host_tsc_after=after,
-                    offset=vcpus[vid].tsc_offset(),
-                )
-            elif op == "get_clock":
-                label = step[1]
-                c = vm.get_clock()
-                ob.update(
-                    clock=c.clock,
-                    flags=c.flags,
-                    realtime=c.realtime,
-                    host_tsc=c.host_tsc,
-                    offsets=offsets(),
-                )
-            elif op == "set_tsc":
-                vid, how, label = step[1], step[2], step[3]
-                now = rdtsc()
-                if how == "far":
-                    value = now + FAR_SECONDS * run.tsc_khz * 1000
-                else:  # "match": the last written value extrapolated by the elapsed cycles
-                    if last_write is None:
-                        raise ValueError("script: 'match' TSC write before any write")
-                    value = last_write[0] + (now - last_write[1])
-                vcpus[vid].set_tsc(value)
-                last_write = (value, now)
-                inp.update(vcpu=vid, value=value, how=how)
-                ob.update(vcpu=vid, value=value, offsets=offsets())
-            elif op == "plant":
-                vid, version, or_flags = step[1], step[2], step[3]
-                _planted(vm, vid, version, or_flags)
-                inp.update(vcpu=vid, version=version, or_flags=or_flags)
-            elif op == "set_clock":
-                label = step[2]
-                value = vm.get_clock().clock + 10**9
-                vm.set_clock(value)
-                inp.update(clock=value, flags=0)
-                ob.update(clock=value)
-            elif op == "kvmclock_ctrl":
-                vid = step[1]
-                vcpus[vid].kvmclock_ctrl()
-                inp["vcpu"] = vid
-            else:
-                raise ValueError(f"script op must be one of the SCRIPT ops, got {op!r}")
-            run.inputs.append(inp)
-            if label is not None:
-                run.obs[label] = ob
-        return run
+def _run_real_script(
+    vm: kvmdev.KvmVm, script: tuple[tuple[Any, ...], ...], t_create: int, tsc_create: int
+) -> ScenarioRun:
+    """The body of ``run_real_scenarios`` on an open VM (KVM_CREATE_VM at ``t_create``)."""
+    from kvmclock.real import rdtsc
+
+    load(vm, RDTSC_HLT)
+    t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
+    vcpus: dict[int, kvmdev.KvmVcpu] = {}
+    run = ScenarioRun("real", 0)
+    run.vm_create = {"t_ns": t_create - t0, "host_tsc": tsc_create}
+    last_write: tuple[int, int] | None = None  # (value, host tsc at the write)
+
+    def offsets() -> dict[str, int]:
+        return {str(i): v.tsc_offset() for i, v in vcpus.items()}
+
+    for n, step in enumerate(script):
+        op = step[0]
+        t_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW) - t0
+        host_tsc = rdtsc()
+        inp: dict[str, Any] = {"n": n, "op": op, "t_ns": t_ns, "host_tsc": host_tsc}
+        ob: dict[str, Any] = {"n": n, "op": op, "t_ns": t_ns}
+        label: str | None = None
+        if op == "create_vcpu":
+            vid = step[1]
+            label = step[2]
+            vcpus[vid] = vm.create_vcpu(vid)
+            if not run.tsc_khz:
+                run.tsc_khz = vcpus[vid].get_tsc_khz()
+            inp["vcpu"] = vid
+            ob["offsets"] = offsets()
+        elif op == "enable_kvmclock":
+            vid = step[1]
+            label = step[2] if len(step) > 2 else None
+            vcpus[vid].enable_kvmclock(record_gpa(vid))
+            inp.update(vcpu=vid, gpa=record_gpa(vid))
+            ob["record_after_write"] = _rec(vm.read_record(record_gpa(vid)))
+        elif op == "run":
+            vid, label = step[1], step[2]
+            before = rdtsc()
+            g = run_to_hlt(vcpus[vid])
+            after = rdtsc()
+            inp["vcpu"] = vid
+            ob.update(
+                vcpu=vid,
+                record=_rec(vm.read_record(record_gpa(vid))),
+                guest_tsc=g.guest_tsc,
+                host_tsc_before=before,
+                host_tsc_after=after,
+                offset=vcpus[vid].tsc_offset(),
+            )
+        elif op == "get_clock":
+            label = step[1]
+            c = vm.get_clock()
+            ob.update(
+                clock=c.clock,
+                flags=c.flags,
+                realtime=c.realtime,
+                host_tsc=c.host_tsc,
+                offsets=offsets(),
+            )
+        elif op == "set_tsc":
+            vid, how, label = step[1], step[2], step[3]
+            now = rdtsc()
+            if how == "far":
+                value = now + FAR_SECONDS * run.tsc_khz * 1000
+            else:  # "match": the last written value extrapolated by the elapsed cycles
+                if last_write is None:
+                    raise ValueError("script: 'match' TSC write before any write")
+                value = last_write[0] + (now - last_write[1])
+            vcpus[vid].set_tsc(value)
+            last_write = (value, now)
+            inp.update(vcpu=vid, value=value, how=how)
+            ob.update(vcpu=vid, value=value, offsets=offsets())
+        elif op == "plant":
+            vid, version, or_flags = step[1], step[2], step[3]
+            _planted(vm, vid, version, or_flags)
+            inp.update(vcpu=vid, version=version, or_flags=or_flags)
+        elif op == "set_clock":
+            label = step[2]
+            value = vm.get_clock().clock + 10**9
+            vm.set_clock(value)
+            inp.update(clock=value, flags=0)
+            ob.update(clock=value)
+        elif op == "kvmclock_ctrl":
+            vid = step[1]
+            vcpus[vid].kvmclock_ctrl()
+            inp["vcpu"] = vid
+        else:
+            raise ValueError(f"script op must be one of the SCRIPT ops, got {op!r}")
+        run.inputs.append(inp)
+        if label is not None:
+            run.obs[label] = ob
+    return run
 
 
 # --- relations ------------------------------------------------------------------------------

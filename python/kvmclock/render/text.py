@@ -141,15 +141,18 @@ def headline(runs: Sequence[Run]) -> list[str]:
             continue
         deepest = max(levels, key=lambda lv: int(lv["level"]))
         duration = run.get("duration_ns")
-        notif = sum(int(lv.get("notifier_calls") or 0) for lv in levels)
-        tku = sum(int(lv.get("timekeeping_updates") or 0) for lv in levels)
+        calls = ", ".join(
+            f"L{lv['level']} {int(lv.get('notifier_calls') or 0):,}/"
+            f"{int(lv.get('timekeeping_updates') or 0):,}"
+            for lv in levels
+        )
         stable = describe_timeline(deepest.get("pvclock_stable_timeline") or [], duration)
         if deepest.get("pvclock_stable") is None and not deepest.get("pvclock_stable_timeline"):
             stable = "no pvclock (physical host)"
         out.append(
-            f"{run['profile']:>7}: L{deepest['level']} pvclock stable bit {stable}; "
-            f"{notif:,} notifier calls for {tku:,} timekeeping updates"
+            f"{run['profile']:>7}: L{deepest['level']} pvclock stable bit {stable}"
         )
+        out.append(f"{'':>7}  notifier calls / timekeeping updates: {calls}")
         for lv in levels:
             tl = lv.get("masterclock_timeline") or []
             if lv.get("masterclock") is None and not tl:
@@ -167,13 +170,22 @@ def headline(runs: Sequence[Run]) -> list[str]:
 
 
 def moments_timeline(runs: Sequence[Run], limit: int = 30) -> list[str]:
-    """The key moments of all runs, in time order, at most ``limit`` lines."""
-    rows: list[tuple[int, int, int, str, str]] = []
-    for order, run in enumerate(runs):
+    """The key moments of all runs in time order, at most ``limit`` lines; a moment that every
+    run has at the same time and level is shown once, as ``all`` (``both`` for two runs)."""
+    names = [str(r["profile"]) for r in runs]
+    seen: dict[tuple[int, int, str], list[str]] = {}
+    for run in runs:
         for t_ns, level, text in run.get("moments") or []:
-            rows.append((int(t_ns), order, int(level), str(run["profile"]), str(text)))
-    rows.sort(key=lambda r: (r[0], r[1]))
-    out = [f"{fmt_time(t):>14}  {prof:<6} L{lvl}  {text}" for t, _, lvl, prof, text in rows[:limit]]
+            profs = seen.setdefault((int(t_ns), int(level), str(text)), [])
+            if str(run["profile"]) not in profs:
+                profs.append(str(run["profile"]))
+    everyone = "both" if len(names) == 2 else "all"
+    rows = sorted(seen.items(), key=lambda kv: (kv[0][0], names.index(kv[1][0])))
+    width = max([len(everyone), *(len(n) for n in names)])
+    out = []
+    for (t, lvl, text), profs in rows[:limit]:
+        who = everyone if len(profs) == len(names) > 1 else ",".join(profs)
+        out.append(f"{fmt_time(t):>14}  {who:<{width}} L{lvl}  {text}")
     if len(rows) > limit:
         out.append(f"{'':>14}  ... {len(rows) - limit} more moments (all of them in --json)")
     return out

@@ -67,6 +67,42 @@ unsafe fn long_value(p: *mut ffi::PyObject) -> Option<i128> {
     }
 }
 
+/// Value of an exact `int` with at most two 30-bit digits, read from the object directly
+/// (CPython's `PyLongObject` layout: header, then `ob_size` (<= 3.11) or `lv_tag` (>= 3.12),
+/// then the `ob_digit` array at offset 24). `None`: not compact, use the C API.
+///
+/// # Safety
+/// `p` must be a live exact `int` on a GIL-enabled, non-limited-API CPython build.
+#[cfg(all(not(Py_LIMITED_API), not(Py_GIL_DISABLED), not(PyPy), not(GraalPy), target_pointer_width = "64"))]
+#[inline(always)]
+unsafe fn compact_value(p: *mut ffi::PyObject) -> Option<i128> {
+    unsafe {
+        let word = *(p as *const isize).add(2);
+        let digits = (p as *const u8).add(24) as *const u32;
+        #[cfg(Py_3_12)]
+        let (n, negative) = {
+            // lv_tag = ndigits << 3 | sign (0 positive, 1 zero, 2 negative)
+            let tag = word as usize;
+            (tag >> 3, tag & 3 == 2)
+        };
+        #[cfg(not(Py_3_12))]
+        let (n, negative) = (word.unsigned_abs(), word < 0);
+        let mag: i128 = match n {
+            0 => 0,
+            1 => *digits as i128,
+            2 => (*digits as i128) | ((*digits.add(1) as i128) << 30),
+            _ => return None,
+        };
+        Some(if negative { -mag } else { mag })
+    }
+}
+
+#[cfg(not(all(not(Py_LIMITED_API), not(Py_GIL_DISABLED), not(PyPy), not(GraalPy), target_pointer_width = "64")))]
+#[inline(always)]
+unsafe fn compact_value(_p: *mut ffi::PyObject) -> Option<i128> {
+    None
+}
+
 /// The integer value of `obj` (None: outside -2**63..=2**64-1), or TypeError naming `name`.
 #[inline(always)]
 pub fn int_value(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i128>> {
@@ -74,6 +110,9 @@ pub fn int_value(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i128>> {
     // SAFETY: `p` is a live object borrowed for the call; we are attached.
     unsafe {
         if ffi::PyLong_CheckExact(p) != 0 {
+            if let Some(v) = compact_value(p) {
+                return Ok(Some(v));
+            }
             return Ok(long_value(p));
         }
     }

@@ -36,7 +36,7 @@ fn bytes_arg(b: &Any<'_>) -> PyResult<Vec<u8>> {
 /// `struct pvclock_vcpu_time_info` (arch/x86/include/asm/pvclock-abi.h): the 32-byte
 /// little-endian record KVM writes into guest memory. Frozen, hashable, equal by value.
 #[pyclass(frozen, eq, hash, module = "kvmclock._native")]
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PvclockVcpuTimeInfo {
     pub inner: pvclock::PvclockVcpuTimeInfo,
 }
@@ -173,7 +173,7 @@ impl PvclockVcpuTimeInfo {
 
 /// `struct pvclock_wall_clock` (pvclock-abi.h): u32 version, sec, nsec; 12 bytes LE.
 #[pyclass(frozen, eq, hash, module = "kvmclock._native")]
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PvclockWallClock {
     inner: pvclock::PvclockWallClock,
 }

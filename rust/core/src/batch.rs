@@ -111,41 +111,50 @@ pub fn threads_for(n: usize, max_threads: usize) -> usize {
     max_threads.min(cores).clamp(1, 8)
 }
 
-fn split_into(src: &[u64], dst: &mut [u64], threads: usize, f: impl Fn(&[u64], &mut [u64]) + Sync) {
-    if threads <= 1 {
-        f(src, dst);
+/// Run `f` over `0..n` split into `threads` contiguous ranges; the first range runs on the
+/// calling thread. A worker thread that cannot be spawned (resource limits) runs its range
+/// inline instead of panicking.
+fn par_ranges(n: usize, threads: usize, f: &(impl Fn(std::ops::Range<usize>) + Sync)) {
+    if threads <= 1 || n == 0 {
+        f(0..n);
         return;
     }
-    let chunk = src.len().div_ceil(threads);
+    let chunk = n.div_ceil(threads);
     std::thread::scope(|s| {
-        let f = &f;
-        let mut pairs = src.chunks(chunk).zip(dst.chunks_mut(chunk));
-        let first = pairs.next();
-        for (a, b) in pairs {
-            s.spawn(move || f(a, b));
+        let mut start = chunk.min(n);
+        while start < n {
+            let r = start..(start + chunk).min(n);
+            let job = r.clone();
+            if std::thread::Builder::new().spawn_scoped(s, move || f(job)).is_err() {
+                f(r);
+            }
+            start += chunk;
         }
-        if let Some((a, b)) = first {
-            f(a, b);
-        }
+        f(0..chunk.min(n));
     });
 }
 
-fn split_in_place(buf: &mut [u64], threads: usize, f: impl Fn(&mut [u64]) + Sync) {
-    if threads <= 1 {
-        f(buf);
-        return;
-    }
-    let chunk = buf.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        let mut parts = buf.chunks_mut(chunk);
-        let first = parts.next();
-        for b in parts {
-            s.spawn(move || f(b));
-        }
-        if let Some(b) = first {
-            f(b);
-        }
+fn split_into(src: &[u64], dst: &mut [u64], threads: usize, g: impl Fn(&[u64], &mut [u64]) + Sync) {
+    debug_assert_eq!(src.len(), dst.len());
+    let (sp, dp) = (src.as_ptr() as usize, dst.as_mut_ptr() as usize);
+    par_ranges(src.len(), threads, &|r: std::ops::Range<usize>| {
+        // SAFETY: ranges are disjoint sub-ranges of `src`/`dst`, which stay borrowed (shared and
+        // exclusive) by this function for the whole scope.
+        let (a, b) = unsafe {
+            (
+                std::slice::from_raw_parts((sp as *const u64).add(r.start), r.len()),
+                std::slice::from_raw_parts_mut((dp as *mut u64).add(r.start), r.len()),
+            )
+        };
+        g(a, b)
+    });
+}
+
+fn split_in_place(buf: &mut [u64], threads: usize, g: impl Fn(&mut [u64]) + Sync) {
+    let bp = buf.as_mut_ptr() as usize;
+    par_ranges(buf.len(), threads, &|r: std::ops::Range<usize>| {
+        // SAFETY: disjoint sub-ranges of `buf`, exclusively borrowed for the whole scope.
+        g(unsafe { std::slice::from_raw_parts_mut((bp as *mut u64).add(r.start), r.len()) })
     });
 }
 

@@ -449,7 +449,7 @@ mod tests {
         // a changing version: the stamp is the one of the successful iteration
         let mut n = 0u64;
         let p = page.0.as_mut_ptr();
-        page.0[0] = 2;
+        unsafe { AtomicU32::from_ptr(p as *mut u32).store(2, Ordering::Relaxed) };
         let (_, stamp) = rec
             .read::<(), _>(10, || {
                 n += 1;

@@ -1,0 +1,15 @@
+"""Simulation: built-in scenarios (SPEC §6), metrics, ``run_scenario`` (SPEC §5 JSON)."""
+
+from kvmclock.sim.metrics import LevelStats, Recorder, guest_read
+from kvmclock.sim.scenarios import SCENARIOS, Scenario, Sim, format_trace_lines, run_scenario
+
+__all__ = [
+    "SCENARIOS",
+    "LevelStats",
+    "Recorder",
+    "Scenario",
+    "Sim",
+    "format_trace_lines",
+    "guest_read",
+    "run_scenario",
+]
