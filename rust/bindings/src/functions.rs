@@ -219,27 +219,9 @@ pub(crate) fn retry_read(
                         .map_err(ReadError::Core)
                 }),
             };
-            // One iteration attached (the usual case: an even, unchanged version; detaching
-            // costs more than the read), then the retry loop detached from the interpreter.
-            // A failed iteration has no side effects, so this is the same protocol.
-            let r = match attempt(0) {
-                Err(ReadError::Core(e)) if e.kind == ErrorKind::Retry && max_retries > 0 => {
-                    py.detach(|| attempt(max_retries - 1)).map_err(|e| match e {
-                        ReadError::Core(c) if c.kind == ErrorKind::Retry => {
-                            ReadError::Core(kvmclock_core::CoreError::new(
-                                ErrorKind::Retry,
-                                format!(
-                                    "pvclock record version stayed odd or kept changing for {} \
-                                     iterations (max_retries={max_retries})",
-                                    max_retries as u128 + 1
-                                ),
-                            ))
-                        }
-                        other => other,
-                    })
-                }
-                other => other,
-            };
+            // The whole retry loop runs detached from the interpreter, so other Python
+            // threads (writers, readers) run truly concurrently with it.
+            let r = py.detach(|| attempt(max_retries));
             r.map_err(|e| match e {
                 ReadError::Core(c) => core_err(c),
                 ReadError::Tsc(never) => match never {},
