@@ -50,14 +50,15 @@ def summary_line(target: str, engine: str, seed: int, seconds: float, examples: 
 # ------------------------------------------------------------------------------------ atheris
 
 
-def atheris_child(target: str, seconds: float, seed: int, workdir: Path) -> None:
+def atheris_child(target: str, seconds: float, seed: int, workdir: Path, tolerate: bool) -> None:
     """Inside the child: instrument kvmclock, seed the corpus, hand over to libFuzzer."""
-    import atheris
+    import atheris  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     # not the "RegEx" hook: its pattern proxy breaks Pattern.match(s, pos) (json uses it)
     atheris.enabled_hooks.add("str")
     with atheris.instrument_imports(include=["kvmclock", "targets"]):
         import targets
+    targets.tolerate_known = tolerate
     t = targets.TARGETS[target]
     corpus = workdir / "corpus"
     seeds = workdir / "seeds"
@@ -70,6 +71,15 @@ def atheris_child(target: str, seconds: float, seed: int, workdir: Path) -> None
 
     def one_input(data: bytes) -> None:
         check(data)
+
+    def report_known() -> None:
+        if targets.known_hits:
+            print(f"known bugs hit (tolerated): {targets.known_hits}", file=sys.stderr,
+                  flush=True)
+
+    import atexit
+
+    atexit.register(report_known)
 
     argv = [
         sys.argv[0],
@@ -87,7 +97,8 @@ def atheris_child(target: str, seconds: float, seed: int, workdir: Path) -> None
     atheris.Fuzz()
 
 
-def run_atheris(target: str, seconds: float, seed: int, workdir: Path | None) -> int:
+def run_atheris(target: str, seconds: float, seed: int, workdir: Path | None,
+                tolerate: bool = False) -> int:
     """Parent side: run the child, parse libFuzzer's stats, print the summary line."""
     own_tmp = None
     if workdir is None:
@@ -98,7 +109,8 @@ def run_atheris(target: str, seconds: float, seed: int, workdir: Path | None) ->
     with open(log, "wb") as f:
         p = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), target, "--child",
-             "--seconds", str(seconds), "--seed", str(seed), "--workdir", str(workdir)],
+             "--seconds", str(seconds), "--seed", str(seed), "--workdir", str(workdir),
+             *(["--tolerate-known"] if tolerate else [])],
             stdout=f, stderr=subprocess.STDOUT, check=False,
         )
     elapsed = time.monotonic() - t0
@@ -112,6 +124,9 @@ def run_atheris(target: str, seconds: float, seed: int, workdir: Path | None) ->
               file=sys.stderr)
         for a in sorted((workdir / "artifacts").glob("*")):
             print(f"--- artifact {a}: {a.read_bytes()[:200]!r}", file=sys.stderr)
+    known = re.findall(r"known bugs hit \(tolerated\): (.*)", text)
+    if known:
+        print(f"--- {target}: known bugs hit (tolerated): {known[-1]}", file=sys.stderr)
     print(summary_line(target, "atheris", seed, elapsed, examples, int(crashed)), flush=True)
     if own_tmp is not None and not crashed:
         own_tmp.cleanup()
@@ -123,9 +138,8 @@ def run_atheris(target: str, seconds: float, seed: int, workdir: Path | None) ->
 
 def strategy(target: str) -> Any:
     """Structured inputs per target: seed inputs spliced with random text, raw bytes."""
-    from hypothesis import strategies as st
-
     import targets
+    from hypothesis import strategies as st
 
     seeds = targets.TARGETS[target].seeds()
     raw = st.binary(max_size=targets.TARGETS[target].max_len // 4)
@@ -163,13 +177,13 @@ def strategy(target: str) -> Any:
     )
 
 
-def run_hypothesis(target: str, seconds: float, seed: int) -> int:
+def run_hypothesis(target: str, seconds: float, seed: int, tolerate: bool = False) -> int:
     """Chunks of CHUNK examples with seeds seed, seed+1, ... until ``seconds`` have passed."""
+    import targets
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
 
-    import targets
-
+    targets.tolerate_known = tolerate
     check = targets.TARGETS[target].check
     strat = strategy(target)
     count = [0]
@@ -196,6 +210,9 @@ def run_hypothesis(target: str, seconds: float, seed: int) -> int:
             break
         chunk += 1
     elapsed = time.monotonic() - t0
+    targets.tolerate_known = False
+    if targets.known_hits:
+        print(f"--- {target}: known bugs hit (tolerated): {targets.known_hits}", file=sys.stderr)
     print(summary_line(target, "hypothesis", seed, elapsed, count[0], crashes), flush=True)
     return 1 if crashes else 0
 
@@ -208,13 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="atheris corpus/artifacts/log (default: tmp)")
+    ap.add_argument("--tolerate-known", action="store_true",
+                    help="count the KNOWN_BUGS of fuzz/targets.py instead of stopping on them")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.seconds <= 0:
         ap.error("--seconds must be > 0")
     if a.child:
         assert a.workdir is not None
-        atheris_child(a.target, a.seconds, a.seed, a.workdir)
+        atheris_child(a.target, a.seconds, a.seed, a.workdir, a.tolerate_known)
         return 0
     engine = a.engine
     if engine == "auto":
@@ -222,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     if engine == "atheris":
         if a.workdir is not None:
             a.workdir.mkdir(parents=True, exist_ok=True)
-        return run_atheris(a.target, a.seconds, a.seed, a.workdir)
+        return run_atheris(a.target, a.seconds, a.seed, a.workdir, a.tolerate_known)
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="hyp-"))
-    return run_hypothesis(a.target, a.seconds, a.seed)
+    return run_hypothesis(a.target, a.seconds, a.seed, a.tolerate_known)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO, cast
 
 import kvmclock
 import numpy as np
@@ -51,6 +52,33 @@ class FuzzFailure(AssertionError):
     """A documented property of the fuzzed entry point did not hold."""
 
 
+# Bugs the fuzzer found in code this harness does not own, reported to its owner and pinned by
+# strict-xfail tests in tests/test_hardening_cli.py. A run can tolerate them (count, go on) so
+# libFuzzer, which stops at the first crash, explores past them: ``fuzz/run.py
+# --tolerate-known`` or FUZZ_TOLERATE_KNOWN=1 for scripts/fuzz.sh. Off by default.
+KNOWN_BUGS: dict[str, tuple[str, str]] = {
+    # a number of > 4300 digits in a line: int() raises out of parse_bytes (sys.int_max_str_digits)
+    "trace-int-max-str-digits": ("Exceeds the limit", "kvmclock/trace.py"),
+    # a kvm_pvclock_update with |tsc_shift| >= 64 (a legal s8) parses, then summarize raises
+    "trace-summarize-tsc-shift": ("tsc_shift must be in", "kvmclock/trace.py"),
+}
+tolerate_known = False
+known_hits: dict[str, int] = {}
+
+
+def _known_bug(exc: BaseException) -> str | None:
+    """The KNOWN_BUGS key ``exc`` matches (message text and a frame in the named file)."""
+    import traceback
+
+    if not isinstance(exc, ValueError):
+        return None
+    files = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
+    for key, (needle, where) in KNOWN_BUGS.items():
+        if needle in str(exc) and any(f.endswith(where) for f in files):
+            return key
+    return None
+
+
 def _require(cond: bool, what: str) -> None:
     if not cond:
         raise FuzzFailure(what)
@@ -64,6 +92,16 @@ _EXTRA_LINE_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 def check_trace(data: bytes) -> None:
     """parse_bytes -> summarize -> format_summary / JSON; counts and round trips hold."""
+    try:
+        _check_trace(data)
+    except ValueError as exc:
+        key = _known_bug(exc) if tolerate_known else None
+        if key is None:
+            raise
+        known_hits[key] = known_hits.get(key, 0) + 1
+
+
+def _check_trace(data: bytes) -> None:
     try:
         result = T.parse_bytes(data)
     except TraceParseError:
@@ -196,7 +234,7 @@ def check_decode(data: bytes) -> None:
     ns = argparse.Namespace(input=inputs, type=kind, tsc=tsc, json=True)
     out = io.StringIO()
     saved = sys.stdin
-    sys.stdin = _Stdin(rest)  # type: ignore[assignment]
+    sys.stdin = cast(TextIO, _Stdin(rest))
     try:
         with contextlib.redirect_stdout(out):
             code = cli.cmd_decode(ns)
@@ -245,7 +283,7 @@ def scale_delta_ref(delta: int, mul: int, shift: int) -> int:
 def read_cycles_ref(raw: bytes, tsc: int) -> int:
     """__pvclock_read_cycles (pvclock.h) of the 32-byte record ``raw`` at ``tsc``."""
     _v, ts, st, mul, shift, _f = struct.unpack(PVCLOCK_FMT, raw)
-    return (st + scale_delta_ref((tsc - ts) & U64, mul, shift)) & U64
+    return (int(st) + scale_delta_ref((tsc - int(ts)) & U64, int(mul), int(shift))) & U64
 
 
 def _zero_pads(raw: bytes) -> bytes:
@@ -274,7 +312,7 @@ def _check_pvclock_record(raw: bytes) -> None:
     if -63 <= shift <= 63:
         want = [read_cycles_ref(raw, t) for t in tscs]
         _require([info.read_cycles(t) for t in tscs] == want, "read_cycles != recomputation")
-        got = kvmclock.pvclock_read_cycles_batch(info, np.array(tscs, dtype=np.uint64))
+        got = kvmclock.pvclock_read_cycles_batch(info, cast(Any, np.array(tscs, dtype=np.uint64)))
         _require([int(x) for x in got] == want, "pvclock_read_cycles_batch != scalar")
         buf = bytearray(raw)
         if ver & 1:

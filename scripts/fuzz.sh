@@ -6,6 +6,8 @@
 #
 # Env: FUZZ_ENGINE=auto|atheris|hypothesis (default auto: atheris when installed),
 #      FUZZ_SEED=N (default 1), FUZZ_PARALLEL=1 runs the targets concurrently,
+#      FUZZ_TOLERATE_KNOWN=1 counts the bugs listed in fuzz/targets.py KNOWN_BUGS instead of
+#      stopping on them (libFuzzer stops at the first crash),
 #      FUZZ_WORKDIR=DIR keeps corpora, artifacts and libFuzzer logs (default: temporary).
 # Prints one line per target (examples, examples/s, crashes) and a total; exits 1 on a crash.
 set -euo pipefail
@@ -26,6 +28,7 @@ out=$(mktemp -d "${TMPDIR:-/tmp}/kvmclock-fuzz.XXXXXX")
 run_one() {
     local t=$1 wd=()
     [[ -n "${FUZZ_WORKDIR:-}" ]] && wd=(--workdir "$FUZZ_WORKDIR/$t")
+    [[ "${FUZZ_TOLERATE_KNOWN:-0}" == 1 ]] && wd+=(--tolerate-known)
     "$py" fuzz/run.py "$t" --seconds "$seconds" --engine "$engine" --seed "$seed" "${wd[@]}" \
         >"$out/$t.out" 2>"$out/$t.err" || true
 }
@@ -48,6 +51,7 @@ for t in "${targets[@]}"; do
         continue
     fi
     echo "$line"
+    grep -h 'known bugs hit' "$out/$t.err" || true
     n=$(sed -n 's/.* examples=\([0-9]*\) .*/\1/p' <<<"$line")
     c=$(sed -n 's/.* crashes=\([0-9]*\)$/\1/p' <<<"$line")
     total=$((total + n))

@@ -3,7 +3,9 @@
 The long runs are ``scripts/fuzz.sh SECONDS`` (see fuzz/README.md). Here every target's seed
 inputs pass its checks, each target runs for about two seconds under hypothesis (fixed seed, no
 database) and, when atheris is installed, under libFuzzer, with zero crashes; and the harness
-itself is shown to report a planted contract violation.
+itself is shown to report a planted contract violation. The smoke runs tolerate the bugs listed
+in ``fuzz/targets.py`` KNOWN_BUGS (pinned by strict-xfail tests in test_hardening_cli.py) so a
+lucky input cannot make the suite flaky; the recognition of those bugs is tested here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fuzz"
 TARGET_NAMES = ("trace", "decode", "records")
 HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None
-SMOKE_SECONDS = 2.0
+SMOKE_SECONDS = 1.5
 SUMMARY = re.compile(r"^fuzz (\w+) engine=(\w+) seed=(\d+) seconds=([\d.]+) examples=(\d+) "
                      r"rate=(\d+)/s crashes=(\d+)$", re.M)
 
@@ -60,7 +62,7 @@ def test_seed_inputs_pass(name: str) -> None:
 
 @pytest.mark.parametrize("name", TARGET_NAMES)
 def test_hypothesis_smoke(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert runner.run_hypothesis(name, SMOKE_SECONDS, 1) == 0
+    assert runner.run_hypothesis(name, SMOKE_SECONDS, 1, tolerate=True) == 0
     out = capsys.readouterr().out
     m = SUMMARY.search(out)
     assert m is not None, out
@@ -74,7 +76,7 @@ def test_atheris_smoke(name: str, tmp_path: Path) -> None:
     env = dict(os.environ)
     p = subprocess.run(
         [sys.executable, str(FUZZ / "run.py"), name, "--engine", "atheris", "--seconds",
-         str(SMOKE_SECONDS), "--seed", "1", "--workdir", str(tmp_path)],
+         str(SMOKE_SECONDS), "--seed", "1", "--workdir", str(tmp_path), "--tolerate-known"],
         capture_output=True, text=True, timeout=120, env=env, check=False,
     )
     m = SUMMARY.search(p.stdout)
@@ -98,6 +100,21 @@ def test_harness_reports_violations(monkeypatch: pytest.MonkeyPatch) -> None:
     assert targets.read_cycles_ref(raw, 0) != targets.read_cycles_ref(raw, 1 << 40)
     with pytest.raises(targets.FuzzFailure):
         targets._require(False, "planted")
+
+
+def test_known_bugs_are_recognised_only_when_tolerated(monkeypatch: pytest.MonkeyPatch) -> None:
+    digits = ("a-1 [000] " + "9" * 5000 + ".5: kvm_track_tsc: x\n").encode()
+    monkeypatch.setattr(targets, "tolerate_known", False)
+    try:
+        targets.check_trace(digits)
+    except ValueError as exc:  # the bug is still there: strict mode must surface it
+        assert targets._known_bug(exc) == "trace-int-max-str-digits"
+    monkeypatch.setattr(targets, "tolerate_known", True)
+    monkeypatch.setattr(targets, "known_hits", {})
+    targets.check_trace(digits)  # tolerated (or fixed: then nothing to count)
+    assert set(targets.known_hits) <= set(targets.KNOWN_BUGS)
+    # an unrelated ValueError is never tolerated
+    assert targets._known_bug(ValueError("something else")) is None
 
 
 def test_decode_harness_checks_independent_struct_decode() -> None:

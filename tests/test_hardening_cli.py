@@ -315,7 +315,23 @@ def test_line_with_a_5000_digit_number_is_skipped(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "digits.txt"
     f.write_text(pv_line(10**9, 0, 2) + "\n" + "a-1 [000] " + "9" * 5000 + ".5: kvm_x: y\n")
-    code, out, err = call(capsys, monkeypatch, "trace", str(f), "--json")
+    code, _out, err = call(capsys, monkeypatch, "trace", str(f), "--json")
+    assert code == 0, err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "kvmclock.trace bug (found by fuzz/ trace harness): a kvm_pvclock_update line whose "
+    "tsc_shift is a legal s8 outside -63..63 parses, then summarize() raises ValueError from "
+    "pvclock_tsc_khz/read_cycles, so the whole trace is rejected (exit 2) instead of being "
+    "summarised with that record's derived values left out"))
+def test_pvclock_update_with_out_of_range_shift_is_summarised(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fields = T.fields_pvclock_update(0, 2, 0x10, 0x20, 0xF3D0E5A3, 71, 1)
+    f = tmp_path / "shift71.txt"
+    f.write_text(pv_line(10**9, 0, 2) + "\n"
+                 + T.format_line("qemu", 1, 0, 2 * 10**9, "kvm_pvclock_update", fields) + "\n")
+    code, _out, err = call(capsys, monkeypatch, "trace", str(f), "--json")
     assert code == 0, err
 
 

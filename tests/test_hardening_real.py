@@ -168,7 +168,7 @@ def test_failure_in_vm_setup_keeps_the_system_usable() -> None:
 def test_dev_kvm_without_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An EACCES open of /dev/kvm is RealResourceUnavailable naming the path; no fd is left.
     As root, mode 000 does not stop open(2), so the open itself is made to fail with EACCES
-    for exactly this path (kvmdev opens with ``os.open``)."""
+    for exactly this path (kvmdev opens it with ``os.open``)."""
     dev = tmp_path / "kvm"
     dev.write_bytes(b"")
     dev.chmod(0)
@@ -180,7 +180,7 @@ def test_dev_kvm_without_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
             return real_open(path, flags, mode)
 
-        monkeypatch.setattr(kvmdev.os, "open", open_denied)
+        monkeypatch.setattr(os, "open", open_denied)
     before = resources()
     with pytest.raises(RealResourceUnavailable, match="permission denied") as ei:
         kvmdev.KvmSystem(str(dev))

@@ -73,7 +73,13 @@ unsafe fn long_value(p: *mut ffi::PyObject) -> Option<i128> {
 ///
 /// # Safety
 /// `p` must be a live exact `int` on a GIL-enabled, non-limited-API CPython build.
-#[cfg(all(not(Py_LIMITED_API), not(Py_GIL_DISABLED), not(PyPy), not(GraalPy), target_pointer_width = "64"))]
+#[cfg(all(
+    not(Py_LIMITED_API),
+    not(Py_GIL_DISABLED),
+    not(PyPy),
+    not(GraalPy),
+    target_pointer_width = "64"
+))]
 #[inline(always)]
 unsafe fn compact_value(p: *mut ffi::PyObject) -> Option<i128> {
     unsafe {
@@ -97,7 +103,13 @@ unsafe fn compact_value(p: *mut ffi::PyObject) -> Option<i128> {
     }
 }
 
-#[cfg(not(all(not(Py_LIMITED_API), not(Py_GIL_DISABLED), not(PyPy), not(GraalPy), target_pointer_width = "64")))]
+#[cfg(not(all(
+    not(Py_LIMITED_API),
+    not(Py_GIL_DISABLED),
+    not(PyPy),
+    not(GraalPy),
+    target_pointer_width = "64"
+)))]
 #[inline(always)]
 unsafe fn compact_value(_p: *mut ffi::PyObject) -> Option<i128> {
     None
@@ -125,7 +137,9 @@ fn int_value_slow(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i128>> 
     // SAFETY: as above.
     unsafe {
         if ffi::PyBool_Check(p) != 0 {
-            return Err(PyTypeError::new_err(format!("{name} must be an int, got bool")));
+            return Err(PyTypeError::new_err(format!(
+                "{name} must be an int, got bool"
+            )));
         }
         if ffi::PyLong_Check(p) != 0 {
             return Ok(long_value(p));
@@ -156,12 +170,20 @@ pub fn type_error(obj: &Bound<'_, PyAny>, name: &str, what: &str) -> PyErr {
 }
 
 fn shown(obj: &Bound<'_, PyAny>) -> String {
-    obj.str().map(|s| s.to_string()).unwrap_or_else(|_| "?".to_string())
+    obj.str()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| "?".to_string())
 }
 
 /// An int in `lo..=hi` of C type `ctype`; outside: OverflowError naming the argument.
 #[inline(always)]
-pub fn ctype_arg(obj: &Bound<'_, PyAny>, name: &str, ctype: &str, lo: i128, hi: i128) -> PyResult<i128> {
+pub fn ctype_arg(
+    obj: &Bound<'_, PyAny>,
+    name: &str,
+    ctype: &str,
+    lo: i128,
+    hi: i128,
+) -> PyResult<i128> {
     match int_value(obj, name)? {
         Some(v) if v >= lo && v <= hi => Ok(v),
         _ => Err(PyOverflowError::new_err(format!(

@@ -30,9 +30,7 @@ impl Buffer {
             let mut view: Box<ffi::Py_buffer> = Box::new(std::mem::zeroed());
             if ffi::PyObject_GetBuffer(p, &mut *view, ffi::PyBUF_RECORDS_RO) != 0 {
                 let cause = PyErr::fetch(obj.py());
-                let err = PyTypeError::new_err(format!(
-                    "{name}: cannot export a buffer ({cause})"
-                ));
+                let err = PyTypeError::new_err(format!("{name}: cannot export a buffer ({cause})"));
                 err.set_cause(obj.py(), Some(cause));
                 return Err(err);
             }
@@ -71,7 +69,9 @@ impl Buffer {
             return "B";
         }
         // SAFETY: a non-null format is a NUL-terminated string owned by the export.
-        unsafe { CStr::from_ptr(self.view.format) }.to_str().unwrap_or("?")
+        unsafe { CStr::from_ptr(self.view.format) }
+            .to_str()
+            .unwrap_or("?")
     }
 
     pub fn ndim(&self) -> usize {
@@ -84,7 +84,9 @@ impl Buffer {
             return vec![self.len() / self.itemsize().max(1)];
         }
         // SAFETY: shape has ndim entries when non-null.
-        (0..self.ndim()).map(|i| unsafe { *self.view.shape.add(i) } as usize).collect()
+        (0..self.ndim())
+            .map(|i| unsafe { *self.view.shape.add(i) } as usize)
+            .collect()
     }
 
     /// A buffer of native u64: format Q/L (native or '<'/'=' standard size) with itemsize 8,

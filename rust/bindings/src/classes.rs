@@ -41,8 +41,14 @@ pub struct PvclockVcpuTimeInfo {
     pub inner: pvclock::PvclockVcpuTimeInfo,
 }
 
-const RECORD_FIELDS: [&str; 6] =
-    ["version", "tsc_timestamp", "system_time", "tsc_to_system_mul", "tsc_shift", "flags"];
+const RECORD_FIELDS: [&str; 6] = [
+    "version",
+    "tsc_timestamp",
+    "system_time",
+    "tsc_to_system_mul",
+    "tsc_shift",
+    "flags",
+];
 
 #[pymethods]
 impl PvclockVcpuTimeInfo {
@@ -146,17 +152,32 @@ impl PvclockVcpuTimeInfo {
     }
 
     /// Pickle support: rebuilt from the field values.
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let r = slf.get().inner;
-        let args = (r.version, r.tsc_timestamp, r.system_time, r.tsc_to_system_mul, r.tsc_shift, r.flags);
-        Ok((slf.get_type().into_any(), PyTuple::new(slf.py(), [
-            args.0.into_pyobject(slf.py())?.into_any(),
-            args.1.into_pyobject(slf.py())?.into_any(),
-            args.2.into_pyobject(slf.py())?.into_any(),
-            args.3.into_pyobject(slf.py())?.into_any(),
-            args.4.into_pyobject(slf.py())?.into_any(),
-            args.5.into_pyobject(slf.py())?.into_any(),
-        ])?))
+        let args = (
+            r.version,
+            r.tsc_timestamp,
+            r.system_time,
+            r.tsc_to_system_mul,
+            r.tsc_shift,
+            r.flags,
+        );
+        Ok((
+            slf.get_type().into_any(),
+            PyTuple::new(
+                slf.py(),
+                [
+                    args.0.into_pyobject(slf.py())?.into_any(),
+                    args.1.into_pyobject(slf.py())?.into_any(),
+                    args.2.into_pyobject(slf.py())?.into_any(),
+                    args.3.into_pyobject(slf.py())?.into_any(),
+                    args.4.into_pyobject(slf.py())?.into_any(),
+                    args.5.into_pyobject(slf.py())?.into_any(),
+                ],
+            )?,
+        ))
     }
 
     fn __repr__(&self) -> String {
@@ -218,7 +239,9 @@ impl PvclockWallClock {
     #[pyo3(signature = (b))]
     fn from_bytes(_cls: &Bound<'_, PyType>, b: &Any<'_>) -> PyResult<Self> {
         let v = bytes_arg(b)?;
-        Ok(PvclockWallClock { inner: pvclock::PvclockWallClock::from_bytes(&v).map_err(core_err)? })
+        Ok(PvclockWallClock {
+            inner: pvclock::PvclockWallClock::from_bytes(&v).map_err(core_err)?,
+        })
     }
 
     /// A copy with the given fields replaced.
@@ -307,7 +330,9 @@ impl PvclockClock {
     fn new(valid_flags: Arg<'_>, last_value: Arg<'_>) -> PyResult<Self> {
         let vf = opt(&valid_flags, 0, |o| u8_arg(o, "valid_flags"))?;
         let lv = opt(&last_value, 0, |o| u64_arg(o, "last_value"))?;
-        Ok(PvclockClock { inner: pvclock::PvclockClock::new(vf, lv) })
+        Ok(PvclockClock {
+            inner: pvclock::PvclockClock::new(vf, lv),
+        })
     }
 
     /// `pvclock_clocksource_read`: version-retry read, clear GUEST_STOPPED in the record when
@@ -322,7 +347,8 @@ impl PvclockClock {
         offset: Option<&Any<'_>>,
         max_retries: Option<&Any<'_>>,
     ) -> PyResult<u64> {
-        self.do_read(py, buffer, tsc, offset, max_retries).map(|r| r.0)
+        self.do_read(py, buffer, tsc, offset, max_retries)
+            .map(|r| r.0)
     }
 
     /// Like `read`, returning `(ns, flags, stamp)`: the clamped ns, the flags the successful
@@ -383,7 +409,9 @@ impl SeqCount {
     #[pyo3(signature = (sequence = Arg::Missing), text_signature = "(sequence=0)")]
     fn new(sequence: Arg<'_>) -> PyResult<Self> {
         let s = opt(&sequence, 0, |o| u32_arg(o, "sequence"))?;
-        Ok(SeqCount { inner: seqcount::SeqCount::new(s) })
+        Ok(SeqCount {
+            inner: seqcount::SeqCount::new(s),
+        })
     }
 
     /// `read_seqcount_begin`: wait while odd (spinning without the GIL), return the even
@@ -465,4 +493,3 @@ impl SeqCount {
         format!("SeqCount(sequence={})", self.inner.sequence())
     }
 }
-

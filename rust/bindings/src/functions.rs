@@ -93,7 +93,11 @@ pub fn mul_u64_u32_div(a: &Any<'_>, mul: &Any<'_>, divisor: &Any<'_>) -> PyResul
 /// `clocks_calc_mult_shift(from, to, maxsec)` (kernel/time/clocksource.c) -> `(mult, shift)`.
 #[pyfunction]
 #[pyo3(signature = (from_hz, to_hz, maxsec))]
-pub fn clocks_calc_mult_shift(from_hz: &Any<'_>, to_hz: &Any<'_>, maxsec: &Any<'_>) -> PyResult<(u32, u32)> {
+pub fn clocks_calc_mult_shift(
+    from_hz: &Any<'_>,
+    to_hz: &Any<'_>,
+    maxsec: &Any<'_>,
+) -> PyResult<(u32, u32)> {
     let f = u32_arg(from_hz, "from_hz")?;
     let t = u32_arg(to_hz, "to_hz")?;
     let m = u32_arg(maxsec, "maxsec")?;
@@ -136,7 +140,11 @@ pub fn scale_tsc(tsc: &Any<'_>, ratio: &Any<'_>, frac_bits: &Any<'_>) -> PyResul
 /// Ratio step of `set_tsc_khz` (x86.c): `mul_u64_u32_div(1 << frac_bits, user, host)`.
 #[pyfunction]
 #[pyo3(signature = (user_tsc_khz, tsc_khz, frac_bits))]
-pub fn tsc_scaling_ratio(user_tsc_khz: &Any<'_>, tsc_khz: &Any<'_>, frac_bits: &Any<'_>) -> PyResult<u64> {
+pub fn tsc_scaling_ratio(
+    user_tsc_khz: &Any<'_>,
+    tsc_khz: &Any<'_>,
+    frac_bits: &Any<'_>,
+) -> PyResult<u64> {
     let u = u32_arg(user_tsc_khz, "user_tsc_khz")?;
     let h = u32_arg(tsc_khz, "tsc_khz")?;
     let f = domain_arg(frac_bits, "frac_bits", 0, 63)? as u32;
@@ -156,13 +164,20 @@ pub fn adjust_tsc_khz(khz: &Any<'_>, ppm: &Any<'_>) -> PyResult<u32> {
 
 /// The address of the 32-byte record at `offset` of `buf` (bounds and alignment checked).
 pub(crate) fn record_addr(buf: &Buffer, offset: &Any<'_>, buffer_name: &str) -> PyResult<usize> {
-    let off = ctype_arg(offset, "offset", "non-negative byte offset", 0, u64::MAX as i128)? as u64;
+    let off = ctype_arg(
+        offset,
+        "offset",
+        "non-negative byte offset",
+        0,
+        u64::MAX as i128,
+    )? as u64;
     let len = buf.len() as u64;
     if len < RECORD_SIZE as u64 || off > len - RECORD_SIZE as u64 {
         return Err(PyValueError::new_err(format!(
             "offset must be in 0..={} so that the 32-byte record fits the {buffer_name} \
              ({len} bytes), got {off}",
-            len.saturating_sub(RECORD_SIZE as u64) as i128 - if len < RECORD_SIZE as u64 { 1 } else { 0 }
+            len.saturating_sub(RECORD_SIZE as u64) as i128
+                - if len < RECORD_SIZE as u64 { 1 } else { 0 }
         )));
     }
     let addr = buf.ptr() as usize + off as usize;
@@ -189,7 +204,11 @@ pub(crate) fn tsc_source<'py>(tsc: &Bound<'py, PyAny>) -> PyResult<TscSource<'py
     if !is_bool && unsafe { ffi::PyFloat_Check(p) == 0 && ffi::PyIndex_Check(p) != 0 } {
         return Ok(TscSource::Value(u64_arg(tsc, "tsc")?));
     }
-    Err(type_error(tsc, "tsc", "an int (u64) or a zero-argument callable returning one"))
+    Err(type_error(
+        tsc,
+        "tsc",
+        "an int (u64) or a zero-argument callable returning one",
+    ))
 }
 
 /// Version-retry read of `rec`: detached when the TSC is a number, attached (calling the
@@ -213,11 +232,13 @@ pub(crate) fn retry_read(
             let attempt = |max: u64| match clock {
                 // SAFETY: callers pass a clock only with a writable buffer.
                 Some(c) => unsafe { c.read::<Infallible, _>(&rec, max, || Ok(t)) },
-                None => rec.read::<Infallible, _>(max, || Ok(t)).and_then(|(body, stamp)| {
-                    body.read_cycles(stamp)
-                        .map(|ns| (ns, body.flags, stamp))
-                        .map_err(ReadError::Core)
-                }),
+                None => rec
+                    .read::<Infallible, _>(max, || Ok(t))
+                    .and_then(|(body, stamp)| {
+                        body.read_cycles(stamp)
+                            .map(|ns| (ns, body.flags, stamp))
+                            .map_err(ReadError::Core)
+                    }),
             };
             // The whole retry loop runs detached from the interpreter, so other Python
             // threads (writers, readers) run truly concurrently with it.
@@ -276,7 +297,12 @@ pub fn pvclock_read(
 /// Host-side publish (`kvm_setup_guest_pvclock`'s odd/even protocol) of `info` at `offset`.
 #[pyfunction]
 #[pyo3(signature = (buffer, info, offset = None))]
-pub fn pvclock_write(py: Python<'_>, buffer: &Any<'_>, info: &Any<'_>, offset: Option<&Any<'_>>) -> PyResult<()> {
+pub fn pvclock_write(
+    py: Python<'_>,
+    buffer: &Any<'_>,
+    info: &Any<'_>,
+    offset: Option<&Any<'_>>,
+) -> PyResult<()> {
     let rec_info = info
         .cast::<PvclockVcpuTimeInfo>()
         .map_err(|_| type_error(info, "info", "a PvclockVcpuTimeInfo"))?
@@ -476,7 +502,10 @@ pub fn vclock_page_address() -> PyResult<Option<usize>> {
 /// The KVM guest pvclock record of this computer and the TSC of the successful retry iteration.
 #[pyfunction]
 #[pyo3(signature = (max_retries = None))]
-pub fn vclock_read(py: Python<'_>, max_retries: Option<&Any<'_>>) -> PyResult<(PvclockVcpuTimeInfo, u64)> {
+pub fn vclock_read(
+    py: Python<'_>,
+    max_retries: Option<&Any<'_>>,
+) -> PyResult<(PvclockVcpuTimeInfo, u64)> {
     let max = match max_retries {
         Some(m) => u64_arg(m, "max_retries")?,
         None => DEFAULT_MAX_RETRIES,
@@ -490,4 +519,3 @@ pub fn vclock_read(py: Python<'_>, max_retries: Option<&Any<'_>>) -> PyResult<(P
 pub fn kvmclock_ns() -> PyResult<u64> {
     real::kvmclock_ns(DEFAULT_MAX_RETRIES).map_err(core_err)
 }
-

@@ -14,7 +14,11 @@ pub const PARALLEL_THRESHOLD: usize = 1 << 20;
 
 #[inline(always)]
 fn scale_one(d: u64, mul: u64, shift: i32) -> u64 {
-    let d = if shift < 0 { d >> ((-shift) as u32 & 63) } else { d << (shift as u32 & 63) };
+    let d = if shift < 0 {
+        d >> ((-shift) as u32 & 63)
+    } else {
+        d << (shift as u32 & 63)
+    };
     let lo = d & 0xffff_ffff;
     let hi = d >> 32;
     (hi * mul).wrapping_add((lo * mul) >> 32)
@@ -29,13 +33,17 @@ fn kernel_into(src: &[u64], dst: &mut [u64], mul: u32, shift: i32, sub: u64, add
         let s = (-shift) as u32 & 63;
         for (o, &x) in dst.iter_mut().zip(src) {
             let d = x.wrapping_sub(sub) >> s;
-            *o = add.wrapping_add((d >> 32) * mul).wrapping_add(((d & 0xffff_ffff) * mul) >> 32);
+            *o = add
+                .wrapping_add((d >> 32) * mul)
+                .wrapping_add(((d & 0xffff_ffff) * mul) >> 32);
         }
     } else {
         let s = shift as u32 & 63;
         for (o, &x) in dst.iter_mut().zip(src) {
             let d = x.wrapping_sub(sub) << s;
-            *o = add.wrapping_add((d >> 32) * mul).wrapping_add(((d & 0xffff_ffff) * mul) >> 32);
+            *o = add
+                .wrapping_add((d >> 32) * mul)
+                .wrapping_add(((d & 0xffff_ffff) * mul) >> 32);
         }
     }
 }
@@ -47,13 +55,17 @@ fn kernel_in_place(buf: &mut [u64], mul: u32, shift: i32, sub: u64, add: u64) {
         let s = (-shift) as u32 & 63;
         for o in buf.iter_mut() {
             let d = o.wrapping_sub(sub) >> s;
-            *o = add.wrapping_add((d >> 32) * mul).wrapping_add(((d & 0xffff_ffff) * mul) >> 32);
+            *o = add
+                .wrapping_add((d >> 32) * mul)
+                .wrapping_add(((d & 0xffff_ffff) * mul) >> 32);
         }
     } else {
         let s = shift as u32 & 63;
         for o in buf.iter_mut() {
             let d = o.wrapping_sub(sub) << s;
-            *o = add.wrapping_add((d >> 32) * mul).wrapping_add(((d & 0xffff_ffff) * mul) >> 32);
+            *o = add
+                .wrapping_add((d >> 32) * mul)
+                .wrapping_add(((d & 0xffff_ffff) * mul) >> 32);
         }
     }
 }
@@ -107,7 +119,9 @@ pub fn threads_for(n: usize, max_threads: usize) -> usize {
     if n < PARALLEL_THRESHOLD || max_threads <= 1 {
         return 1;
     }
-    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
     max_threads.min(cores).clamp(1, 8)
 }
 
@@ -125,7 +139,10 @@ fn par_ranges(n: usize, threads: usize, f: &(impl Fn(std::ops::Range<usize>) + S
         while start < n {
             let r = start..(start + chunk).min(n);
             let job = r.clone();
-            if std::thread::Builder::new().spawn_scoped(s, move || f(job)).is_err() {
+            if std::thread::Builder::new()
+                .spawn_scoped(s, move || f(job))
+                .is_err()
+            {
                 f(r);
             }
             start += chunk;
@@ -168,7 +185,13 @@ fn check_len(src: usize, dst: usize) -> Result<()> {
 }
 
 /// `dst[i] = pvclock_scale_delta(src[i], mul_frac, shift)`; shift -63..=63.
-pub fn scale_delta_into(src: &[u64], dst: &mut [u64], mul_frac: u32, shift: i32, max_threads: usize) -> Result<()> {
+pub fn scale_delta_into(
+    src: &[u64],
+    dst: &mut [u64],
+    mul_frac: u32,
+    shift: i32,
+    max_threads: usize,
+) -> Result<()> {
     let shift = check_pv_shift("shift", shift as i64)?;
     check_len(src.len(), dst.len())?;
     let t = threads_for(src.len(), max_threads);
@@ -177,7 +200,12 @@ pub fn scale_delta_into(src: &[u64], dst: &mut [u64], mul_frac: u32, shift: i32,
 }
 
 /// In-place `pvclock_scale_delta` over `buf`.
-pub fn scale_delta_in_place(buf: &mut [u64], mul_frac: u32, shift: i32, max_threads: usize) -> Result<()> {
+pub fn scale_delta_in_place(
+    buf: &mut [u64],
+    mul_frac: u32,
+    shift: i32,
+    max_threads: usize,
+) -> Result<()> {
     let shift = check_pv_shift("shift", shift as i64)?;
     let t = threads_for(buf.len(), max_threads);
     split_in_place(buf, t, |b| run_in_place(b, mul_frac, shift, 0, 0));
@@ -185,7 +213,12 @@ pub fn scale_delta_in_place(buf: &mut [u64], mul_frac: u32, shift: i32, max_thre
 }
 
 /// `dst[i] = __pvclock_read_cycles(info, src[i])`; info.tsc_shift -63..=63.
-pub fn read_cycles_into(info: &PvclockVcpuTimeInfo, src: &[u64], dst: &mut [u64], max_threads: usize) -> Result<()> {
+pub fn read_cycles_into(
+    info: &PvclockVcpuTimeInfo,
+    src: &[u64],
+    dst: &mut [u64],
+    max_threads: usize,
+) -> Result<()> {
     let shift = check_pv_shift("tsc_shift", info.tsc_shift as i64)?;
     check_len(src.len(), dst.len())?;
     let t = threads_for(src.len(), max_threads);
@@ -195,7 +228,11 @@ pub fn read_cycles_into(info: &PvclockVcpuTimeInfo, src: &[u64], dst: &mut [u64]
 }
 
 /// In-place `__pvclock_read_cycles` over `buf`.
-pub fn read_cycles_in_place(info: &PvclockVcpuTimeInfo, buf: &mut [u64], max_threads: usize) -> Result<()> {
+pub fn read_cycles_in_place(
+    info: &PvclockVcpuTimeInfo,
+    buf: &mut [u64],
+    max_threads: usize,
+) -> Result<()> {
     let shift = check_pv_shift("tsc_shift", info.tsc_shift as i64)?;
     let t = threads_for(buf.len(), max_threads);
     let (m, ts, st) = (info.tsc_to_system_mul, info.tsc_timestamp, info.system_time);
@@ -217,7 +254,9 @@ mod tests {
     fn lcg(n: usize, mut x: u64) -> Vec<u64> {
         (0..n)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 x ^ (x >> 29)
             })
             .collect()
@@ -236,7 +275,13 @@ mod tests {
             }
             assert_eq!(dst, inplace);
         }
-        let info = PvclockVcpuTimeInfo { tsc_timestamp: src[0], system_time: 1 << 40, tsc_to_system_mul: 2254857830, tsc_shift: 2, ..Default::default() };
+        let info = PvclockVcpuTimeInfo {
+            tsc_timestamp: src[0],
+            system_time: 1 << 40,
+            tsc_to_system_mul: 2254857830,
+            tsc_shift: 2,
+            ..Default::default()
+        };
         let mut dst = vec![0; src.len()];
         read_cycles_into(&info, &src, &mut dst, 1).unwrap();
         let mut inplace = src.clone();

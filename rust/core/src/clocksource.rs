@@ -49,7 +49,10 @@ mod tests {
 
     #[test]
     fn known() {
-        assert_eq!(clocks_calc_mult_shift(24_000_000, 1_000_000_000, 600).unwrap(), (0x29AAAAAB, 24));
+        assert_eq!(
+            clocks_calc_mult_shift(24_000_000, 1_000_000_000, 600).unwrap(),
+            (0x29AAAAAB, 24)
+        );
         let (mult, shift) = clocks_calc_mult_shift(1, u32::MAX, u32::MAX).unwrap();
         assert_eq!(shift, 0);
         assert_eq!(mult, ((u32::MAX as u64) << 1) as u32);

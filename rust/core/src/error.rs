@@ -34,12 +34,18 @@ pub struct CoreError {
 
 impl CoreError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        CoreError { kind, message: message.into() }
+        CoreError {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// `arg must be in lo..=hi, got v` (`ValueError`): a kernel-domain range (shifts).
     pub fn range(arg: &str, lo: i128, hi: i128, got: i128) -> Self {
-        Self::new(ErrorKind::Value, format!("{arg} must be in {lo}..={hi}, got {got}"))
+        Self::new(
+            ErrorKind::Value,
+            format!("{arg} must be in {lo}..={hi}, got {got}"),
+        )
     }
 
     /// `arg` outside its C integer type (`OverflowError`).

@@ -91,7 +91,10 @@ mod tests {
             mul_u64_u32_div(1 << 63, 2, 1).unwrap_err().kind,
             crate::error::ErrorKind::Overflow
         );
-        assert_eq!(mul_u64_u32_div(u64::MAX, u32::MAX, u32::MAX).unwrap(), u64::MAX);
+        assert_eq!(
+            mul_u64_u32_div(u64::MAX, u32::MAX, u32::MAX).unwrap(),
+            u64::MAX
+        );
     }
 
     proptest! {

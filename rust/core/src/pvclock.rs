@@ -28,7 +28,11 @@ pub const DEFAULT_MAX_RETRIES: u64 = 1_000_000;
 #[inline(always)]
 pub fn scale_delta_unchecked(delta: u64, mul_frac: u32, shift: i32) -> u64 {
     debug_assert!((-63..=63).contains(&shift));
-    let d = if shift < 0 { delta >> ((-shift) as u32 & 63) } else { delta << (shift as u32 & 63) };
+    let d = if shift < 0 {
+        delta >> ((-shift) as u32 & 63)
+    } else {
+        delta << (shift as u32 & 63)
+    };
     ((d as u128 * mul_frac as u128) >> 32) as u64
 }
 
@@ -55,7 +59,11 @@ pub fn read_cycles_unchecked(
     shift: i32,
     tsc: u64,
 ) -> u64 {
-    system_time.wrapping_add(scale_delta_unchecked(tsc.wrapping_sub(tsc_timestamp), mul, shift))
+    system_time.wrapping_add(scale_delta_unchecked(
+        tsc.wrapping_sub(tsc_timestamp),
+        mul,
+        shift,
+    ))
 }
 
 /// `pvclock_tsc_khz(src)` (pvclock.c): `(10**6 << 32) / tsc_to_system_mul` (`do_div`, u64 by
@@ -69,7 +77,11 @@ pub fn pvclock_tsc_khz(tsc_to_system_mul: u32, tsc_shift: i32) -> Result<u64> {
     }
     let shift = check_pv_shift("tsc_shift", tsc_shift as i64)?;
     let khz = (1_000_000u64 << 32) / tsc_to_system_mul as u64;
-    Ok(if shift < 0 { khz << (-shift) as u32 } else { khz >> shift as u32 })
+    Ok(if shift < 0 {
+        khz << (-shift) as u32
+    } else {
+        khz >> shift as u32
+    })
 }
 
 /// `struct pvclock_vcpu_time_info` (pvclock-abi.h) by value: u32 version, u32 pad0,
@@ -161,7 +173,11 @@ impl PvclockWallClock {
             )));
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Ok(PvclockWallClock { version: u32_at(0), sec: u32_at(4), nsec: u32_at(8) })
+        Ok(PvclockWallClock {
+            version: u32_at(0),
+            sec: u32_at(4),
+            nsec: u32_at(8),
+        })
     }
 }
 
@@ -252,12 +268,16 @@ impl RawRecord {
                 info.version
             )));
         }
-        self.a32(0).store(info.version.wrapping_sub(1).to_le(), Ordering::Relaxed);
+        self.a32(0)
+            .store(info.version.wrapping_sub(1).to_le(), Ordering::Relaxed);
         fence(Ordering::Release);
         self.a32(4).store(0, Ordering::Relaxed);
-        self.a64(8).store(info.tsc_timestamp.to_le(), Ordering::Relaxed);
-        self.a64(16).store(info.system_time.to_le(), Ordering::Relaxed);
-        self.a32(24).store(info.tsc_to_system_mul.to_le(), Ordering::Relaxed);
+        self.a64(8)
+            .store(info.tsc_timestamp.to_le(), Ordering::Relaxed);
+        self.a64(16)
+            .store(info.system_time.to_le(), Ordering::Relaxed);
+        self.a32(24)
+            .store(info.tsc_to_system_mul.to_le(), Ordering::Relaxed);
         let tail = (info.tsc_shift as u8 as u32) | ((info.flags as u32) << 8);
         self.a32(28).store(tail.to_le(), Ordering::Relaxed);
         self.a32(0).store(info.version.to_le(), Ordering::Release);
@@ -269,7 +289,11 @@ impl RawRecord {
     /// changed one retries. At most `max_retries + 1` iterations (`max_retries` 0 = one try).
     /// `tsc` is called inside every iteration; the returned stamp is the TSC of the iteration
     /// that succeeded. Errors from `tsc` stop the loop and are returned as they are.
-    pub fn read<E, F>(&self, max_retries: u64, mut tsc: F) -> std::result::Result<(PvclockVcpuTimeInfo, u64), ReadError<E>>
+    pub fn read<E, F>(
+        &self,
+        max_retries: u64,
+        mut tsc: F,
+    ) -> std::result::Result<(PvclockVcpuTimeInfo, u64), ReadError<E>>
     where
         F: FnMut() -> std::result::Result<u64, E>,
     {
@@ -326,7 +350,10 @@ pub struct PvclockClock {
 
 impl PvclockClock {
     pub fn new(valid_flags: u8, last_value: u64) -> Self {
-        PvclockClock { valid_flags, last_value: AtomicU64::new(last_value) }
+        PvclockClock {
+            valid_flags,
+            last_value: AtomicU64::new(last_value),
+        }
     }
 
     pub fn last_value(&self) -> u64 {
@@ -352,7 +379,12 @@ impl PvclockClock {
             if raw <= last {
                 return last;
             }
-            match self.last_value.compare_exchange_weak(last, raw, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.last_value.compare_exchange_weak(
+                last,
+                raw,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return raw,
                 Err(actual) => last = actual,
             }
@@ -366,7 +398,12 @@ impl PvclockClock {
     ///
     /// # Safety
     /// `rec` must be writable.
-    pub unsafe fn read<E, F>(&self, rec: &RawRecord, max_retries: u64, tsc: F) -> std::result::Result<(u64, u8, u64), ReadError<E>>
+    pub unsafe fn read<E, F>(
+        &self,
+        rec: &RawRecord,
+        max_retries: u64,
+        tsc: F,
+    ) -> std::result::Result<(u64, u8, u64), ReadError<E>>
     where
         F: FnMut() -> std::result::Result<u64, E>,
     {
@@ -405,7 +442,11 @@ mod tests {
         assert_eq!(b[29], 5);
         assert_eq!(PvclockVcpuTimeInfo::from_bytes(&b).unwrap(), info);
         assert!(PvclockVcpuTimeInfo::from_bytes(&b[..31]).is_err());
-        let wc = PvclockWallClock { version: 2, sec: 3, nsec: 4 };
+        let wc = PvclockWallClock {
+            version: 2,
+            sec: 3,
+            nsec: 4,
+        };
         assert_eq!(PvclockWallClock::from_bytes(&wc.to_bytes()).unwrap(), wc);
     }
 
@@ -430,7 +471,7 @@ mod tests {
         let (ns, flags, _) = unsafe { clock.read::<(), _>(&rec, 0, || Ok(3000)) }.unwrap();
         assert_eq!((ns, flags), (5 + 1000, 3));
         assert_eq!(page.0[32 + 29], PVCLOCK_TSC_STABLE_BIT); // GUEST_STOPPED cleared
-        // unstable: unsigned clamp
+                                                             // unstable: unsigned clamp
         let clock = PvclockClock::new(0, 1 << 63);
         let (ns, _, _) = unsafe { clock.read::<(), _>(&rec, 0, || Ok(3000)) }.unwrap();
         assert_eq!(ns, 1 << 63);
@@ -489,7 +530,10 @@ mod tests {
                         // body fields are from one publish
                         assert_eq!(b.system_time, b.tsc_timestamp * 1000);
                         assert_eq!(b.version as u64, b.tsc_timestamp * 2);
-                        let ns = unsafe { clock.read::<(), _>(&rec, u64::MAX, || Ok(b.tsc_timestamp)) }.unwrap().0;
+                        let ns =
+                            unsafe { clock.read::<(), _>(&rec, u64::MAX, || Ok(b.tsc_timestamp)) }
+                                .unwrap()
+                                .0;
                         let _ = ns;
                         let lv = clock.last_value();
                         assert!(lv >= prev);
@@ -530,9 +574,19 @@ mod tests {
     fn shift_errors() {
         assert!(pvclock_scale_delta(1, 1, 64).is_err());
         assert!(pvclock_scale_delta(1, 1, -64).is_err());
-        assert_eq!(pvclock_tsc_khz(0, 0).unwrap_err().kind, ErrorKind::ZeroDivision);
+        assert_eq!(
+            pvclock_tsc_khz(0, 0).unwrap_err().kind,
+            ErrorKind::ZeroDivision
+        );
         assert_eq!(pvclock_tsc_khz(1, -63).unwrap(), 0);
-        let info = PvclockVcpuTimeInfo { tsc_shift: 70, ..Default::default() };
-        assert!(info.read_cycles(1).unwrap_err().message.contains("tsc_shift"));
+        let info = PvclockVcpuTimeInfo {
+            tsc_shift: 70,
+            ..Default::default()
+        };
+        assert!(info
+            .read_cycles(1)
+            .unwrap_err()
+            .message
+            .contains("tsc_shift"));
     }
 }

@@ -2,9 +2,11 @@
 //! (Linux >= 6.13, arch/x86/entry/vdso/vma.c `vvar_vclock_fault`; earlier kernels place it at
 //! another offset of `[vvar]`, which this module does not guess).
 //!
-//! The page is populated only when the kernel's vDSO uses the pvclock (otherwise touching it
-//! raises SIGBUS), so it is probed first with `pread` on `/proc/self/mem`, where a missing
-//! page is an `EIO`, never a signal. Only the first 32 bytes (vCPU 0's
+//! The page is populated only when the kernel's vDSO has used the pvclock
+//! (`vclock_was_used(VDSO_CLOCKMODE_PVCLOCK)`; otherwise touching it raises SIGBUS), so it is
+//! probed before the first load: `pread` on `/proc/self/mem` first, and because that answers
+//! EIO for this VM_PFNMAP mapping even when the page is there, then a load in a forked child
+//! (`probe_in_child`), where a SIGBUS kills only the child. Only the first 32 bytes (vCPU 0's
 //! `pvclock_vcpu_time_info`, as `vread_pvclock` uses) are read, never the second page.
 
 use std::fs::File;
@@ -61,19 +63,64 @@ pub fn probe() -> Result<usize> {
             "no [vvar_vclock] mapping in /proc/self/maps (needs Linux >= 6.13)",
         )
     })?;
-    let mem = File::open("/proc/self/mem").map_err(|e| io_error("cannot open /proc/self/mem", e))?;
-    let mut buf = [0u8; RECORD_SIZE];
-    mem.read_exact_at(&mut buf, start as u64).map_err(|e| {
-        io_error(
-            &format!(
-                "the [vvar_vclock] page at {start:#x} is not readable (the vDSO does not use \
-                 the KVM pvclock on this machine)"
-            ),
-            e,
-        )
-    })?;
     RawRecord::check_alignment(start)?;
+    let mut buf = [0u8; RECORD_SIZE];
+    let by_mem = File::open("/proc/self/mem").and_then(|mem| mem.read_exact_at(&mut buf, start as u64));
+    if by_mem.is_ok() {
+        return Ok(start);
+    }
+    probe_in_child(start)?;
     Ok(start)
+}
+
+/// Load the first 32 bytes at `addr` in a forked child and report how the child ended: exit 0
+/// means the page is readable; a signal (SIGBUS from `vvar_vclock_fault`) means it is not.
+/// The child does nothing but the volatile loads and `_exit` (async-signal-safe after fork).
+fn probe_in_child(addr: usize) -> Result<()> {
+    // SAFETY: fork is called with no locks held by this code; the child only performs
+    // volatile loads of the probed address and `_exit`, both async-signal-safe.
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(io_error("cannot fork to probe [vvar_vclock]", e));
+        }
+        if pid == 0 {
+            let p = addr as *const u64;
+            let mut acc = 0u64;
+            for i in 0..RECORD_SIZE / 8 {
+                acc ^= std::ptr::read_volatile(p.add(i));
+            }
+            std::hint::black_box(acc);
+            libc::_exit(0);
+        }
+        let mut status: libc::c_int = 0;
+        loop {
+            let r = libc::waitpid(pid, &mut status, 0);
+            if r == pid {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(io_error("waitpid on the [vvar_vclock] probe", e));
+            }
+        }
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            return Ok(());
+        }
+        let how = if libc::WIFSIGNALED(status) {
+            format!("signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("status {status}")
+        };
+        Err(CoreError::os(
+            libc::EIO,
+            format!(
+                "the [vvar_vclock] page at {addr:#x} is not readable (a probe load ended with \
+                 {how}): the vDSO has never used the KVM pvclock on this machine"
+            ),
+        ))
+    }
 }
 
 /// Address of the probed first page, located once per process and then cached.
@@ -91,7 +138,7 @@ pub fn page_address() -> Result<usize> {
 /// (as `vread_pvclock`). Returns the record and the TSC of the successful iteration.
 pub fn read(max_retries: u64) -> Result<(PvclockVcpuTimeInfo, u64)> {
     let addr = page_address()?;
-    // SAFETY: the page was probed readable through /proc/self/mem, stays mapped for the life of
+    // SAFETY: the page was probed readable (/proc/self/mem or a forked load), stays mapped for the life of
     // the process, is page aligned, and only its first 32 bytes are loaded (never written).
     let rec = unsafe { RawRecord::new(addr as *mut u8) };
     rec.read(max_retries, rdtsc_ordered).map_err(|e| match e {
@@ -117,7 +164,10 @@ mod tests {
                     7f7558b76000-7f7558b78000 r--p 00000000 00:00 0          [vvar_vclock]\n\
                     7f7558b78000-7f7558b7a000 r-xp 00000000 00:00 0          [vdso]\n\
                     55d0-55d1 r--p 00000000 08:01 123 /usr/bin/x y\n";
-        assert_eq!(find_mapping(maps, VVAR_VCLOCK), Some((0x7f7558b76000, 0x7f7558b78000)));
+        assert_eq!(
+            find_mapping(maps, VVAR_VCLOCK),
+            Some((0x7f7558b76000, 0x7f7558b78000))
+        );
         assert_eq!(find_mapping(maps, "[nope]"), None);
         assert_eq!(find_mapping("garbage\n\n", VVAR_VCLOCK), None);
     }
@@ -127,7 +177,10 @@ mod tests {
         // Either a readable page or a clean error; never a signal.
         match kvmclock_ns(1000) {
             Ok(_) => assert!(page_address().is_ok()),
-            Err(e) => assert!(matches!(e.kind, ErrorKind::NotFound | ErrorKind::Os(_) | ErrorKind::Value | ErrorKind::Retry)),
+            Err(e) => assert!(matches!(
+                e.kind,
+                ErrorKind::NotFound | ErrorKind::Os(_) | ErrorKind::Value | ErrorKind::Retry
+            )),
         }
     }
 }

@@ -18,7 +18,9 @@ pub struct SeqCount {
 
 impl SeqCount {
     pub fn new(initial: u32) -> Self {
-        SeqCount { seq: AtomicU32::new(initial) }
+        SeqCount {
+            seq: AtomicU32::new(initial),
+        }
     }
 
     /// The current sequence value (relaxed).
@@ -48,7 +50,9 @@ impl SeqCount {
                 if i >= max {
                     return Err(CoreError::new(
                         ErrorKind::SeqCount,
-                        format!("sequence stayed odd (a write section never ended) for {max} polls"),
+                        format!(
+                            "sequence stayed odd (a write section never ended) for {max} polls"
+                        ),
                     ));
                 }
             }
@@ -70,7 +74,12 @@ impl SeqCount {
         if cur & 1 != 0
             || self
                 .seq
-                .compare_exchange(cur, cur.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    cur,
+                    cur.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             return Err(CoreError::new(
@@ -89,7 +98,12 @@ impl SeqCount {
         if cur & 1 == 0
             || self
                 .seq
-                .compare_exchange(cur, cur.wrapping_add(1), Ordering::Release, Ordering::Relaxed)
+                .compare_exchange(
+                    cur,
+                    cur.wrapping_add(1),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             return Err(CoreError::new(

@@ -149,8 +149,14 @@ mod tests {
 
     #[test]
     fn known_values() {
-        assert_eq!(get_time_scale(1_000_000_000, 2_100_000_000).unwrap(), (-1, 4090445043));
-        assert_eq!(get_time_scale(2_100_000_000, 1_000_000_000).unwrap(), (2, 2254857830));
+        assert_eq!(
+            get_time_scale(1_000_000_000, 2_100_000_000).unwrap(),
+            (-1, 4090445043)
+        );
+        assert_eq!(
+            get_time_scale(2_100_000_000, 1_000_000_000).unwrap(),
+            (2, 2254857830)
+        );
         assert_eq!(get_time_scale((1 << 63) + 1, 1).unwrap(), (64, 1 << 31));
         for (s, b) in [(0, 1), (1 << 63, 1_000_000_000), (1_000_000_000, 0), (0, 0)] {
             assert_eq!(get_time_scale(s, b).unwrap_err().kind, ErrorKind::Value);
@@ -170,20 +176,41 @@ mod tests {
         assert_eq!(adjust_tsc_khz(2_100_000, 250), 2_100_525);
         // negative factor sign-extends to u64 and wraps
         let f = (-1i64) as u64;
-        assert_eq!(adjust_tsc_khz(1000, -1_000_001), (1000u64.wrapping_mul(f) / 1_000_000) as u32);
+        assert_eq!(
+            adjust_tsc_khz(1000, -1_000_001),
+            (1000u64.wrapping_mul(f) / 1_000_000) as u32
+        );
         // s32 overflow of 1000000 + ppm wraps (-fno-strict-overflow)
         let f2 = (1_000_000i64 + i32::MAX as i64 - (1i64 << 32)) as u64;
-        assert_eq!(adjust_tsc_khz(7, i32::MAX), (7u64.wrapping_mul(f2) / 1_000_000) as u32);
+        assert_eq!(
+            adjust_tsc_khz(7, i32::MAX),
+            (7u64.wrapping_mul(f2) / 1_000_000) as u32
+        );
     }
 
     #[test]
     fn ratio() {
         assert_eq!(tsc_scaling_ratio(1, 2_100_000, 48).unwrap(), 134035703);
-        assert_eq!(tsc_scaling_ratio(1 << 16, 1, 48).unwrap_err().kind, ErrorKind::Overflow);
-        assert_eq!(tsc_scaling_ratio(2, 1, 63).unwrap_err().kind, ErrorKind::Overflow);
-        assert_eq!(tsc_scaling_ratio(1, 0, 48).unwrap_err().kind, ErrorKind::ZeroDivision);
-        assert!(tsc_scaling_ratio(1, 1, 64).unwrap_err().message.contains("frac_bits"));
-        assert!(scale_tsc(1, 1, 128).unwrap_err().message.contains("frac_bits"));
+        assert_eq!(
+            tsc_scaling_ratio(1 << 16, 1, 48).unwrap_err().kind,
+            ErrorKind::Overflow
+        );
+        assert_eq!(
+            tsc_scaling_ratio(2, 1, 63).unwrap_err().kind,
+            ErrorKind::Overflow
+        );
+        assert_eq!(
+            tsc_scaling_ratio(1, 0, 48).unwrap_err().kind,
+            ErrorKind::ZeroDivision
+        );
+        assert!(tsc_scaling_ratio(1, 1, 64)
+            .unwrap_err()
+            .message
+            .contains("frac_bits"));
+        assert!(scale_tsc(1, 1, 128)
+            .unwrap_err()
+            .message
+            .contains("frac_bits"));
     }
 
     proptest! {

@@ -36,7 +36,10 @@ pub fn rdtsc_ordered() -> Result<u64> {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn unsupported() -> crate::error::CoreError {
-    crate::error::CoreError::os(38, "rdtsc needs an x86-64 CPU (ENOSYS on this architecture)")
+    crate::error::CoreError::os(
+        38,
+        "rdtsc needs an x86-64 CPU (ENOSYS on this architecture)",
+    )
 }
 
 #[cfg(test)]
