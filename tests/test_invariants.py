@@ -1,15 +1,19 @@
 """Guest clock invariants under hypothesis-generated scenarios.
 
-Backwards TSC writes are left out: 2017 ``kvm_write_tsc`` raises no CLOCK_UPDATE, so without
-masterclock the record keeps its old ``tsc_timestamp`` and the guest's kvm-clock wraps (the
-kernel behaves the same); that is garbage in, not an invariant.
+TSC writes only move a vCPU's TSC forward: 2017 ``kvm_write_tsc`` raises no CLOCK_UPDATE, so
+without masterclock a backwards write leaves the record's ``tsc_timestamp`` ahead of the guest
+TSC and the guest's kvm-clock wraps to ~2**64 ns (the kernel behaves the same; the guest
+timekeeper then accumulates centuries).  That is garbage in, not an invariant.
 
 Random vCPU and host CPU counts, TSC writes inside and outside the matching window, host
 clocksource changes (tsc <-> hpet), vCPU migrations, under both profiles, with synchronised
 host TSCs.  Checked on every guest read (sim/metrics.py definitions):
 
 * with the stable bit set (and synchronised TSCs) no read on any vCPU is lower than an earlier
-  read on any vCPU of that guest (``guest_backwards_stable == 0``);
+  stable read on any vCPU of that guest under the same master pair
+  (``guest_backwards_stable == 0``).  Across a masterclock update the clock can step back
+  (re-anchoring, or the end of a stale record after a forward TSC write): the kernel does that
+  too; it is counted as ``guest_backwards_reanchor`` and not asserted;
 * without it, the ``last_value`` clamp keeps the guest monotonic
   (``guest_backwards_clamped == 0``), and it is what hides the raw steps.
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from kvmclock.sim.scenarios import Sim
 
 MS = 1_000_000
@@ -31,7 +34,14 @@ op = st.tuples(
 )
 
 
-def _run(profile: str, host_cpus: int, vcpus: int, nested: bool, ops: list[tuple[int, str, int, int]], seed: int) -> Sim:
+def _run(
+    profile: str,
+    host_cpus: int,
+    vcpus: int,
+    nested: bool,
+    ops: list[tuple[int, str, int, int]],
+    seed: int,
+) -> Sim:
     sim = Sim(profile, seed, hz=250, sample_ms=5, fault=None, spin_limit=1000)
     l0 = sim.host(cpus=host_cpus, tsc_khz=2_593_992)
     sim.world.run_until(MS)
@@ -44,8 +54,7 @@ def _run(profile: str, host_cpus: int, vcpus: int, nested: bool, ops: list[tuple
     def make(kind: str, a: int, b: int) -> None:
         v = a % len(vm.vcpus)
         if kind == "tsc_near":
-            ref = vm.machine.cpus[(v + 1) % len(vm.vcpus)].read_tsc()
-            vm.write_tsc(v, ref + khz * 100)
+            vm.write_tsc(v, vm.machine.cpus[v].read_tsc() + khz * 100)
         elif kind == "tsc_far":
             vm.write_tsc(v, vm.machine.cpus[v].read_tsc() + khz * 3000)
         elif kind in ("cs_hpet", "cs_tsc"):
@@ -70,7 +79,12 @@ def _run(profile: str, host_cpus: int, vcpus: int, nested: bool, ops: list[tuple
     seed=st.integers(0, 2**16),
 )
 def test_guest_reads_never_go_backwards(
-    profile: str, host_cpus: int, vcpus: int, nested: bool, ops: list[tuple[int, str, int, int]], seed: int
+    profile: str,
+    host_cpus: int,
+    vcpus: int,
+    nested: bool,
+    ops: list[tuple[int, str, int, int]],
+    seed: int,
 ) -> None:
     sim = _run(profile, host_cpus, vcpus, nested, ops, seed)
     assert sim.recorder is not None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import kvmclock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import kvmclock
 from kvmclock import trace as ktrace
 from kvmclock.kernel import Kernel
 from kvmclock.kvm import (
@@ -21,11 +20,11 @@ from kvmclock.kvm import (
     request_names,
 )
 from kvmclock.kvm.x86 import (
+    HvClock,
     fields_kvm_pvclock_update,
     fields_kvm_track_tsc,
     fields_kvm_update_master_clock,
     fields_kvm_write_tsc_offset,
-    HvClock,
 )
 from kvmclock.machine import PhysicalMachine, World
 from reference import kernel_math as ref
@@ -252,22 +251,38 @@ def test_backwards_tsc_on_migration_marks_host_unstable() -> None:
 
 
 def test_trace_fields_match_trace_module_and_real_line() -> None:
-    assert fields_kvm_update_master_clock("gtod", True, 1, True) == "masterclock 1 hostclock tsc offsetmatched 1"
-    assert fields_kvm_update_master_clock("gtod", False, 2, False) == "masterclock 0 hostclock 0x2 offsetmatched 0"
+    assert (
+        fields_kvm_update_master_clock("gtod", True, 1, True)
+        == "masterclock 1 hostclock tsc offsetmatched 1"
+    )
+    assert (
+        fields_kvm_update_master_clock("gtod", False, 2, False)
+        == "masterclock 0 hostclock 0x2 offsetmatched 0"
+    )
     assert fields_kvm_update_master_clock("series", True, True, True) == (
         "masterclock 1 hostclock stable 1 offsetmatched 1"
     )
     assert fields_kvm_track_tsc("gtod", 0, 0, 1, False, 1) == (
         "vcpu_id 0 masterclock 0 offsetmatched 0 nr_online 1 hostclock tsc"
     )
-    assert fields_kvm_write_tsc_offset(0, 0, -6815369687214825) == "vcpu=0 prev=0 next=18439928704022336791"
+    assert (
+        fields_kvm_write_tsc_offset(0, 0, -6815369687214825)
+        == "vcpu=0 prev=0 next=18439928704022336791"
+    )
     for profile, fmt in (("gtod", "before"), ("series", "after")):
         for use, host, matched in ((True, 1, True), (False, 0, True), (False, 2, False)):
             hc = host if profile == "gtod" else bool(host == 1)
             mine = fields_kvm_update_master_clock(profile, use, hc, matched)
             parsed = ktrace.parse_fields("kvm_update_master_clock", mine)
             assert parsed is not None, (fmt, mine)
-    hv = HvClock(version=2, tsc_timestamp=0x1C4E1E2F0A, system_time=0x3B9ACA00, tsc_to_system_mul=0xA3D70A3D, tsc_shift=-1, flags=1)
+    hv = HvClock(
+        version=2,
+        tsc_timestamp=0x1C4E1E2F0A,
+        system_time=0x3B9ACA00,
+        tsc_to_system_mul=0xA3D70A3D,
+        tsc_shift=-1,
+        flags=1,
+    )
     assert fields_kvm_pvclock_update(0, hv) == ktrace.fields_pvclock_update(
         0, 2, 0x1C4E1E2F0A, 0x3B9ACA00, 0xA3D70A3D, -1, 1
     )
@@ -281,7 +296,12 @@ def test_trace_sequence_at_vm_and_vcpu_creation(profile: str) -> None:
     enter(vm, 0)
     events = [(r[5], r[6]) for r in host.kvm.trace_records]
     names = [e for e, _ in events]
-    assert names[:4] == ["kvm_update_master_clock", "kvm_write_tsc_offset", "kvm_track_tsc", "kvm_update_master_clock"]
+    assert names[:4] == [
+        "kvm_update_master_clock",
+        "kvm_write_tsc_offset",
+        "kvm_track_tsc",
+        "kvm_update_master_clock",
+    ]
     hc = "tsc" if profile == "gtod" else "stable 1"
     assert events[0][1] == f"masterclock 0 hostclock {hc} offsetmatched 0"
     assert events[2][1] == f"vcpu_id 0 masterclock 0 offsetmatched 0 nr_online 1 hostclock {hc}"

@@ -6,19 +6,41 @@ import json
 from typing import Any
 
 import pytest
-
 from kvmclock.errors import ScenarioError
 from kvmclock.sim import SCENARIOS, format_trace_lines, run_scenario
 from kvmclock.trace import parse_lines
 
 NS = 1_000_000_000
 LEVEL_KEYS = {
-    "level", "name", "clocksource", "masterclock", "pvclock_stable", "masterclock_timeline",
-    "pvclock_stable_timeline", "masterclock_updates", "notifier_calls", "gtod_copies",
-    "guest_backwards", "max_cross_vcpu_skew_ns", "last_value_clamp_hits", "timekeeping_updates",
-    "vcpus", "clock_definitions",
+    "level",
+    "name",
+    "clocksource",
+    "masterclock",
+    "pvclock_stable",
+    "masterclock_timeline",
+    "pvclock_stable_timeline",
+    "masterclock_updates",
+    "notifier_calls",
+    "gtod_copies",
+    "guest_backwards",
+    "max_cross_vcpu_skew_ns",
+    "last_value_clamp_hits",
+    "timekeeping_updates",
+    "vcpus",
+    "clock_definitions",
 }
-RUN_KEYS = {"scenario", "seed", "profile", "params", "duration_ns", "levels", "moments", "samples", "livelock", "stats"}
+RUN_KEYS = {
+    "scenario",
+    "seed",
+    "profile",
+    "params",
+    "duration_ns",
+    "levels",
+    "moments",
+    "samples",
+    "livelock",
+    "stats",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +60,9 @@ def test_nested_schema_and_json(nested: dict[str, dict[str, Any]]) -> None:
         for lv in run["levels"]:
             assert LEVEL_KEYS <= set(lv)
             assert set(lv["clock_definitions"]) == {
-                "max_abs_a_minus_b_ns", "max_abs_a_minus_c_ns", "max_abs_b_minus_c_ns"
+                "max_abs_a_minus_b_ns",
+                "max_abs_a_minus_c_ns",
+                "max_abs_b_minus_c_ns",
             }
         assert run["levels"][0]["pvclock_stable"] is None
         assert run["levels"][2]["masterclock"] is None
@@ -62,7 +86,9 @@ def test_nested_headline_gtod(nested: dict[str, dict[str, Any]]) -> None:
     # one notifier call (and one shadow copy) per timekeeping update
     for lv in (l0, l1):
         assert lv["notifier_calls"] == lv["gtod_copies"]
-        assert lv["timekeeping_updates"] - 5 <= lv["notifier_calls"] <= lv["timekeeping_updates"] + 1
+        assert (
+            lv["timekeeping_updates"] - 5 <= lv["notifier_calls"] <= lv["timekeeping_updates"] + 1
+        )
 
 
 def test_nested_headline_series(nested: dict[str, dict[str, Any]]) -> None:

@@ -78,7 +78,9 @@ class VirtualMachine:
 
     def _vcpu(self, cpu: int) -> Vcpu:
         if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < len(self._cpus):
-            raise ValueError(f"cpu={cpu!r} out of range (0..{len(self._cpus) - 1}: vCPUs of {self.kvm.name})")
+            raise ValueError(
+                f"cpu={cpu!r} out of range (0..{len(self._cpus) - 1}: vCPUs of {self.kvm.name})"
+            )
         return self._cpus[cpu].vcpu
 
     def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:
@@ -113,4 +115,7 @@ class VirtualMachine:
             self.run_on_cpu(cpu, exit_and_reenter)
 
     def __repr__(self) -> str:
-        return f"VirtualMachine(vm={self.kvm.name!r}, level={self.level}, vcpus={len(self._cpus)}, memory={len(self.memory)})"
+        return (
+            f"VirtualMachine(vm={self.kvm.name!r}, level={self.level}, "
+            f"vcpus={len(self._cpus)}, memory={len(self.memory)})"
+        )

@@ -56,9 +56,9 @@ __all__ = [
     "VCLOCK_PVCLOCK",
     "VCLOCK_TSC",
     "HvClock",
+    "Kvm",
     "KvmClockData",
     "KvmModule",
-    "Kvm",
     "MasterclockLivelock",
     "PvclockGtodData",
     "SpinLock",
@@ -134,7 +134,8 @@ def fields_kvm_track_tsc(
     """``kvm_track_tsc``: ``vcpu_id %u masterclock %u offsetmatched %u nr_online %u hostclock %s``
     (offsetmatched is the count ``nr_vcpus_matched_tsc``); series prints ``hostclock stable %u``."""
     return (
-        f"vcpu_id {vcpu_id} masterclock {int(use_master_clock)} offsetmatched {nr_vcpus_matched_tsc}"
+        f"vcpu_id {vcpu_id} masterclock {int(use_master_clock)} "
+        f"offsetmatched {nr_vcpus_matched_tsc}"
         f" nr_online {online_vcpus} hostclock {_host_clock_text(profile, host_clock)}"
     )
 
@@ -305,7 +306,10 @@ class Vcpu:
         self.requests &= ~(1 << req)
 
     def __repr__(self) -> str:
-        return f"Vcpu(vm={self.kvm.name!r}, vcpu_id={self.vcpu_id}, cpu={self.cpu}, requests={self.requests:#x})"
+        return (
+            f"Vcpu(vm={self.kvm.name!r}, vcpu_id={self.vcpu_id}, cpu={self.cpu}, "
+            f"requests={self.requests:#x})"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +360,9 @@ class Kvm:
         self.pvclock_stable_timeline: list[list[Any]] = []
         from kvmclock.kvm.vm import VirtualMachine
 
-        self.machine: VirtualMachine = VirtualMachine(self, memory_size=memory_size, features=features)
+        self.machine: VirtualMachine = VirtualMachine(
+            self, memory_size=memory_size, features=features
+        )
 
     # kernel name alias of the profile's lock
     @property
@@ -378,7 +384,9 @@ class Kvm:
         tl = self.masterclock_timeline
         if not tl or tl[-1][1] != self.use_master_clock:
             tl.append([self.module.world.now_ns, self.use_master_clock])
-            self.module.moment(f"{self.name}: masterclock {'on' if self.use_master_clock else 'off'}")
+            self.module.moment(
+                f"{self.name}: masterclock {'on' if self.use_master_clock else 'off'}"
+            )
 
     def _record_pvclock_stable(self) -> None:
         """All enabled records carry PVCLOCK_TSC_STABLE_BIT (the guest level's "pvclock stable")."""
@@ -389,9 +397,11 @@ class Kvm:
         tl = self.pvclock_stable_timeline
         if not tl or tl[-1][1] != stable:
             tl.append([self.module.world.now_ns, stable])
-            self.module.moment(f"{self.name}: pvclock stable bit {'set' if stable else 'cleared'}")
+            self.module.moment(
+                f"VM {self.name}: pvclock stable bit {'set' if stable else 'cleared'}"
+            )
 
-    # -- vCPUs ---------------------------------------------------------------------------------
+    # -- vCPUs -------------------------------------------------------------------------------------
     def create_vcpu(self, affinity: int | None = None) -> Vcpu:
         """``KVM_CREATE_VCPU`` on the host's ioctl CPU: setup, ``online_vcpus++``, then
         ``kvm_arch_vcpu_postcreate`` (host-initiated MSR_IA32_TSC write of 0)."""
@@ -422,7 +432,7 @@ class Kvm:
         hk.run_on_cpu(self.module.ioctl_cpu, create)
         return vcpu
 
-    # -- ioctls ----------------------------------------------------------------------------------
+    # -- ioctls ------------------------------------------------------------------------------------
     def get_clock(self, *, extended: bool = False) -> KvmClockData:
         """``KVM_GET_CLOCK``: 2017 = ``get_kvmclock_ns`` + KVM_CLOCK_TSC_STABLE iff masterclock.
 
@@ -450,13 +460,19 @@ class Kvm:
         realtime is past ``realtime``, never backwards; ``kvmclock_offset = clock - base``
         where base is ``master_kernel_ns`` with masterclock, else the host boot ns).
         Other flags: ``ValueError`` (the kernel returns -EINVAL)."""
-        for name, v, bits in (("clock", clock, 64), ("realtime", realtime, 64), ("flags", flags, 32)):
+        for name, v, bits in (
+            ("clock", clock, 64),
+            ("realtime", realtime, 64),
+            ("flags", flags, 32),
+        ):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
             if not 0 <= v < (1 << bits):
                 raise ValueError(f"{name}={v} out of range (0..2**{bits}-1)")
         if flags & ~KVM_CLOCK_REALTIME:
-            raise ValueError(f"flags={flags:#x} invalid: only 0 or KVM_CLOCK_REALTIME ({KVM_CLOCK_REALTIME:#x})")
+            raise ValueError(
+                f"flags={flags:#x} invalid: only 0 or KVM_CLOCK_REALTIME ({KVM_CLOCK_REALTIME:#x})"
+            )
         hk = self.kernel
         m = self.module
 
@@ -478,7 +494,11 @@ class Kvm:
                 now_real_ns = hk.timekeeper.ktime_get_real_ns()
                 if now_real_ns > realtime:
                     data_clock += now_real_ns - realtime
-                base = self.master_kernel_ns if self.use_master_clock else hk.timekeeper.ktime_get_boot_ns()
+                base = (
+                    self.master_kernel_ns
+                    if self.use_master_clock
+                    else hk.timekeeper.ktime_get_boot_ns()
+                )
                 self.kvmclock_offset = data_clock - base
                 for v in self.vcpus:
                     v.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
@@ -488,7 +508,7 @@ class Kvm:
                 self.masterclock_lock.release(owner)
 
         hk.run_on_cpu(m.ioctl_cpu, body_realtime if flags & KVM_CLOCK_REALTIME else body_2017)
-        m.moment(f"{self.name}: KVM_SET_CLOCK clock={clock} flags={flags:#x}")
+        m.moment(f"VM {self.name}: KVM_SET_CLOCK clock={clock} flags={flags:#x}")
 
     def write_tsc(self, vcpu_id: int, value: int, *, host_initiated: bool = True) -> None:
         """A userspace ``KVM_SET_MSRS`` of MSR_IA32_TSC (host-initiated) on vCPU ``vcpu_id``:
@@ -514,7 +534,11 @@ class Kvm:
         vcpu.affinity = host_cpu
 
     def _vcpu(self, vcpu_id: int) -> Vcpu:
-        if isinstance(vcpu_id, bool) or not isinstance(vcpu_id, int) or not 0 <= vcpu_id < len(self.vcpus):
+        if (
+            isinstance(vcpu_id, bool)
+            or not isinstance(vcpu_id, int)
+            or not 0 <= vcpu_id < len(self.vcpus)
+        ):
             raise ValueError(f"vcpu_id={vcpu_id!r} out of range (0..{len(self.vcpus) - 1})")
         return self.vcpus[vcpu_id]
 
@@ -554,7 +578,8 @@ class Kvm:
 
     def __repr__(self) -> str:
         return (
-            f"Kvm(name={self.name!r}, vcpus={len(self.vcpus)}, use_master_clock={self.use_master_clock}, "
+            f"Kvm(name={self.name!r}, vcpus={len(self.vcpus)}, "
+            f"use_master_clock={self.use_master_clock}, "
             f"gen={self.cur_tsc_generation}, matched={self.nr_vcpus_matched_tsc})"
         )
 
@@ -607,7 +632,7 @@ class KvmModule:
         else:
             kernel.clocksource_changes_register_notifier(self.process_clocksource_change)
 
-    # -- small helpers ---------------------------------------------------------------------------
+    # -- small helpers -----------------------------------------------------------------------------
     def moment(self, text: str) -> None:
         """A key moment for the run's timeline (``[t_ns, level, text]``), also in the world log."""
         self.moments.append([self.world.now_ns, self.level, text])
@@ -617,7 +642,15 @@ class KvmModule:
         """Record one trace event as ``(t_ns, level, comm, pid, cpu, event, fields)``."""
         if self.trace_enabled:
             self.trace_records.append(
-                (self.world.now_ns, self.level, "qemu-system-x86", self._cur_pid, self.kernel.current_cpu, event, fields)
+                (
+                    self.world.now_ns,
+                    self.level,
+                    "qemu-system-x86",
+                    self._cur_pid,
+                    self.kernel.current_cpu,
+                    event,
+                    fields,
+                )
             )
         self.counters[f"trace.{event}"] += 1
 
@@ -631,7 +664,7 @@ class KvmModule:
         k = self.kernel
         return int(k.machine.cpus[k.current_cpu].tsc_khz)
 
-    # -- VM creation --------------------------------------------------------------------------------
+    # -- VM creation -------------------------------------------------------------------------------
     def create_vm(
         self,
         *,
@@ -644,9 +677,19 @@ class KvmModule:
         ``update_masterclock``) on the ioctl CPU, then add to ``vm_list`` under ``kvm_lock``."""
         if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 64:
             raise ValueError(f"memory_size={memory_size!r} must be an int >= 64 (bytes)")
-        if tsc_khz is not None and (isinstance(tsc_khz, bool) or not isinstance(tsc_khz, int) or not 1 <= tsc_khz <= U32_MASK):
-            raise ValueError(f"tsc_khz={tsc_khz!r} out of range (1..2**32-1 kHz, or None = host kHz)")
-        feats = {"kvmclock", "kvmclock_stable_bit", "constant_tsc", "nonstop_tsc"} if features is None else set(features)
+        if tsc_khz is not None and (
+            isinstance(tsc_khz, bool)
+            or not isinstance(tsc_khz, int)
+            or not 1 <= tsc_khz <= U32_MASK
+        ):
+            raise ValueError(
+                f"tsc_khz={tsc_khz!r} out of range (1..2**32-1 kHz, or None = host kHz)"
+            )
+        feats = (
+            {"kvmclock", "kvmclock_stable_bit", "constant_tsc", "nonstop_tsc"}
+            if features is None
+            else set(features)
+        )
         vm_name = name if name is not None else f"L{self.level + 1}"
         pid = self._next_pid
         self._next_pid += 100
@@ -668,7 +711,7 @@ class KvmModule:
         self.moment(f"{vm_name}: VM created")
         return kvm
 
-    # -- TSC ----------------------------------------------------------------------------------------
+    # -- TSC ---------------------------------------------------------------------------------------
     def kvm_set_tsc_khz(self, vcpu: Vcpu, user_tsc_khz: int, host_tsc_khz: int) -> None:
         """``kvm_set_tsc_khz``: virtual_tsc_mult/shift = kvm_get_time_scale(user kHz * 1000,
         NSEC_PER_SEC); a TSC scaling ratio only outside ``tsc_tolerance_ppm`` (VMX, 48 bits)."""
@@ -679,7 +722,9 @@ class KvmModule:
         lo = int(_k.adjust_tsc_khz(host_tsc_khz, -TSC_TOLERANCE_PPM))
         hi = int(_k.adjust_tsc_khz(host_tsc_khz, TSC_TOLERANCE_PPM))
         if user_tsc_khz < lo or user_tsc_khz > hi:
-            vcpu.tsc_scaling_ratio = int(_k.tsc_scaling_ratio(user_tsc_khz, host_tsc_khz, VMX_TSC_FRAC_BITS))
+            vcpu.tsc_scaling_ratio = int(
+                _k.tsc_scaling_ratio(user_tsc_khz, host_tsc_khz, VMX_TSC_FRAC_BITS)
+            )
         else:
             vcpu.tsc_scaling_ratio = 1 << VMX_TSC_FRAC_BITS
 
@@ -701,15 +746,22 @@ class KvmModule:
     @staticmethod
     def nsec_to_cycles(vcpu: Vcpu, nsec: int) -> int:
         """``nsec_to_cycles``: pvclock_scale_delta(nsec, virtual_tsc_mult, virtual_tsc_shift)."""
-        return int(_k.pvclock_scale_delta(nsec & U64_MASK, vcpu.virtual_tsc_mult, vcpu.virtual_tsc_shift))
+        return int(
+            _k.pvclock_scale_delta(nsec & U64_MASK, vcpu.virtual_tsc_mult, vcpu.virtual_tsc_shift)
+        )
 
     def compute_guest_tsc(self, vcpu: Vcpu, kernel_ns: int) -> int:
         """``compute_guest_tsc``: this_tsc_write + cycles(kernel_ns - this_tsc_nsec)."""
-        return (vcpu.this_tsc_write + self.nsec_to_cycles(vcpu, kernel_ns - vcpu.this_tsc_nsec)) & U64_MASK
+        return (
+            vcpu.this_tsc_write + self.nsec_to_cycles(vcpu, kernel_ns - vcpu.this_tsc_nsec)
+        ) & U64_MASK
 
     def kvm_vcpu_write_tsc_offset(self, vcpu: Vcpu, offset: int) -> None:
         """``kvm_vcpu_write_tsc_offset``: trace ``kvm_write_tsc_offset`` then set the offset."""
-        self.trace("kvm_write_tsc_offset", fields_kvm_write_tsc_offset(vcpu.vcpu_id, vcpu.tsc_offset, offset))
+        self.trace(
+            "kvm_write_tsc_offset",
+            fields_kvm_write_tsc_offset(vcpu.vcpu_id, vcpu.tsc_offset, offset),
+        )
         vcpu.tsc_offset = offset & U64_MASK
 
     def kvm_write_tsc(self, vcpu: Vcpu, data: int, *, host_initiated: bool) -> None:
@@ -736,7 +788,10 @@ class KvmModule:
                 else:
                     tsc_exp = (kvm.last_tsc_write + self.nsec_to_cycles(vcpu, elapsed)) & U64_MASK
                     tsc_hz = vcpu.virtual_tsc_khz * 1000
-                    synchronizing = data < ((tsc_exp + tsc_hz) & U64_MASK) and ((data + tsc_hz) & U64_MASK) > tsc_exp
+                    synchronizing = (
+                        data < ((tsc_exp + tsc_hz) & U64_MASK)
+                        and ((data + tsc_hz) & U64_MASK) > tsc_exp
+                    )
             already_matched = False
             if synchronizing and vcpu.virtual_tsc_khz == kvm.last_tsc_khz:
                 if not self.kernel.check_tsc_unstable():
@@ -753,7 +808,9 @@ class KvmModule:
                 kvm.cur_tsc_write = data
                 kvm.cur_tsc_offset = offset
                 matched = False
-                self.moment(f"{kvm.name}: new TSC generation {kvm.cur_tsc_generation} (vcpu {vcpu.vcpu_id})")
+                self.moment(
+                    f"{kvm.name}: new TSC generation {kvm.cur_tsc_generation} (vcpu {vcpu.vcpu_id})"
+                )
             kvm.last_tsc_nsec = ns
             kvm.last_tsc_write = data
             kvm.last_tsc_khz = vcpu.virtual_tsc_khz
@@ -793,11 +850,16 @@ class KvmModule:
         self.trace(
             "kvm_track_tsc",
             fields_kvm_track_tsc(
-                self.profile, vcpu.vcpu_id, kvm.nr_vcpus_matched_tsc, kvm.online_vcpus, kvm.use_master_clock, host
+                self.profile,
+                vcpu.vcpu_id,
+                kvm.nr_vcpus_matched_tsc,
+                kvm.online_vcpus,
+                kvm.use_master_clock,
+                host,
             ),
         )
 
-    # -- host clock: series (patches 08, 09, 11) -------------------------------------------------
+    # -- host clock: series (patches 08, 09, 11) ---------------------------------------------------
     def clocksource_stable(self) -> bool:
         """``clocksource_stable()`` after patch 11 (text unavailable; our reading, documented):
         mode TSC, or mode PVCLOCK while this CPU's kvm-clock record (masked by the valid
@@ -833,7 +895,8 @@ class KvmModule:
             if spins >= self.spin_limit:
                 self.counters["livelocks"] += 1
                 raise MasterclockLivelock(
-                    f"{self.kernel.name}: {where}: read_seqcount_retry(tk_core.seq, {seq}) stays true "
+                    f"{self.kernel.name}: {where}: "
+                    f"read_seqcount_retry(tk_core.seq, {seq}) stays true "
                     f"(sequence now {s.sequence}); spun {spins} times holding masterclock_lock "
                     "(patch 09: loop without 'do')",
                     where=where,
@@ -884,13 +947,19 @@ class KvmModule:
         self.counters["notifier_calls"] += 1
         tk = data if data is not None else self.kernel.timekeeper
         self.update_pvclock_gtod(tk)
-        if self.pvclock_gtod_data.vclock_mode != VCLOCK_TSC and self.kvm_guest_has_master_clock != 0:
+        if (
+            self.pvclock_gtod_data.vclock_mode != VCLOCK_TSC
+            and self.kvm_guest_has_master_clock != 0
+        ):
             if self._gtod_work is None:  # queue_work on a pending work is a no-op
-                self._gtod_work = self.world.after(PVCLOCK_GTOD_WORK_DELAY_NS, self.pvclock_gtod_update_fn)
+                self._gtod_work = self.world.after(
+                    PVCLOCK_GTOD_WORK_DELAY_NS, self.pvclock_gtod_update_fn
+                )
         return NOTIFY_DONE
 
     def pvclock_gtod_update_fn(self) -> None:
-        """``pvclock_gtod_update_fn``: MASTERCLOCK_UPDATE on every vCPU of every VM; clear the atomic."""
+        """``pvclock_gtod_update_fn``: MASTERCLOCK_UPDATE on every vCPU of every VM; clear the
+        atomic."""
         self._gtod_work = None
         self.kvm_lock.acquire("pvclock_gtod_work")
         try:
@@ -936,7 +1005,7 @@ class KvmModule:
         mode, ns, cycle_now = self.do_monotonic_boot()
         return mode == VCLOCK_TSC, ns, cycle_now
 
-    # -- masterclock ---------------------------------------------------------------------------------
+    # -- masterclock -------------------------------------------------------------------------------
     def update_masterclock(self, kvm: Kvm) -> None:
         """``pvclock_update_vm_gtod_copy`` (gtod) / ``update_masterclock`` (series), lock held:
         ``use_master_clock = host clock qualifies && vcpus matched && !backwards_tsc_observed
@@ -946,7 +1015,10 @@ class KvmModule:
         kvm.master_kernel_ns = ns
         kvm.master_cycle_now = cycles
         kvm.use_master_clock = (
-            host_ok and vcpus_matched and not kvm.backwards_tsc_observed and not kvm.boot_vcpu_runs_old_kvmclock
+            host_ok
+            and vcpus_matched
+            and not kvm.backwards_tsc_observed
+            and not kvm.boot_vcpu_runs_old_kvmclock
         )
         self.counters["masterclock_updates"] += 1
         kvm.counters["masterclock_updates"] += 1
@@ -956,7 +1028,10 @@ class KvmModule:
             host: int | bool = self.pvclock_gtod_data.vclock_mode
         else:
             host = host_ok
-        self.trace("kvm_update_master_clock", fields_kvm_update_master_clock(self.profile, kvm.use_master_clock, host, vcpus_matched))
+        self.trace(
+            "kvm_update_master_clock",
+            fields_kvm_update_master_clock(self.profile, kvm.use_master_clock, host, vcpus_matched),
+        )
         kvm._record_masterclock()
 
     def kvm_gen_update_masterclock(self, kvm: Kvm, owner: str) -> None:
@@ -1003,11 +1078,14 @@ class KvmModule:
         kvm.masterclock_lock.release(owner)
         shift, mul = _k.get_time_scale(scaled_hz=NSEC_PER_SEC, base_hz=self.cpu_tsc_khz() * 1000)
         info = _k.PvclockVcpuTimeInfo(
-            tsc_timestamp=tsc_timestamp, system_time=system_time, tsc_to_system_mul=int(mul), tsc_shift=int(shift)
+            tsc_timestamp=tsc_timestamp,
+            system_time=system_time,
+            tsc_to_system_mul=int(mul),
+            tsc_shift=int(shift),
         )
         return int(info.read_cycles(self.rdtsc()))
 
-    # -- kvmclock record ----------------------------------------------------------------------------
+    # -- kvmclock record ---------------------------------------------------------------------------
     def kvm_guest_time_update(self, vcpu: Vcpu) -> int:
         """``kvm_guest_time_update``: the master pair (or a fresh rdtsc + boot ns), catch-up,
         mul/shift only on a kHz change, system_time = kernel_ns + kvmclock_offset, STABLE iff
@@ -1032,7 +1110,9 @@ class KvmModule:
         if vcpu.tsc_catchup:
             tsc = self.compute_guest_tsc(vcpu, kernel_ns)
             if tsc > tsc_timestamp:
-                self.kvm_vcpu_write_tsc_offset(vcpu, vcpu.tsc_offset + tsc - tsc_timestamp)  # adjust_tsc_offset_guest
+                self.kvm_vcpu_write_tsc_offset(
+                    vcpu, vcpu.tsc_offset + tsc - tsc_timestamp
+                )  # adjust_tsc_offset_guest
                 tsc_timestamp = tsc
         tgt_tsc_khz = self.kvm_scale_tsc(vcpu, tgt_tsc_khz)  # kvm_has_tsc_control
         hv = vcpu.hv_clock
@@ -1058,7 +1138,7 @@ class KvmModule:
         gpa = vcpu.pv_time_gpa
         guest = _k.PvclockVcpuTimeInfo.from_bytes(bytes(mem[gpa : gpa + 32]))
         hv = vcpu.hv_clock
-        hv.version = ((((int(guest.version) + 1) | 1) + 1)) & U32_MASK
+        hv.version = (((int(guest.version) + 1) | 1) + 1) & U32_MASK
         hv.flags |= int(guest.flags) & _PV_GUEST_STOPPED
         if vcpu.pvclock_set_guest_stopped_request:
             hv.flags |= _PV_GUEST_STOPPED
@@ -1090,8 +1170,10 @@ class KvmModule:
         for v in kvm.vcpus:
             v.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
 
-    # -- MSRs ----------------------------------------------------------------------------------------
-    def kvm_set_msr_common(self, vcpu: Vcpu, msr: int, data: int, *, host_initiated: bool = False) -> None:
+    # -- MSRs --------------------------------------------------------------------------------------
+    def kvm_set_msr_common(
+        self, vcpu: Vcpu, msr: int, data: int, *, host_initiated: bool = False
+    ) -> None:
         """``kvm_set_msr_common`` for the clock MSRs: MSR_IA32_TSC -> ``kvm_write_tsc``;
         MSR_KVM_SYSTEM_TIME(_NEW): boot vCPU old/new switch -> MASTERCLOCK_UPDATE,
         GLOBAL_CLOCK_UPDATE, record enabled at gpa ``data & ~1`` when bit 0 is set."""
@@ -1118,10 +1200,11 @@ class KvmModule:
             return
         raise ValueError(
             f"msr={msr:#x} not modelled (clock MSRs: MSR_IA32_TSC {MSR_IA32_TSC:#x}, "
-            f"MSR_KVM_SYSTEM_TIME {MSR_KVM_SYSTEM_TIME:#x}, MSR_KVM_SYSTEM_TIME_NEW {MSR_KVM_SYSTEM_TIME_NEW:#x})"
+            f"MSR_KVM_SYSTEM_TIME {MSR_KVM_SYSTEM_TIME:#x}, "
+            f"MSR_KVM_SYSTEM_TIME_NEW {MSR_KVM_SYSTEM_TIME_NEW:#x})"
         )
 
-    # -- load / put / entry ---------------------------------------------------------------------------
+    # -- load / put / entry ------------------------------------------------------------------------
     def kvm_arch_vcpu_load(self, vcpu: Vcpu, cpu: int) -> None:
         """``kvm_arch_vcpu_load``: apply ``tsc_offset_adjustment``; on a pCPU change or an
         unstable TSC: backwards TSC -> ``mark_tsc_unstable``; unstable -> re-offset from
@@ -1136,7 +1219,9 @@ class KvmModule:
             tsc_delta = 0 if not vcpu.last_host_tsc else now - vcpu.last_host_tsc
             if tsc_delta < 0:
                 self.counters["backwards_tsc"] += 1
-                self.moment(f"{vcpu.kvm.name}: vcpu {vcpu.vcpu_id} saw a backwards TSC on CPU {cpu}")
+                self.moment(
+                    f"{vcpu.kvm.name}: vcpu {vcpu.vcpu_id} saw a backwards TSC on CPU {cpu}"
+                )
                 k.mark_tsc_unstable("KVM discovered backwards TSC")
             if k.check_tsc_unstable():
                 offset = self.kvm_compute_tsc_offset(vcpu, vcpu.last_guest_tsc)
@@ -1163,7 +1248,8 @@ class KvmModule:
                 return
             if vcpu.kvm_test_request(KVM_REQ_MCLOCK_INPROGRESS):
                 raise RuntimeError(
-                    f"{vcpu.kvm.name} vcpu {vcpu.vcpu_id}: entry while MCLOCK_INPROGRESS is pending "
+                    f"{vcpu.kvm.name} vcpu {vcpu.vcpu_id}: "
+                    "entry while MCLOCK_INPROGRESS is pending "
                     "(a masterclock update is in progress; the vCPU would wait)"
                 )
             vcpu.kvm_check_request(KVM_REQ_MIGRATE_TIMER)
@@ -1173,7 +1259,10 @@ class KvmModule:
                 self.kvm_gen_kvmclock_update(vcpu)
             if vcpu.kvm_check_request(KVM_REQ_CLOCK_UPDATE):
                 self.kvm_guest_time_update(vcpu)
-        raise RuntimeError(f"{vcpu.kvm.name} vcpu {vcpu.vcpu_id}: requests keep being re-raised ({vcpu.requests:#x})")
+        raise RuntimeError(
+            f"{vcpu.kvm.name} vcpu {vcpu.vcpu_id}: "
+            f"requests keep being re-raised ({vcpu.requests:#x})"
+        )
 
     def vcpu_run(self, vcpu: Vcpu, fn: Callable[[], T]) -> T:
         """The vCPU thread on host CPU ``kernel.current_cpu``: load, ``vcpu_enter_guest``
@@ -1198,4 +1287,7 @@ class KvmModule:
             self._cur_pid = prev_pid
 
     def __repr__(self) -> str:
-        return f"KvmModule(kernel={self.kernel.name!r}, profile={self.profile!r}, vms={len(self.vm_list)})"
+        return (
+            f"KvmModule(kernel={self.kernel.name!r}, profile={self.profile!r}, "
+            f"vms={len(self.vm_list)})"
+        )

@@ -8,7 +8,7 @@ host KVM there, processing requests as ``vcpu_enter_guest`` does).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
@@ -25,7 +25,11 @@ class Cpu(Protocol):
     """One CPU as kernel code sees it: ``rdtsc`` and the TSC frequency it was calibrated at."""
 
     index: int
-    tsc_khz: int
+
+    @property
+    def tsc_khz(self) -> int:
+        """The TSC frequency (kHz) this CPU reports to the kernel."""
+        ...
 
     def read_tsc(self) -> int:
         """u64 TSC of this CPU at ``world.now_ns`` (``rdtsc_ordered``)."""
@@ -55,10 +59,18 @@ class Machine(Protocol):
 
     world: World
     level: int
-    cpus: Sequence[Cpu]
     memory: bytearray
-    platform_counters: dict[str, Counter]
     features: set[str]
+
+    @property
+    def cpus(self) -> Sequence[Cpu]:
+        """The CPUs (a VM: its vCPUs), indexed by CPU number."""
+        ...
+
+    @property
+    def platform_counters(self) -> Mapping[str, Counter]:
+        """Platform counters by clocksource name (physical: hpet, acpi_pm; a VM: none)."""
+        ...
 
     def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:
         """Run kernel code ``fn`` on CPU ``cpu`` and return its result."""

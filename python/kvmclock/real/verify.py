@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from kvmclock import PvclockVcpuTimeInfo, get_time_scale
 from kvmclock.errors import RealResourceUnavailable
@@ -490,7 +490,6 @@ def replay_model(real: ScenarioRun, *, profile: str = MODEL_PROFILE, seed: int =
         Vcpu,
         VcpuCpu,
     )
-    from kvmclock.machine.base import Machine
     from kvmclock.machine.physical import PhysicalCpu, PhysicalMachine
     from kvmclock.machine.world import World
     from kvmclock.trace import format_line
@@ -513,7 +512,7 @@ def replay_model(real: ScenarioRun, *, profile: str = MODEL_PROFILE, seed: int =
     machine = PhysicalMachine(world, cpus)
     # cast: PhysicalMachine's list/dict attributes do not match the Machine protocol's
     # invariant Sequence[Cpu]/dict[str, Counter] member types under mypy (machine/base.py).
-    kernel = Kernel(cast("Machine", machine), profile, name="L0", clocksource_override="tsc")
+    kernel = Kernel(machine, profile, name="L0", clocksource_override="tsc")
     kernel.boot()
     module: KvmModule = kernel.load_kvm()
     cpu = module.ioctl_cpu  # one thread does every ioctl, as the real script does

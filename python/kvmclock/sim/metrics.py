@@ -8,8 +8,13 @@ Definitions (what the numbers mean, precisely):
   the same instant the model also computes the *raw* value (the same record and TSC, no clamp).
 * Reads are ordered by simulation order (true time never decreases).  ``guest_backwards``
   counts reads whose returned value is lower than the largest value any earlier read on any
-  vCPU of that guest returned.  ``guest_backwards_stable`` counts those among reads that
-  carried the stable bit (no clamp applies to them); ``guest_backwards_clamped`` counts
+  vCPU of that guest returned.  ``guest_backwards_stable`` counts stable-bit reads (no clamp
+  applies to them) lower than an earlier stable read *of the same master pair* (the record's
+  ``(system_time, tsc_timestamp)``, shared by all vCPUs under one masterclock): the guarantee
+  masterclock gives.  ``guest_backwards_reanchor`` counts stable reads lower than an earlier
+  read of another pair or without the stable bit: the step back when a masterclock update
+  re-anchors the clock (Woodhouse's definitions A vs B) or ends a stale-record period; the
+  kernel has it too and the clamp does not cover it.  ``guest_backwards_clamped`` counts
   non-stable reads lower than the largest earlier *non-stable* read (the domain of the clamp;
   always 0 when the clamp works); ``guest_backwards_unclamped`` counts raw values lower than
   the largest earlier raw value (what the guest would see without the clamp).
@@ -37,13 +42,17 @@ __all__ = ["LevelStats", "Recorder", "guest_read"]
 _STABLE = 1
 
 
-def guest_read(kernel: Kernel) -> tuple[int, int, int]:
-    """On ``kernel.current_cpu``: ``(returned_ns, raw_ns, flags)`` of one kvm-clock read."""
+def guest_read(kernel: Kernel) -> tuple[int, int, int, tuple[int, int]]:
+    """On ``kernel.current_cpu``: ``(returned_ns, raw_ns, flags, (system_time, tsc_timestamp))``
+    of one kvm-clock read."""
     cs = kernel.clocksources["kvm-clock"]
     ns, _stamp = cs.read()
     cpu = kernel.current_cpu
-    raw, flags, _ = _k.pvclock_read(kernel.machine.memory, kernel.machine.cpus[cpu].read_tsc(), kernel.pvti_offset(cpu))
-    return int(ns), int(raw), int(flags)
+    mem = kernel.machine.memory
+    off = kernel.pvti_offset(cpu)
+    raw, flags, _ = _k.pvclock_read(mem, kernel.machine.cpus[cpu].read_tsc(), off)
+    rec = _k.PvclockVcpuTimeInfo.from_bytes(bytes(mem[off : off + 32]))
+    return int(ns), int(raw), int(flags), (int(rec.system_time), int(rec.tsc_timestamp))
 
 
 @dataclass
@@ -54,6 +63,8 @@ class LevelStats:
     guest_reads: int = 0
     guest_backwards: int = 0
     guest_backwards_stable: int = 0
+    guest_backwards_reanchor: int = 0
+    max_seen_stable: dict[tuple[int, int], int] = field(default_factory=dict)
     guest_backwards_clamped: int = 0
     guest_backwards_unclamped: int = 0
     last_value_clamp_hits: int = 0
@@ -62,24 +73,39 @@ class LevelStats:
     max_seen_unstable: int | None = None
     max_seen_raw: int | None = None
     max_abs: dict[str, int | None] = field(
-        default_factory=lambda: {"max_abs_a_minus_b_ns": None, "max_abs_a_minus_c_ns": None, "max_abs_b_minus_c_ns": None}
+        default_factory=lambda: {
+            "max_abs_a_minus_b_ns": None,
+            "max_abs_a_minus_c_ns": None,
+            "max_abs_b_minus_c_ns": None,
+        }
     )
     backwards_events: list[list[Any]] = field(default_factory=list)
 
-    def record_read(self, t_ns: int, cpu: int, ns: int, raw: int, flags: int) -> None:
+    def record_read(
+        self, t_ns: int, cpu: int, ns: int, raw: int, flags: int, pair: tuple[int, int] = (0, 0)
+    ) -> None:
         """Account one read (see the module docstring for the definitions)."""
         self.guest_reads += 1
         stable = bool(flags & _STABLE)
+        same_pair_back = False
+        if stable:
+            prev = self.max_seen_stable.get(pair)
+            same_pair_back = prev is not None and ns < prev
+            if same_pair_back:
+                self.guest_backwards_stable += 1
+            self.max_seen_stable[pair] = ns if prev is None else max(prev, ns)
         if self.max_seen is not None and ns < self.max_seen:
             self.guest_backwards += 1
-            if stable:
-                self.guest_backwards_stable += 1
+            if stable and not same_pair_back:
+                self.guest_backwards_reanchor += 1
             if len(self.backwards_events) < 100:
                 self.backwards_events.append([t_ns, cpu, self.max_seen - ns, stable])
         if not stable:
             if self.max_seen_unstable is not None and ns < self.max_seen_unstable:
                 self.guest_backwards_clamped += 1
-            self.max_seen_unstable = ns if self.max_seen_unstable is None else max(self.max_seen_unstable, ns)
+            self.max_seen_unstable = (
+                ns if self.max_seen_unstable is None else max(self.max_seen_unstable, ns)
+            )
         if self.max_seen_raw is not None and raw < self.max_seen_raw:
             self.guest_backwards_unclamped += 1
         if ns != raw:
@@ -119,8 +145,8 @@ class Recorder:
             raws: list[int] = []
             stable = True
             for cpu in range(len(k.machine.cpus)):
-                ns, raw, flags = k.run_on_cpu(cpu, lambda kk=k: guest_read(kk))  # type: ignore[misc]
-                st.record_read(t, cpu, ns, raw, flags)
+                ns, raw, flags, pair = k.run_on_cpu(cpu, lambda kk=k: guest_read(kk))  # type: ignore[misc]
+                st.record_read(t, cpu, ns, raw, flags, pair)
                 raws.append(raw)
                 stable = stable and bool(flags & _STABLE)
             skew = max(raws) - min(raws)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 from kvmclock.errors import LivelockDetected, ScenarioError
 from kvmclock.kernel import PROFILES, Kernel
@@ -39,7 +39,16 @@ def _ns(seconds: Any) -> int:
 class Sim:
     """The objects of one run: world, kernels by level, shared trace sink and moments."""
 
-    def __init__(self, profile: str, seed: int, *, hz: int, sample_ms: int, fault: str | None, spin_limit: int) -> None:
+    def __init__(
+        self,
+        profile: str,
+        seed: int,
+        *,
+        hz: int,
+        sample_ms: int,
+        fault: str | None,
+        spin_limit: int,
+    ) -> None:
         self.world = World(seed)
         self.profile = profile
         self.hz = hz
@@ -62,9 +71,13 @@ class Sim:
         mod.moments = self.moments
         return mod
 
-    def host(self, *, cpus: int, tsc_khz: int, tsc_skew_cycles: int = 0, kvm: bool = True) -> Kernel:
+    def host(
+        self, *, cpus: int, tsc_khz: int, tsc_skew_cycles: int = 0, kvm: bool = True
+    ) -> Kernel:
         """Level 0: a physical machine with HPET and ACPI PM, its kernel booted, KVM loaded."""
         m = PhysicalMachine(self.world, cpus, tsc_khz=tsc_khz, tsc_skew_cycles=tsc_skew_cycles)
+        # cast: PhysicalMachine's concrete list types do not match the protocol's
+        # invariant mutable members exactly (machine/base.py), the behaviour does.
         k = Kernel(m, self.profile, name="L0", hz=self.hz)
         k.boot()
         self.kernels.append(k)
@@ -72,7 +85,9 @@ class Sim:
             self._load_kvm(k)
         return k
 
-    def guest(self, host: Kernel, *, vcpus: int, kvm: bool, tsc_khz: int | None = None) -> tuple[Kvm, Kernel]:
+    def guest(
+        self, host: Kernel, *, vcpus: int, kvm: bool, tsc_khz: int | None = None
+    ) -> tuple[Kvm, Kernel]:
         """A VM of ``vcpus`` on ``host`` (vCPU i on host CPU i mod n), its vCPUs started, and a
         guest kernel booted on it (kvm-clock), optionally running KVM itself."""
         assert host.kvm is not None
@@ -113,7 +128,13 @@ class Scenario:
     setup: Callable[[Sim, dict[str, Any]], None] = field(repr=False)
 
 
-_COMMON: dict[str, Any] = {"duration_s": 8, "hz": 250, "sample_ms": 10, "tsc_khz": 2_593_992, "seed_note": None}
+_COMMON: dict[str, Any] = {
+    "duration_s": 8,
+    "hz": 250,
+    "sample_ms": 10,
+    "tsc_khz": 2_593_992,
+    "seed_note": None,
+}
 del _COMMON["seed_note"]
 
 
@@ -134,9 +155,12 @@ def _setup_nested(sim: Sim, p: dict[str, Any]) -> None:
     t_jump = _ns(p["unstable_at_s"]) - 50 * NSEC_PER_MSEC
     if t_jump > sim.world.now_ns:
         cycles = p["tsc_khz"] * p["jump_ms"]
-        for cpu in l0.machine.cpus:
-            cpu.add_tsc_jump(t_jump, cycles)  # type: ignore[attr-defined]
-        sim.at(t_jump, lambda: sim.moment(0, f"L0: every TSC jumps forward by {p['jump_ms']} ms of cycles"))
+        for cpu in cast(PhysicalMachine, l0.machine).cpus:
+            cpu.add_tsc_jump(t_jump, cycles)
+        sim.at(
+            t_jump,
+            lambda: sim.moment(0, f"L0: every TSC jumps forward by {p['jump_ms']} ms of cycles"),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,12 +188,16 @@ def _setup_tsc_sync(sim: Sim, p: dict[str, Any]) -> None:
         # (after a hotplug write of 0 that base is 0: a real quirk, hence inside_at < hotplug_at).
         value = guest_tsc(0) + khz * p["inside_ms"]
         vm.write_tsc(1, value)
-        sim.moment(1, f"vCPU 1: TSC write {p['inside_ms']} ms of cycles ahead (inside the 1 s window)")
+        sim.moment(
+            1, f"vCPU 1: TSC write {p['inside_ms']} ms of cycles ahead (inside the 1 s window)"
+        )
 
     def write_far() -> None:
         value = guest_tsc(0) + khz * 1000 * p["far_s"]
         vm.write_tsc(2 % len(vm.vcpus), value)
-        sim.moment(1, f"vCPU 2: TSC write {p['far_s']} s ahead (outside the window: new generation)")
+        sim.moment(
+            1, f"vCPU 2: TSC write {p['far_s']} s ahead (outside the window: new generation)"
+        )
 
     def write_match_all() -> None:
         ref = 2 % len(vm.vcpus)
@@ -195,8 +223,14 @@ def _setup_unstable_tsc(sim: Sim, p: dict[str, Any]) -> None:
     sim.start_sampling()
     back_cpu = p["host_cpus"] - 1
     t_back = _ns(p["backwards_at_s"])
-    l0.machine.cpus[back_cpu].add_tsc_jump(t_back, -khz * p["backwards_ms"])  # type: ignore[attr-defined]
-    sim.at(t_back, lambda: sim.moment(0, f"L0: CPU {back_cpu}'s TSC steps back by {p['backwards_ms']} ms of cycles"))
+    back = cast(PhysicalMachine, l0.machine).cpus[back_cpu]
+    back.add_tsc_jump(t_back, -khz * p["backwards_ms"])
+    sim.at(
+        t_back,
+        lambda: sim.moment(
+            0, f"L0: CPU {back_cpu}'s TSC steps back by {p['backwards_ms']} ms of cycles"
+        ),
+    )
     period = p["migrate_ms"] * NSEC_PER_MSEC
     n = p["host_cpus"]
     step = [0]
@@ -223,7 +257,10 @@ def _setup_set_clock(sim: Sim, p: dict[str, Any]) -> None:
         vm.set_clock(target)
         vm.machine.run_on_cpu(0, lambda: None)
         st = vm.vcpus[0].hv_clock.system_time
-        sim.moment(1, f"KVM_SET_CLOCK flags=0 clock={target}: next system_time={st} (diff {st - target} ns)")
+        sim.moment(
+            1,
+            f"KVM_SET_CLOCK flags=0 clock={target}: next system_time={st} (diff {st - target} ns)",
+        )
 
     def set_realtime() -> None:
         real = l0.run_on_cpu(0, l0.timekeeper.ktime_get_real_ns)
@@ -231,11 +268,19 @@ def _setup_set_clock(sim: Sim, p: dict[str, Any]) -> None:
         vm.set_clock(target, KVM_CLOCK_REALTIME, real - _ns(p["realtime_lag_s"]))
         vm.machine.run_on_cpu(0, lambda: None)
         st = vm.vcpus[0].hv_clock.system_time
-        sim.moment(1, f"KVM_SET_CLOCK flags=REALTIME realtime {p['realtime_lag_s']} s behind: system_time={st} (advanced {st - target} ns)")
+        sim.moment(
+            1,
+            f"KVM_SET_CLOCK flags=REALTIME realtime {p['realtime_lag_s']} s behind: "
+            f"system_time={st} (advanced {st - target} ns)",
+        )
 
     def get() -> None:
         d = vm.get_clock(extended=True)
-        sim.moment(1, f"KVM_GET_CLOCK clock={d.clock} flags={d.flags:#x} realtime={d.realtime} host_tsc={d.host_tsc}")
+        sim.moment(
+            1,
+            f"KVM_GET_CLOCK clock={d.clock} flags={d.flags:#x} realtime={d.realtime} "
+            f"host_tsc={d.host_tsc}",
+        )
 
     sim.at(_ns(p["set_at_s"]), set_plain)
     sim.at(_ns(p["set_realtime_at_s"]), set_realtime)
@@ -257,7 +302,11 @@ def _setup_patch09(sim: Sim, p: dict[str, Any]) -> None:
         tk.interleave = None  # one shot
         before = tk.seq.sequence
         l0.run_on_cpu(writer_cpu, tk.update_wall_time)
-        sim.moment(0, f"L0: tick on CPU {writer_cpu} inside a tk_core.seq read section (seq {before} -> {tk.seq.sequence})")
+        sim.moment(
+            0,
+            f"L0: tick on CPU {writer_cpu} inside a tk_core.seq read section "
+            f"(seq {before} -> {tk.seq.sequence})",
+        )
 
     def trigger() -> None:
         # QEMU writes vCPU 0's TSC (a matching value): kvm_track_tsc_matching requests a
@@ -282,8 +331,16 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             "nested",
-            "L0 tsc host (hpet watchdog), L1 with KVM on kvm-clock, L2 guest; L0's TSC goes bad at ~5 s",
-            {**_COMMON, "host_cpus": 4, "l1_vcpus": 4, "l2_vcpus": 2, "unstable_at_s": 5, "jump_ms": 100},
+            "L0 tsc host (hpet watchdog), L1 with KVM on kvm-clock, L2 guest; "
+            "L0's TSC goes bad at ~5 s",
+            {
+                **_COMMON,
+                "host_cpus": 4,
+                "l1_vcpus": 4,
+                "l2_vcpus": 2,
+                "unstable_at_s": 5,
+                "jump_ms": 100,
+            },
             _setup_nested,
         ),
         Scenario(
@@ -351,14 +408,45 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 
-_POSITIVE_INT = {"hz", "sample_ms", "tsc_khz", "host_cpus", "l1_vcpus", "l2_vcpus", "vcpus", "spin_limit", "migrate_ms"}
+_POSITIVE_INT = {
+    "hz",
+    "sample_ms",
+    "tsc_khz",
+    "host_cpus",
+    "l1_vcpus",
+    "l2_vcpus",
+    "vcpus",
+    "spin_limit",
+    "migrate_ms",
+}
 _NONNEG_INT = {"jump_ms", "inside_ms", "far_s", "skew_us", "backwards_ms"}
-_NONNEG_TIME = {"unstable_at_s", "hotplug_at_s", "inside_at_s", "far_at_s", "rematch_at_s", "backwards_at_s",
-                "set_at_s", "step_s", "set_realtime_at_s", "realtime_lag_s", "get_at_s", "trigger_at_s"}
-_LIMITS = {"hz": 10_000, "tsc_khz": 0xFFFFFFFF, "host_cpus": 64, "l1_vcpus": 64, "l2_vcpus": 64, "vcpus": 64}
+_NONNEG_TIME = {
+    "unstable_at_s",
+    "hotplug_at_s",
+    "inside_at_s",
+    "far_at_s",
+    "rematch_at_s",
+    "backwards_at_s",
+    "set_at_s",
+    "step_s",
+    "set_realtime_at_s",
+    "realtime_lag_s",
+    "get_at_s",
+    "trigger_at_s",
+}
+_LIMITS = {
+    "hz": 10_000,
+    "tsc_khz": 0xFFFFFFFF,
+    "host_cpus": 64,
+    "l1_vcpus": 64,
+    "l2_vcpus": 64,
+    "vcpus": 64,
+}
 
 
-def _validate(name: str, profile: Any, seed: Any, params: dict[str, Any]) -> tuple[Scenario, dict[str, Any]]:
+def _validate(
+    name: str, profile: Any, seed: Any, params: dict[str, Any]
+) -> tuple[Scenario, dict[str, Any]]:
     if not isinstance(name, str) or name not in SCENARIOS:
         raise ScenarioError(f"scenario={name!r} unknown; choose one of: {', '.join(SCENARIOS)}")
     if profile not in PROFILES:
@@ -369,7 +457,8 @@ def _validate(name: str, profile: Any, seed: Any, params: dict[str, Any]) -> tup
     unknown = sorted(set(params) - set(scn.params))
     if unknown:
         raise ScenarioError(
-            f"scenario {name!r} has no parameter {', '.join(unknown)}; valid: {', '.join(sorted(scn.params))}"
+            f"scenario {name!r} has no parameter {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(scn.params))}"
         )
     p = {**scn.params, **params}
     for key, v in p.items():
@@ -379,7 +468,9 @@ def _validate(name: str, profile: Any, seed: Any, params: dict[str, Any]) -> tup
             lo = 1 if key in _POSITIVE_INT else 0
             hi = _LIMITS.get(key)
             if v < lo or (hi is not None and v > hi):
-                raise ScenarioError(f"{key}={v} out of range ({lo}..{hi if hi is not None else 'inf'})")
+                raise ScenarioError(
+                    f"{key}={v} out of range ({lo}..{hi if hi is not None else 'inf'})"
+                )
         elif key == "duration_s" or key in _NONNEG_TIME:
             if isinstance(v, bool) or not isinstance(v, (int, float, str, Fraction)):
                 raise ScenarioError(f"{key}={v!r} must be a number of seconds")
@@ -393,14 +484,20 @@ def _validate(name: str, profile: Any, seed: Any, params: dict[str, Any]) -> tup
                 raise ScenarioError(f"{key}={v!r} must be >= 0 seconds")
         elif key == "fault":
             if v not in (None, "none", *FAULTS):
-                raise ScenarioError(f"fault={v!r} invalid; choose one of: none, {', '.join(FAULTS)}")
+                raise ScenarioError(
+                    f"fault={v!r} invalid; choose one of: none, {', '.join(FAULTS)}"
+                )
     return scn, p
 
 
 def _level_entry(sim: Sim, k: Kernel, end_ns: int) -> dict[str, Any]:
     host = sim.kernels[k.level - 1] if k.level > 0 else None
     own_vm = k.kvm.vm_list[0] if k.kvm is not None and k.kvm.vm_list else None
-    host_vm = host.kvm.vm_list[0] if host is not None and host.kvm is not None and host.kvm.vm_list else None
+    host_vm = (
+        host.kvm.vm_list[0]
+        if host is not None and host.kvm is not None and host.kvm.vm_list
+        else None
+    )
     assert sim.recorder is not None
     st = sim.recorder.stats[k.level]
     stable_tl = [list(e) for e in host_vm.pvclock_stable_timeline] if host_vm is not None else []
@@ -409,14 +506,19 @@ def _level_entry(sim: Sim, k: Kernel, end_ns: int) -> dict[str, Any]:
         "name": k.name,
         "clocksource": k.timekeeper.clock.name,
         "masterclock": own_vm.use_master_clock if own_vm is not None else None,
-        "pvclock_stable": (bool(stable_tl[-1][1]) if stable_tl else False) if host_vm is not None else None,
-        "masterclock_timeline": [list(e) for e in own_vm.masterclock_timeline] if own_vm is not None else [],
+        "pvclock_stable": (bool(stable_tl[-1][1]) if stable_tl else False)
+        if host_vm is not None
+        else None,
+        "masterclock_timeline": [list(e) for e in own_vm.masterclock_timeline]
+        if own_vm is not None
+        else [],
         "pvclock_stable_timeline": stable_tl,
         "masterclock_updates": k.kvm.counters["masterclock_updates"] if k.kvm is not None else 0,
         "notifier_calls": k.kvm.counters["notifier_calls"] if k.kvm is not None else 0,
         "gtod_copies": k.kvm.counters["gtod_copies"] if k.kvm is not None else 0,
         "guest_backwards": st.guest_backwards,
         "guest_backwards_stable": st.guest_backwards_stable,
+        "guest_backwards_reanchor": st.guest_backwards_reanchor,
         "guest_backwards_clamped": st.guest_backwards_clamped,
         "guest_backwards_unclamped": st.guest_backwards_unclamped,
         "backwards_events": st.backwards_events,
@@ -440,11 +542,19 @@ def _moments(sim: Sim, level_of: dict[str, int]) -> list[list[Any]]:
         if kind == "moment":
             out.append([ev["t_ns"], ev["level"], str(ev["text"])])
         elif kind == "printk" and any(s in str(ev.get("text", "")) for s in keys):
-            out.append([ev["t_ns"], level_of.get(str(ev.get("kernel")), 0), f"{ev.get('kernel')}: {ev.get('text')}"])
+            out.append(
+                [
+                    ev["t_ns"],
+                    level_of.get(str(ev.get("kernel")), 0),
+                    f"{ev.get('kernel')}: {ev.get('text')}",
+                ]
+            )
     return out
 
 
-def run_scenario(name: str, profile: str, seed: int = 0, *, trace: bool = False, **params: Any) -> dict[str, Any]:
+def run_scenario(
+    name: str, profile: str, seed: int = 0, *, trace: bool = False, **params: Any
+) -> dict[str, Any]:
     """Run built-in scenario ``name`` under ``profile`` ("gtod" | "series") and return one run
     (SPEC §5 JSON shape, plus ``moments``, ``samples``, ``livelock``, ``stats``, and
     ``trace`` rows ``[t_ns, level, comm, pid, cpu, event, fields]`` when ``trace=True``).
@@ -476,7 +586,10 @@ def run_scenario(name: str, profile: str, seed: int = 0, *, trace: bool = False,
             "spins": exc.spins if isinstance(exc, MasterclockLivelock) else 0,
             "message": str(exc),
         }
-        sim.moment(lvl, f"LIVELOCK in {livelock['where']} after {livelock['spins']} spins; simulation stopped")
+        sim.moment(
+            lvl,
+            f"LIVELOCK in {livelock['where']} after {livelock['spins']} spins; simulation stopped",
+        )
     if sim.recorder is None:
         sim.start_sampling()
     level_of = {k.name: k.level for k in sim.kernels}
@@ -486,7 +599,9 @@ def run_scenario(name: str, profile: str, seed: int = 0, *, trace: bool = False,
         "scenario": name,
         "seed": seed,
         "profile": profile,
-        "params": {k: (v if isinstance(v, (int, str)) or v is None else str(v)) for k, v in p.items()},
+        "params": {
+            k: (v if isinstance(v, (int, str)) or v is None else str(v)) for k, v in p.items()
+        },
         "duration_ns": duration_ns,
         "end_ns": sim.world.now_ns,
         "levels": [_level_entry(sim, k, sim.world.now_ns) for k in sim.kernels],
@@ -512,7 +627,15 @@ def format_trace_lines(run: dict[str, Any]) -> list[str]:
     if rows is None:
         raise ValueError("run has no 'trace' rows: call run_scenario(..., trace=True)")
     return [
-        format_line(str(comm), int(pid), int(cpu), int(t), str(ev), str(f),
-                    flags="d..." if ev == "kvm_write_tsc_offset" else "....", level=int(lvl))
+        format_line(
+            str(comm),
+            int(pid),
+            int(cpu),
+            int(t),
+            str(ev),
+            str(f),
+            flags="d..." if ev == "kvm_write_tsc_offset" else "....",
+            level=int(lvl),
+        )
         for t, lvl, comm, pid, cpu, ev, f in rows
     ]

@@ -299,9 +299,11 @@ class Timekeeper:
         """``accumulate_nsecs_to_secs`` (no leap seconds modelled): returns the clock_set action."""
         mono = self.tkr_mono
         nsps = NSEC_PER_SEC << mono.shift
-        while mono.xtime_nsec >= nsps:
-            mono.xtime_nsec -= nsps
-            self.xtime_sec += 1
+        # The kernel subtracts one second per loop iteration; with no leap seconds modelled the
+        # result equals one divmod, which also keeps a wild delta (a clock that wrapped to
+        # ~2**63 ns) from looping for hours in the simulator.
+        secs, mono.xtime_nsec = divmod(mono.xtime_nsec, nsps)
+        self.xtime_sec += secs
         return 0
 
     def _logarithmic_accumulation(self, offset: int, shift: int) -> tuple[int, int]:
@@ -319,9 +321,8 @@ class Timekeeper:
         clock_set = self._accumulate_nsecs_to_secs()
         raw.xtime_nsec = (raw.xtime_nsec + (self.raw_interval << shift)) & U64_MASK
         snsec_per_sec = NSEC_PER_SEC << raw.shift
-        while raw.xtime_nsec >= snsec_per_sec:
-            raw.xtime_nsec -= snsec_per_sec
-            self.raw_sec += 1
+        secs, raw.xtime_nsec = divmod(raw.xtime_nsec, snsec_per_sec)
+        self.raw_sec += secs
         return offset, clock_set
 
     def change_clocksource(self, new: Clocksource) -> None:
