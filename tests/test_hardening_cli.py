@@ -306,10 +306,6 @@ def test_mixed_format_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert doc["formats"] == {"before": 2, "after": 2}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kvmclock.trace bug: a number of more than 4300 digits in a line makes int() raise "
-    "ValueError (sys.int_max_str_digits) out of parse_bytes, so the whole file is rejected "
-    "instead of that line being skipped as the module docstring promises"))
 def test_line_with_a_5000_digit_number_is_skipped(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,11 +315,6 @@ def test_line_with_a_5000_digit_number_is_skipped(tmp_path: Path,
     assert code == 0, err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kvmclock.trace bug (found by fuzz/ trace harness): a kvm_pvclock_update line whose "
-    "tsc_shift is a legal s8 outside -63..63 parses, then summarize() raises ValueError from "
-    "pvclock_tsc_khz/read_cycles, so the whole trace is rejected (exit 2) instead of being "
-    "summarised with that record's derived values left out"))
 def test_pvclock_update_with_out_of_range_shift_is_summarised(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -533,7 +533,16 @@ def _parse_timestamp(ts: str) -> tuple[int | None, int | None]:
 
 def parse_line(line: str, line_no: int = 0) -> TraceRecord | SkippedLine | None:
     """Parse one text line: a :class:`TraceRecord`, a :class:`SkippedLine` (garbled), or None
-    for a blank or header line (``#`` comments, trace-cmd's ``cpus=N`` / ``version = N``)."""
+    for a blank or header line (``#`` comments, trace-cmd's ``cpus=N`` / ``version = N``).
+    A number Python refuses to convert (over ``sys.int_max_str_digits`` digits) makes the line
+    garbled, never the file."""
+    try:
+        return _parse_line(line, line_no)
+    except ValueError as e:
+        return SkippedLine(line_no, f"unconvertible number ({e})"[:160], line.rstrip("\r\n")[:160])
+
+
+def _parse_line(line: str, line_no: int) -> TraceRecord | SkippedLine | None:
     text = line.rstrip("\r\n")
     if not text.strip() or _HEADER_RE.match(text):
         return None
@@ -650,6 +659,9 @@ def _pvclock_derived(rec: Mapping[str, int]) -> dict[str, Any]:
         tsc_shift=rec["tsc_shift"],
         flags=rec["flags"],
     )
+    if not -63 <= rec["tsc_shift"] <= 63:
+        # a legal s8 but an undefined shift for pvclock_scale_delta: nothing to derive
+        return {"kvmclock_ns": None, "tsc_khz": None, "flag_names": flag_names(rec["flags"])}
     khz: int | None = None
     if rec["tsc_to_system_mul"] != 0:
         khz = int(kvmclock.pvclock_tsc_khz(
@@ -855,7 +867,10 @@ def summarize(result: ParseResult, group: str = "auto") -> dict[str, Any]:
                             "detail": f"flags 0x{prev['flags']:x} -> 0x{record['flags']:x}",
                         }
                     )
-                if record["tsc_timestamp"] >= prev["tsc_timestamp"]:
+                if (
+                    record["tsc_timestamp"] >= prev["tsc_timestamp"]
+                    and -63 <= prev["tsc_shift"] <= 63
+                ):
                     # what a guest reading at the new record's TSC got from the old record
                     # versus from the new one (pvclock_clocksource_read, no clamp when stable)
                     old_view = _kvmclock_at(prev, record["tsc_timestamp"])

@@ -408,6 +408,9 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 
+# ktime_t is an s64 of ns (include/linux/ktime.h KTIME_MAX): no simulated time lies beyond it.
+KTIME_MAX_NS = (1 << 63) - 1
+
 _POSITIVE_INT = {
     "hz",
     "sample_ms",
@@ -482,6 +485,11 @@ def _validate(
                 raise ScenarioError(f"duration_s={v!r} must be > 0 seconds")
             if ns < 0:
                 raise ScenarioError(f"{key}={v!r} must be >= 0 seconds")
+            if ns > KTIME_MAX_NS:
+                raise ScenarioError(
+                    f"{key}={v!r} is beyond the kernel's ktime_t range "
+                    f"(at most {KTIME_MAX_NS} ns, about 292 years)"
+                )
         elif key == "fault":
             if v not in (None, "none", *FAULTS):
                 raise ScenarioError(
