@@ -13,7 +13,7 @@ echo "== mypy --strict"
 .venv/bin/mypy
 echo "== stubtest (the .pyi against the built module)"
 .venv/bin/python -m mypy.stubtest kvmclock._native
-echo "== pytest"
-.venv/bin/python -m pytest tests "$@"
 echo "== wheel: build, install into a fresh venv, run"
 ./scripts/check_wheel.sh
+echo "== pytest"
+.venv/bin/python -m pytest tests "$@"
