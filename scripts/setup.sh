@@ -13,4 +13,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "maturin>=1.9,<2"
-.venv/bin/python -m pip install -q -e ".[dev,plot]"
+.venv/bin/python -m pip install -q -e ".[dev,plot,fuzz]"

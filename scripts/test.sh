@@ -8,7 +8,7 @@ cargo test -p kvmclock-core --release
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== ruff"
-.venv/bin/ruff check python tests benches
+.venv/bin/ruff check python tests benches fuzz scripts
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== stubtest (the .pyi against the built module)"

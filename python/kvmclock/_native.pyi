@@ -8,6 +8,9 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer, Self
 
+# numpy arrays export the buffer protocol but only declare __buffer__ on Python >= 3.12
+_U64Buffer = Buffer | npt.NDArray[np.generic]
+
 __all__ = [
     "DEFAULT_MAX_RETRIES",
     "PVCLOCK_COUNTS_FROM_ZERO",
@@ -161,10 +164,10 @@ class SeqCount:
 # ---------------------------------------------------------------- batch
 
 def pvclock_scale_delta_batch(
-    deltas: Buffer, mul_frac: int, shift: int, out: Buffer | None = None
+    deltas: _U64Buffer, mul_frac: int, shift: int, out: _U64Buffer | None = None
 ) -> _U64Array: ...
 def pvclock_read_cycles_batch(
-    info: PvclockVcpuTimeInfo, tscs: Buffer, out: Buffer | None = None
+    info: PvclockVcpuTimeInfo, tscs: _U64Buffer, out: _U64Buffer | None = None
 ) -> _U64Array: ...
 
 # ---------------------------------------------------------------- this computer

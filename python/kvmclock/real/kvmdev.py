@@ -597,7 +597,10 @@ class KvmVm:
 
     def close(self) -> None:
         """Close the vCPUs, then the VM fd, then unmap guest memory (idempotent)."""
-        self._stack.close()
+        try:
+            self._stack.close()
+        finally:
+            self.system._vms.discard(self)
 
     def __enter__(self) -> KvmVm:
         return self
@@ -651,6 +654,9 @@ class KvmSystem:
                 _errno.EACCES, f"{path}: permission denied (need rw access, e.g. group kvm)"
             ) from exc
         self._stack.callback(os.close, self.fd)
+        # VMs still open; a VM leaves this set when it is closed, so a long-lived handle does
+        # not accumulate closed VMs.
+        self._vms: set[KvmVm] = set()
         self._mmap_size: int | None = None
         try:
             version = _ioctl(self.fd, KVM_GET_API_VERSION)
@@ -665,7 +671,11 @@ class KvmSystem:
 
     def close(self) -> None:
         """Close every VM created from here, then /dev/kvm (idempotent)."""
-        self._stack.close()
+        try:
+            for vm in list(self._vms):
+                vm.close()
+        finally:
+            self._stack.close()
 
     def __enter__(self) -> KvmSystem:
         return self
@@ -692,5 +702,5 @@ class KvmSystem:
     def create_vm(self, mem_size: int = 0x10000) -> KvmVm:
         """KVM_CREATE_VM with one memory slot of ``mem_size`` bytes at GPA 0."""
         vm = KvmVm(self, mem_size)
-        self._stack.callback(vm.close)
+        self._vms.add(vm)
         return vm
