@@ -14,6 +14,7 @@ Drivers: ``tsc`` (arch/x86/kernel/tsc.c), ``hpet`` (arch/x86/kernel/hpet.c), ``a
 
 from __future__ import annotations
 
+import abc
 from typing import TYPE_CHECKING
 
 import kvmclock as _k
@@ -108,7 +109,7 @@ def jiffies_shift(hz: int) -> int:
     return 8
 
 
-class Clocksource:
+class Clocksource(abc.ABC):
     """``struct clocksource``: name, rating, mask, mult, shift, flags, vclock mode, read().
 
     Subclasses implement ``_read_counter()`` -> ``(cycles, stamp)``; ``read()`` is what the
@@ -148,8 +149,9 @@ class Clocksource:
         """``cs->read(cs, &stamp)`` on ``kernel.current_cpu``: ``(cycles, stamp)``."""
         return self._read_counter()
 
+    @abc.abstractmethod
     def _read_counter(self) -> tuple[int, int]:
-        raise NotImplementedError(f"clocksource {self.name!r} has no read()")
+        """The driver's counter read: ``(cycles, stamp)`` (patches 01-04)."""
 
     def cyc2ns(self, cycles: int) -> int:
         """``clocksource_cyc2ns(cycles, mult, shift)`` (64-bit product wraps, as in the kernel)."""
@@ -201,7 +203,7 @@ class Clocksource:
         """
         self.kernel.watchdog.clocksource_mark_unstable(self)
 
-    def on_mark_unstable(self) -> None:
+    def on_mark_unstable(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """The driver's ``cs->mark_unstable`` hook (called from ``__clocksource_unstable``); none by
         default.
         """
