@@ -449,6 +449,21 @@ def _hostclock_value(token: str) -> int | None:
     return v if v <= U32_MAX else None
 
 
+def _add_hostclock(data: dict[str, Any], fmt: str | None, token: str) -> bool:
+    """The ``hostclock`` field of kvm_update_master_clock / kvm_track_tsc: after patch 09 the
+    ``host_clock_stable`` bool, before it the ``host_clocks`` symbol (or ``0x%lx``); False when
+    the symbol is garbled."""
+    if fmt == "after":
+        data["host_clock_stable"] = token == "1"
+        return True
+    hc = _hostclock_value(token)
+    if hc is None:
+        return False
+    data["host_clock"] = hc
+    data["host_clock_symbol"] = token
+    return True
+
+
 def parse_fields(
     event: str, text: str
 ) -> tuple[dict[str, Any], Literal["before", "after"] | None] | None:
@@ -465,14 +480,8 @@ def parse_fields(
         data: dict[str, Any]
         if event == "kvm_update_master_clock":
             data = {"use_master_clock": g[0] == "1", "offset_matched": g[2] == "1"}
-            if fmt == "after":
-                data["host_clock_stable"] = g[1] == "1"
-            else:
-                hc = _hostclock_value(g[1])
-                if hc is None:
-                    return None
-                data["host_clock"] = hc
-                data["host_clock_symbol"] = g[1]
+            if not _add_hostclock(data, fmt, g[1]):
+                return None
         elif event == "kvm_track_tsc":
             nums = [int(g[0]), int(g[2]), int(g[3])]
             if any(n > U32_MAX for n in nums):
@@ -483,14 +492,8 @@ def parse_fields(
                 "nr_vcpus_matched_tsc": nums[1],
                 "online_vcpus": nums[2],
             }
-            if fmt == "after":
-                data["host_clock_stable"] = g[4] == "1"
-            else:
-                hc = _hostclock_value(g[4])
-                if hc is None:
-                    return None
-                data["host_clock"] = hc
-                data["host_clock_symbol"] = g[4]
+            if not _add_hostclock(data, fmt, g[4]):
+                return None
         elif event == "kvm_write_tsc_offset":
             vcpu, prev, nxt = (int(x) for x in g)
             if vcpu > U32_MAX or prev > U64_MAX or nxt > U64_MAX:
