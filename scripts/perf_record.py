@@ -1,37 +1,40 @@
-"""The kvmclock performance record (SPEC.md section 8, issue 7), measured in one process.
+"""The kvmclock performance record (issue 7), measured in one process, interleaved.
 
-Sections (medians of several repetitions; compare ratios, the machines are shared 2-core VMs):
+Every section times its candidates in interleaved rounds: each round runs every candidate once,
+in an order rotated by one place per round, so a change of the shared machine's load during the
+run hits all of them alike; each row reports the min and the median over the rounds.
 
-* batch: ``kvmclock.pvclock_scale_delta_batch`` over N (default 10,000,000) random u64 vs a C
-  ``-O2`` loop with ``unsigned __int128`` (benches/c/scale_delta.c built with the system ``cc``),
-  the chunked exact numpy formulation and pure Python (timed on a slice, extrapolated), with
-  ``memcpy`` as the floor -- all from benches/compare.py, which also checks that every
-  formulation gives identical results -- plus the batch split in halves over two threads (the
-  function releases the GIL) to use both cores;
-* scalar: ``pvclock_scale_delta`` and ``PvclockVcpuTimeInfo.read_cycles`` against the cheapest
-  call into the same native module (benches/compare.py);
+* batch (benches/compare.py ``batch_section``): ``kvmclock.pvclock_scale_delta_batch`` and
+  ``pvclock_read_cycles_batch`` over N (default 10,000,000) random u64 against the same formula
+  in C (``-O3 -march=native``, the reference of the ratios), a C copy loop (the bandwidth
+  reference), ``memcpy``, the plain ``-O2`` ``unsigned __int128`` loop, chunked exact numpy and
+  pure Python; one thread, then kvmclock's default thread count against C split the same way.
+  Same input, same pre-faulted output buffer for all; every output is checked equal to
+  kvmclock's. Wall time and the calling thread's CPU time.
+* scalar (benches/compare.py ``scalar_section``): ns per call of ``pvclock_scale_delta`` and
+  ``PvclockVcpuTimeInfo.read_cycles`` against the cheapest calls into the same native module.
 * real: ``kvmclock.kvmclock_ns()`` and ``kvmclock.real.kvmclock_ns`` (full pvclock read of this
-  machine's ``[vvar_vclock]`` page) against ``time.clock_gettime_ns(time.CLOCK_MONOTONIC)``;
-  skipped with the reason where the page is missing;
-* simulation: wall time of ``kvmclock.sim.run_scenario("nested", profile)`` and the simulated
-  guest clock reads and world events per wall-clock second, both profiles.
+  machine's ``[vvar_vclock]`` page) and ``kvmclock.pvclock_read`` of a record the real KVM wrote
+  into a /dev/kvm VM's memory, against ``time.clock_gettime_ns(time.CLOCK_MONOTONIC)``; rows
+  that cannot run here are skipped with the reason.
+* simulation: wall time of ``kvmclock.sim.run_scenario("nested", profile)`` (both profiles,
+  alternating) and the simulated guest clock reads and world events per wall-clock second.
 
-Prints a Markdown fragment: the machine, the command, the date, and one table with the SPEC §8
-target beside each ratio. ``--json PATH|-`` also writes the raw numbers.
+Prints a Markdown fragment: date, command, machine (CPU model from /proc/cpuinfo), load average
+before and after (``uptime``), the tables, and the targets with the measured ratios.
+``--json PATH|-`` also writes the raw numbers.
 
-Usage: ``.venv/bin/python scripts/perf_record.py [--n N] [--repeat R] [--json PATH|-]``
+Usage: ``.venv/bin/python scripts/perf_record.py [--n N] [--rounds R] [--json PATH|-]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
-import os
-import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -42,126 +45,32 @@ from types import ModuleType
 from typing import Any
 
 import kvmclock
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_compare() -> ModuleType:
-    """benches/compare.py (the benches engineer's batch and scalar sections), imported."""
+    """benches/compare.py (batch and scalar sections, interleaving helpers), imported."""
     path = ROOT / "benches" / "compare.py"
     spec = importlib.util.spec_from_file_location("kvmclock_benches_compare", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"perf_record.py: cannot import {path}")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
 
-def machine() -> dict[str, Any]:
-    """lscpu model name and CPU count, kernel, Python, numpy, cc."""
-    info: dict[str, Any] = {"kernel": platform.release(), "python": sys.version.split()[0],
-                            "numpy": np.__version__, "cpus": os.cpu_count()}
+COMPARE = load_compare()
+
+
+def uptime() -> str:
+    """The output of ``uptime`` (load averages over 1, 5, 15 minutes)."""
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                info["model"] = value.strip()
-            elif key.strip() == "CPU(s)":
-                info["cpus"] = int(value.strip())
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        info.setdefault("model", platform.processor() or "unknown")
-    try:
-        cc = os.environ.get("CC", "cc")
-        info["cc"] = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                    check=True).stdout.splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        info["cc"] = "unknown"
-    info["kvmclock"] = getattr(kvmclock, "__version__", "editable")
-    return info
-
-
-def median_ns(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - t0)
-    return float(statistics.median(times))
-
-
-def per_call_ns(fn: Callable[[], object], repeat: int, number: int) -> float:
-    return statistics.median(timeit.repeat(fn, repeat=repeat, number=number)) / number * 1e9
-
-
-ONE_CORE_CHUNK = (1 << 20) - 1
-"""The native batch splits arrays of >= 2**20 elements over two threads (rust/core/src/batch.rs
-PARALLEL_THRESHOLD, KVMCLOCK_BATCH_THREADS, read once per process); chunks one element shorter
-run on the calling thread only, which gives the one-core number in the same process."""
-
-
-def _buf(a: np.ndarray) -> Any:
-    """numpy arrays are buffers; the .pyi's ``Buffer`` does not accept them on Python 3.11."""
-    return a
-
-
-def one_core_batch(n: int, repeat: int, seed: int) -> dict[str, Any]:
-    """The same batch as benches/compare.py converted on one core (chunks below the split
-    threshold, called in sequence) and by the default call (two threads for large arrays);
-    both results must be identical."""
-    mul, shift = 4090445043, -1
-    rng = np.random.default_rng(seed)
-    deltas = rng.integers(0, 2**64, size=n, dtype=np.uint64)
-    out1 = np.empty(n, dtype=np.uint64)
-    out2 = np.empty(n, dtype=np.uint64)
-    f = kvmclock.pvclock_scale_delta_batch
-
-    def one_core() -> None:
-        for i in range(0, n, ONE_CORE_CHUNK):
-            f(_buf(deltas[i:i + ONE_CORE_CHUNK]), mul, shift, out=_buf(out1[i:i + ONE_CORE_CHUNK]))
-
-    def default() -> None:
-        f(_buf(deltas), mul, shift, out=_buf(out2))
-
-    one_ns = median_ns(one_core, repeat)
-    two_ns = median_ns(default, repeat)
-    assert np.array_equal(out1, out2), "one-core chunks differ from the default call"
-    return {"one_core_ns_per_element": one_ns / n, "default_ns_per_element": two_ns / n,
-            "threads_env": os.environ.get("KVMCLOCK_BATCH_THREADS")}
-
-
-def kvm_record_read(repeat: int, number: int) -> float | None:
-    """ns per ``kvmclock.pvclock_read(guest_memory, kvmclock.rdtsc, offset)`` of a record the
-    real KVM wrote (a /dev/kvm VM whose guest enabled kvmclock): the same version-retry read
-    and rdtsc as a guest kvm-clock read, on a live KVM-written page. None without /dev/kvm."""
-    try:
-        from kvmclock.real import kvmdev
-        from kvmclock.real.guest import kvmclock_msr_guest, load, record_gpa, run_to_hlt
-
-        with kvmdev.KvmSystem() as system, system.create_vm() as vm:
-            code = kvmclock_msr_guest(record_gpa(0))
-            load(vm, code)
-            run_to_hlt(vm.create_vcpu(), len(code))
-            buf = vm.memory.buffer
-            off = record_gpa(0)
-            read = kvmclock.pvclock_read
-            rdtsc = kvmclock.rdtsc
-            return per_call_ns(lambda: read(buf, rdtsc, off), repeat, number)
-    except (OSError, RuntimeError):
-        return None
-
-
-def interleaved_ns(fns: dict[str, Callable[[], object]], repeat: int,
-                   number: int) -> dict[str, float]:
-    """Median ns per call of each function, the functions timed in turn within each round (so
-    a change of the host's clock regime during the run hits all of them alike)."""
-    runs: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            runs[k].append(timeit.timeit(fn, number=number) / number * 1e9)
-    return {k: statistics.median(v) for k, v in runs.items()}
+        return subprocess.run(["uptime"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"load average: {COMPARE.loadavg()}"
 
 
 def current_clocksource() -> str:
@@ -172,60 +81,96 @@ def current_clocksource() -> str:
         return "unknown"
 
 
-def real_section(repeat: int, number: int) -> dict[str, Any]:
-    """Real kvm-clock reads vs time.clock_gettime_ns(CLOCK_MONOTONIC), interleaved."""
+def per_call(fn: Callable[[], object], number: int) -> Callable[[], tuple[float, float]]:
+    """A function returning (wall, calling-thread CPU) ns per call of ``number`` calls."""
+    return COMPARE.per_call_ns(timeit.Timer(fn), number)  # type: ignore[no-any-return]
+
+
+def real_section(rounds: int, number: int) -> dict[str, Any]:
+    """Real kvm-clock reads vs time.clock_gettime_ns(CLOCK_MONOTONIC), interleaved rounds."""
     mono = time.CLOCK_MONOTONIC
     cg = time.clock_gettime_ns
-    res: dict[str, Any] = {"clocksource": current_clocksource()}
-    proxy = kvm_record_read(repeat, number)
-    if proxy is not None:
-        res["pvclock_read_kvm_record"] = proxy
-    fns: dict[str, Callable[[], object]] = {"clock_gettime_ns": lambda: cg(mono),
-                                            "lambda_floor": lambda: None}
-    try:
-        kvmclock.kvmclock_ns()
-    except OSError as exc:
-        res["skipped"] = f"no readable KVM guest pvclock page here ({exc})"
-    else:
-        import kvmclock.real as real
+    res: dict[str, Any] = {"clocksource": current_clocksource(), "skipped": {}}
+    fns: dict[str, Callable[[], tuple[float, float]]] = {
+        "clock_gettime_ns": per_call(lambda: cg(mono), number),
+        "lambda_floor": per_call(lambda: None, number),
+    }
+    with contextlib.ExitStack() as stack:
+        try:
+            from kvmclock.real import kvmdev
+            from kvmclock.real.guest import kvmclock_msr_guest, load, record_gpa, run_to_hlt
 
-        native = kvmclock.kvmclock_ns
-        py = real.kvmclock_ns
-        fns["kvmclock.kvmclock_ns"] = lambda: native()
-        fns["kvmclock.real.kvmclock_ns"] = lambda: py()
-    res.update(interleaved_ns(fns, repeat, number))
+            system = stack.enter_context(kvmdev.KvmSystem())
+            vm = stack.enter_context(system.create_vm())
+            code = kvmclock_msr_guest(record_gpa(0))
+            load(vm, code)
+            run_to_hlt(vm.create_vcpu(), len(code))
+            buf = vm.memory.buffer
+            off = record_gpa(0)
+            read = kvmclock.pvclock_read
+            rdtsc = kvmclock.rdtsc
+            read(buf, rdtsc, off)
+            fns["pvclock_read_kvm_record"] = per_call(lambda: read(buf, rdtsc, off), number)
+        except (OSError, RuntimeError) as exc:
+            res["skipped"]["pvclock_read_kvm_record"] = f"no /dev/kvm VM here ({exc})"
+        try:
+            kvmclock.kvmclock_ns()
+        except OSError as exc:
+            res["skipped"]["kvmclock_ns"] = f"no readable KVM guest pvclock page here ({exc})"
+        else:
+            import kvmclock.real as real
+
+            native = kvmclock.kvmclock_ns
+            py = real.kvmclock_ns
+            fns["kvmclock.kvmclock_ns"] = per_call(lambda: native(), number)
+            fns["kvmclock.real.kvmclock_ns"] = per_call(lambda: py(), number)
+        for fn in fns.values():  # warm-up
+            fn()
+        runs = COMPARE.interleave(fns, rounds)
+    res.update(COMPARE.summarize_calls(runs, "clock_gettime_ns"))
+    res.update(rounds=rounds, number=number)
     return res
 
 
-def sim_section(repeat: int) -> dict[str, Any]:
-    """run_scenario("nested", profile) wall time and guest clock reads / events per second."""
+def sim_section(rounds: int) -> dict[str, Any]:
+    """run_scenario("nested", profile) wall time, both profiles alternating, and guest clock
+    reads / events per wall-clock second."""
     try:
         from kvmclock.sim import run_scenario
     except ImportError as exc:
         return {"skipped": f"kvmclock.sim not importable ({exc})"}
-    out: dict[str, Any] = {}
     run_scenario("nested", "series", seed=0, duration_s=0.5)  # warm-up: imports, caches
-    for profile in ("gtod", "series"):
-        walls = []
-        run: dict[str, Any] = {}
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            run = run_scenario("nested", profile, seed=0)
-            walls.append(time.perf_counter() - t0)
-        wall = statistics.median(walls)
-        stats = run["stats"]
+    last: dict[str, dict[str, Any]] = {}
+
+    def one(profile: str) -> Callable[[], object]:
+        def run() -> None:
+            last[profile] = run_scenario("nested", profile, seed=0)
+
+        return run
+
+    runs = COMPARE.interleave(
+        {p: COMPARE.wall_and_cpu_ns(one(p)) for p in ("gtod", "series")}, rounds)
+    out: dict[str, Any] = {"rounds": rounds}
+    for profile, v in runs.items():
+        run = last[profile]
+        st = run["stats"]
+        wall = COMPARE.stats([x[0] / 1e9 for x in v])
         out[profile] = {
             "wall_s": wall,
+            "cpu_s": COMPARE.stats([x[1] / 1e9 for x in v]),
             "simulated_s": run["duration_ns"] / 1e9,
-            "guest_reads": stats["guest_reads"],
-            "events": stats["events"],
-            "guest_reads_per_s": stats["guest_reads"] / wall,
-            "events_per_s": stats["events"] / wall,
+            "guest_reads": st["guest_reads"],
+            "events": st["events"],
+            "guest_reads_per_s": st["guest_reads"] / wall["median"],
+            "events_per_s": st["events"] / wall["median"],
         }
     return out
 
 
-def _fmt_ns(v: float) -> str:
+# ------------------------------------------------------------------ Markdown
+
+
+def _f(v: float) -> str:
     return f"{v:.3f}" if v < 10 else f"{v:.1f}"
 
 
@@ -233,116 +178,232 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
+def _row(b: dict[str, Any], key: str) -> dict[str, Any]:
+    for r in b["rows"]:
+        if r["key"] == key:
+            return dict(r)
+    raise KeyError(key)
+
+
+def batch_markdown(b: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Batch: {b['n']:,} random u64, mul_frac {b['mul_frac']}, shift {b['shift']} "
+        f"(read_cycles rows: tsc_timestamp {b['tsc_timestamp']}, system_time "
+        f"{b['system_time']}); {b['rounds']} interleaved rounds; every output checked equal "
+        f"to kvmclock's. One-thread rows are called on chunks of {b['one_thread_chunk']:,} "
+        "elements; thread rows on the whole array in one call. Ratios: to the C same-formula "
+        "row of the same group, from the same run.",
+        "",
+        "| formulation | threads | wall ns/element, min / median | ratio, min / median | "
+        "thread CPU ns/element, min / median | ratio of CPU medians |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    group = None
+    for r in b["rows"]:
+        if r["group"] != group:
+            group = r["group"]
+            lines.append(f"| *{group}* | | | | | |")
+        w, c = r["wall"], r["cpu"]
+        label = r["label"]
+        if r["key"] == "python_loop":
+            label += "; ns per element of that slice"
+        cpu = (f"{_f(c['min'])} / {_f(c['median'])}", f"{c['ratio_median']:.2f}x")
+        if r["threads"] > 1:
+            cpu = ("n/a (several threads)", "")
+        lines.append(f"| {label} | {r['threads']} | {_f(w['min'])} / {_f(w['median'])} | "
+                     f"{w['ratio_min']:.2f}x / {w['ratio_median']:.2f}x | {cpu[0]} | {cpu[1]} |")
+    return lines
+
+
+def calls_markdown(sec: dict[str, Any], labels: dict[str, str], ref_name: str) -> list[str]:
+    """A table of ns per call (wall and thread CPU, min / median) and the ratios to the
+    section's reference row."""
+    lines = [
+        f"| call | wall ns/call, min / median | thread CPU ns/call, min / median | "
+        f"ratio to {ref_name}: CPU median / wall min |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for key, w in sec["wall"].items():
+        c = sec["cpu"][key]
+        lines.append(f"| {labels.get(key, f'`{key}`')} | {w['min']:.1f} / {w['median']:.1f} | "
+                     f"{c['min']:.1f} / {c['median']:.1f} | "
+                     f"{sec['cpu_ratio'][key]['median']:.2f}x / "
+                     f"{sec['wall_ratio'][key]['min']:.2f}x |")
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
-    """The record as a Markdown fragment (machine, command, date, table)."""
+    """The record as a Markdown fragment (date, command, machine, load, tables, targets)."""
     m = r["machine"]
     b = r["batch"]
-    nse = b["ns_per_element"]
-    c = nse["c_int128_O2"]
-    k = nse["kvmclock_batch"]
-    oc = r["one_core"]
-    k1 = oc["one_core_ns_per_element"]
-    kd = oc["default_ns_per_element"]
-    threads = oc["threads_env"] or "2 (default)"
     lines = [
         f"Measured {r['date']} with `{r['command']}`",
         "",
-        f"Machine: {m.get('model', 'unknown')}, {m['cpus']} CPUs, Linux {m['kernel']}, "
+        f"Machine: {m['model']} (/proc/cpuinfo), {m['cpus']} CPUs, Linux {m['kernel']}, "
         f"Python {m['python']}, numpy {m['numpy']}, {m['cc']}.",
         "",
-        "| measurement | median | ratio | SPEC §8 target | met |",
-        "| --- | ---: | ---: | --- | --- |",
-        f"| **batch** `pvclock_scale_delta` over {b['n']:,} u64 (ns/element) | | | | |",
-        f"| C `-O2` loop, `unsigned __int128`, one core | {_fmt_ns(c)} | 1.00x C | reference | |",
-        f"| `memcpy` of the same data (floor) | {_fmt_ns(nse['memcpy'])} | "
-        f"{nse['memcpy'] / c:.2f}x C | | |",
-        f"| `kvmclock.pvclock_scale_delta_batch` on one core (chunks < 2**20) | {_fmt_ns(k1)} | "
-        f"{k1 / c:.2f}x C | <= 1.1x C | {_met(k1 / c <= 1.1)} |",
-        f"| `kvmclock.pvclock_scale_delta_batch` default call ({threads} threads for >= 2**20 "
-        f"elements; benches/compare.py) | {_fmt_ns(k)} | {k / c:.2f}x C | beating C with "
-        f"both cores welcome | {_met(k < c)} |",
-        f"| same default call, second measurement | {_fmt_ns(kd)} | {kd / c:.2f}x C | | |",
-        f"| chunked exact numpy | {_fmt_ns(nse['numpy_exact_chunked'])} | "
-        f"{nse['numpy_exact_chunked'] / c:.2f}x C; kvmclock "
-        f"{nse['numpy_exact_chunked'] / k1:.2f}x faster on one core, "
-        f"{b['kvmclock_speedup_vs_numpy']:.2f}x by default | kvmclock >= 2x faster | "
-        f"{_met(nse['numpy_exact_chunked'] / k1 >= 2)} |",
-        f"| pure Python (timed on {b['python_slice']:,}, extrapolated) | "
-        f"{_fmt_ns(nse['python_loop_extrapolated'])} | "
-        f"{nse['python_loop_extrapolated'] / c:.0f}x C | | |",
+        f"Load (`uptime`) before: `{r['uptime_before']}`; after: `{r['uptime_after']}`.",
+        "",
+        *batch_markdown(b),
+        "",
     ]
     s = r["scalar"]
-    ns = s["ns_per_call"]
-    rat = s["ratio_to_cheapest_native"]
-    cheapest = s["cheapest_native_call"]
-    lines.append(f"| **scalar calls** (ns/call; ratio to the cheapest native call, "
-                 f"`{cheapest}`) | | | | |")
-    for name in ns:
-        target, met = "", ""
-        if name in ("pvclock_scale_delta(d, m, s)", "PvclockVcpuTimeInfo.read_cycles(tsc)"):
-            target, met = "<= 1.5x cheapest", _met(rat[name] <= 1.5)
-        lines.append(f"| `{name}` | {ns[name]:.1f} | {rat[name]:.2f}x | {target} | {met} |")
+    lines += [
+        f"Scalar calls: {s['rounds']} interleaved rounds of {s['number']:,} calls each; "
+        f"reference: the cheapest call into the native module (`{s['reference']}`).",
+        "",
+        *calls_markdown(s, {}, "the cheapest"),
+    ]
     real = r["real"]
-    cg = real["clock_gettime_ns"]
-    lines.append(f"| **real kvm-clock read** (ns/call; ratio to `clock_gettime_ns`; host "
-                 f"clocksource {real['clocksource']}) | | | | |")
-    lines.append(f"| `time.clock_gettime_ns(time.CLOCK_MONOTONIC)` | {cg:.1f} | 1.00x | "
-                 "reference | |")
-    if "pvclock_read_kvm_record" in real:
-        v = real["pvclock_read_kvm_record"]
-        lines.append(f"| `kvmclock.pvclock_read(buf, kvmclock.rdtsc, off)` of a record the "
-                     f"real KVM wrote into a /dev/kvm VM's memory (proxy for a guest read) | "
-                     f"{v:.1f} | {v / cg:.2f}x | (<= 1.0x for the real read) | |")
-    if "skipped" in real:
-        lines.append(f"| `kvmclock.real.kvmclock_ns()` | skipped: {real['skipped']} | | | |")
-    else:
-        for name in ("kvmclock.kvmclock_ns", "kvmclock.real.kvmclock_ns"):
-            v = real[name]
-            lines.append(f"| `{name}()` | {v:.1f} | {v / cg:.2f}x | <= 1.0x | "
-                         f"{_met(v <= cg)} |")
-    lines.append(f"| `lambda: None` (floor of the timing loop) | "
-                 f"{real['lambda_floor']:.1f} | {real['lambda_floor'] / cg:.2f}x | | |")
+    labels = {
+        "clock_gettime_ns": "`time.clock_gettime_ns(time.CLOCK_MONOTONIC)` (reference)",
+        "pvclock_read_kvm_record": "`kvmclock.pvclock_read(buf, kvmclock.rdtsc, off)` of a "
+        "record the real KVM wrote into a /dev/kvm VM's memory",
+        "kvmclock.kvmclock_ns": "`kvmclock.kvmclock_ns()`",
+        "kvmclock.real.kvmclock_ns": "`kvmclock.real.kvmclock_ns()`",
+        "lambda_floor": "`lambda: None` (floor of the timing loop)",
+    }
+    lines += [
+        "",
+        f"Real kvm-clock read: {real['rounds']} interleaved rounds of {real['number']:,} calls "
+        f"each; host clocksource `{real['clocksource']}`.",
+        "",
+        *calls_markdown(real, labels, "`clock_gettime_ns`"),
+    ]
+    for key, why in real["skipped"].items():
+        lines.append(f"| {labels.get(key, key)} | skipped: {why} | | |")
     sim = r["sim"]
-    lines.append("| **simulation** `run_scenario(\"nested\", profile, seed=0)` | | | | |")
+    lines.append("")
     if "skipped" in sim:
-        lines.append(f"| simulation | skipped: {sim['skipped']} | | | |")
+        lines.append(f"Simulation: skipped: {sim['skipped']}")
     else:
-        for profile, v in sim.items():
-            lines.append(
-                f"| `{profile}`: {v['simulated_s']:.0f} simulated s, {v['guest_reads']:,} "
-                f"guest clock reads, {v['events']:,} events | {v['wall_s']:.2f} s wall | "
-                f"{v['guest_reads_per_s']:,.0f} reads/s, {v['events_per_s']:,.0f} events/s | "
-                f"finishes in a few seconds | {_met(v['wall_s'] < 5)} |")
+        lines += [
+            f"Simulation: `run_scenario(\"nested\", profile, seed=0)`, {sim['rounds']} "
+            "interleaved rounds (gtod, series, series, gtod, ...).",
+            "",
+            "| profile | simulated s | guest clock reads | events | wall s, min / median | "
+            "thread CPU s, min / median | reads/s, events/s (median wall) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for profile in ("gtod", "series"):
+            v = sim[profile]
+            lines.append(f"| `{profile}` | {v['simulated_s']:.0f} | {v['guest_reads']:,} | "
+                         f"{v['events']:,} | {v['wall_s']['min']:.3f} / "
+                         f"{v['wall_s']['median']:.3f} | {v['cpu_s']['min']:.3f} / "
+                         f"{v['cpu_s']['median']:.3f} | {v['guest_reads_per_s']:,.0f}, "
+                         f"{v['events_per_s']:,.0f} |")
+    lines += ["", *targets_markdown(r)]
     return "\n".join(lines) + "\n"
 
 
+def _judge(cpu_median: float, wall_min: float, ok: Callable[[float], bool]) -> str:
+    """Judged on the thread-CPU median ratio (robust to the other processes on the shared
+    machine); the wall-min ratio is quoted and flagged when it disagrees."""
+    if ok(cpu_median):
+        return "yes" if ok(wall_min) else "yes (wall min: no)"
+    return "**no**" if not ok(wall_min) else "**no** (wall min: yes)"
+
+
+def targets_markdown(r: dict[str, Any]) -> list[str]:
+    """The targets of issue 7 with this run's ratios: thread-CPU medians (the verdict), wall
+    mins and wall medians."""
+    b = r["batch"]
+
+    def get(key: str, kind: str, what: str) -> float:
+        return float(_row(b, key)[kind][what])
+
+    def ratio(key: str, ref: str) -> tuple[float, float, str]:
+        cm = get(key, "cpu", "median") / get(ref, "cpu", "median")
+        wn = get(key, "wall", "min") / get(ref, "wall", "min")
+        wm = get(key, "wall", "median") / get(ref, "wall", "median")
+        return cm, wn, f"{cm:.2f}x / {wn:.2f}x / {wm:.2f}x"
+
+    lines = [
+        "Targets (issue 7). Measured: ratio of thread-CPU medians / of wall mins / of wall "
+        "medians. Judged on the thread-CPU medians: the CPU time of the calling thread leaves "
+        "out the time it waited for a CPU, which on this shared 2-core machine dominates the "
+        "wall-time spread; the wall-min verdict is added where it differs.",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+    ]
+    cm, wn, txt = ratio("kvmclock", "c_int128_O2")
+    lines.append(f"| batch, one thread: <= 1.1x the C `-O2` `__int128` loop | {txt} | "
+                 f"{_judge(cm, wn, lambda x: x <= 1.1)} |")
+    cm, wn, txt = ratio("kvmclock", "c_same")
+    lines.append(f"| batch, one thread, stricter: <= 1.1x the same formula in C "
+                 f"`-O3 -march=native` | {txt} | {_judge(cm, wn, lambda x: x <= 1.1)} |")
+    if any(row["key"] == "kvmclock_mt" for row in b["rows"]):
+        t = b["threads"]
+        kt = get("kvmclock_mt", "wall", "min")
+        km = get("kvmclock_mt", "wall", "median")
+        lines.append(
+            f"| batch, {t} threads: beating the one-thread C loop is welcome (wall min / "
+            f"median) | {kt / get('c_same', 'wall', 'min'):.2f}x / "
+            f"{km / get('c_same', 'wall', 'median'):.2f}x C same formula one thread; "
+            f"{kt / get('c_same_mt', 'wall', 'min'):.2f}x / "
+            f"{km / get('c_same_mt', 'wall', 'median'):.2f}x C same formula {t} threads | "
+            f"{'yes' if km < get('c_same', 'wall', 'median') else 'no'} (not required) |")
+    cm, wn, txt = ratio("numpy_exact", "kvmclock")
+    lines.append(f"| batch: >= 2x faster than chunked exact numpy (numpy / kvmclock) | {txt} | "
+                 f"{_judge(cm, wn, lambda x: x >= 2)} |")
+
+    def calls(sec: dict[str, Any], name: str) -> tuple[float, float, str]:
+        cm = sec["cpu_ratio"][name]["median"]
+        wn = sec["wall_ratio"][name]["min"]
+        wm = sec["wall_ratio"][name]["median"]
+        return cm, wn, f"{cm:.2f}x / {wn:.2f}x / {wm:.2f}x"
+
+    s = r["scalar"]
+    for name in ("pvclock_scale_delta(d, m, s)", "PvclockVcpuTimeInfo.read_cycles(tsc)"):
+        cm, wn, txt = calls(s, name)
+        lines.append(f"| scalar `{name}`: <= 1.5x the cheapest native call | {txt} | "
+                     f"{_judge(cm, wn, lambda x: x <= 1.5)} |")
+    real = r["real"]
+    for name in ("kvmclock.kvmclock_ns", "kvmclock.real.kvmclock_ns"):
+        if name in real["cpu"]:
+            cm, wn, txt = calls(real, name)
+            lines.append(f"| real read `{name}()`: no slower than `clock_gettime_ns` | {txt} "
+                         f"| {_judge(cm, wn, lambda x: x <= 1.0)} |")
+        else:
+            lines.append(f"| real read `{name}()`: no slower than `clock_gettime_ns` | "
+                         "skipped here | not measured |")
+    sim = r["sim"]
+    if "skipped" not in sim:
+        worst = max(sim[p]["wall_s"]["median"] for p in ("gtod", "series"))
+        lines.append(f"| simulation: `nested` finishes in a few seconds | {worst:.2f} s wall "
+                     f"(slower profile, median) | {_met(worst < 5)} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure everything and print the Markdown table."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Measure everything and print the Markdown fragment."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000_000, help="batch size (u64 values)")
-    ap.add_argument("--repeat", type=int, default=7, help="repetitions per timing")
+    ap.add_argument("--rounds", type=int, default=31, help="interleaved rounds per section")
     ap.add_argument("--python-n", type=int, default=200_000, help="pure-Python slice")
-    ap.add_argument("--number", type=int, default=200_000, help="scalar calls per repetition")
-    ap.add_argument("--sim-repeat", type=int, default=3, help="runs per simulation profile")
+    ap.add_argument("--number", type=int, default=100_000, help="scalar calls per round")
+    ap.add_argument("--sim-rounds", type=int, default=5, help="rounds of both sim profiles")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="PATH|-", help="also write the raw numbers as JSON")
     a = ap.parse_args(argv)
-    if min(a.n, a.repeat, a.python_n, a.number, a.sim_repeat) < 1:
-        ap.error("--n, --repeat, --python-n, --number and --sim-repeat must be positive")
-    compare = load_compare()
+    if min(a.n, a.rounds, a.python_n, a.number, a.sim_rounds) < 1:
+        ap.error("--n, --rounds, --python-n, --number and --sim-rounds must be positive")
     cmd = " ".join(shlex.quote(x) for x in
                    [".venv/bin/python", "scripts/perf_record.py",
                     *(argv if argv is not None else sys.argv[1:])])
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": cmd,
-        "machine": machine(),
+        "machine": {**COMPARE.machine(),
+                    "kvmclock": getattr(kvmclock, "__version__", "editable")},
+        "uptime_before": uptime(),
     }
-    result["batch"] = compare.batch_section(a.n, a.repeat, min(a.python_n, a.n), a.seed)
-    result["one_core"] = one_core_batch(a.n, a.repeat, a.seed)
-    result["scalar"] = compare.scalar_section(a.repeat, a.number)
-    result["real"] = real_section(a.repeat, a.number)
-    result["sim"] = sim_section(a.sim_repeat)
+    result["batch"] = COMPARE.batch_section(a.n, a.rounds, min(a.python_n, a.n), a.seed)
+    result["scalar"] = COMPARE.scalar_section(a.rounds, a.number)
+    result["real"] = real_section(a.rounds, a.number)
+    result["sim"] = sim_section(a.sim_rounds)
+    result["uptime_after"] = uptime()
     sys.stdout.write(markdown(result))
     if a.json == "-":
         json.dump(result, sys.stdout, indent=2)

@@ -8,16 +8,12 @@ message names the argument and the valid choices or range (docs/ARCHITECTURE.md,
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
+import kvmclock.sim.scenarios as scenarios_mod
 import pytest
-
-sim = pytest.importorskip("kvmclock.sim", reason="kvmclock.sim is not in the tree yet")
-scenarios_mod = sys.modules["kvmclock.sim.scenarios"]
-
-from kvmclock import cli  # noqa: E402
-from kvmclock.errors import ScenarioError  # noqa: E402
+from kvmclock import cli, sim
+from kvmclock.errors import ScenarioError
 
 PROFILES = ("gtod", "series")
 

@@ -6,7 +6,6 @@ import kvmclock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvmclock import trace as ktrace
 from kvmclock.kernel import Kernel
 from kvmclock.kvm import (
     KVM_CLOCK_REALTIME,
@@ -18,13 +17,6 @@ from kvmclock.kvm import (
     KvmModule,
     SpinLock,
     request_names,
-)
-from kvmclock.kvm.x86 import (
-    HvClock,
-    fields_kvm_pvclock_update,
-    fields_kvm_track_tsc,
-    fields_kvm_update_master_clock,
-    fields_kvm_write_tsc_offset,
 )
 from kvmclock.machine import PhysicalMachine, World
 from reference import kernel_math as ref
@@ -207,13 +199,16 @@ def test_record_mul_shift_equal_get_time_scale(khz: int) -> None:
 def test_gtod_notifier_copies_every_update_series_never() -> None:
     g = make_host("gtod")
     s = make_host("series")
+    assert g.kvm is not None and s.kvm is not None
+    updates_at_load = g.counters["timekeeping_updates"]
     for k in (g, s):
         k.world.run_until(k.world.now_ns + 400 * MS)
-    assert g.kvm is not None and s.kvm is not None
-    updates = g.counters["timekeeping_updates"]
-    # registration fires once, then one call per timekeeping update since load
-    assert g.kvm.counters["gtod_copies"] == g.kvm.counters["notifier_calls"] >= 100
-    assert g.kvm.counters["notifier_calls"] <= updates
+    updates = g.counters["timekeeping_updates"] - updates_at_load
+    assert updates >= 100  # HZ=250 ticks over 400 ms
+    # pvclock_gtod_register_notifier calls the new notifier once (registration), then
+    # timekeeping_update calls the chain on every update since KVM was loaded
+    assert g.kvm.counters["notifier_calls"] == 1 + updates
+    assert g.kvm.counters["gtod_copies"] == g.kvm.counters["notifier_calls"]
     assert g.kvm.pvclock_gtod_data.cycle_last == g.timekeeper.tkr_mono.cycle_last
     assert s.kvm.counters["notifier_calls"] == 1 and s.kvm.counters["gtod_copies"] == 0
 
@@ -248,44 +243,6 @@ def test_backwards_tsc_on_migration_marks_host_unstable() -> None:
     enter(vm, 0)
     assert host.tsc_unstable
     assert host.kvm is not None and host.kvm.counters["backwards_tsc"] == 1
-
-
-def test_trace_fields_match_trace_module_and_real_line() -> None:
-    assert (
-        fields_kvm_update_master_clock("gtod", True, 1, True)
-        == "masterclock 1 hostclock tsc offsetmatched 1"
-    )
-    assert (
-        fields_kvm_update_master_clock("gtod", False, 2, False)
-        == "masterclock 0 hostclock 0x2 offsetmatched 0"
-    )
-    assert fields_kvm_update_master_clock("series", True, True, True) == (
-        "masterclock 1 hostclock stable 1 offsetmatched 1"
-    )
-    assert fields_kvm_track_tsc("gtod", 0, 0, 1, False, 1) == (
-        "vcpu_id 0 masterclock 0 offsetmatched 0 nr_online 1 hostclock tsc"
-    )
-    assert (
-        fields_kvm_write_tsc_offset(0, 0, -6815369687214825)
-        == "vcpu=0 prev=0 next=18439928704022336791"
-    )
-    for profile, fmt in (("gtod", "before"), ("series", "after")):
-        for use, host, matched in ((True, 1, True), (False, 0, True), (False, 2, False)):
-            hc = host if profile == "gtod" else bool(host == 1)
-            mine = fields_kvm_update_master_clock(profile, use, hc, matched)
-            parsed = ktrace.parse_fields("kvm_update_master_clock", mine)
-            assert parsed is not None, (fmt, mine)
-    hv = HvClock(
-        version=2,
-        tsc_timestamp=0x1C4E1E2F0A,
-        system_time=0x3B9ACA00,
-        tsc_to_system_mul=0xA3D70A3D,
-        tsc_shift=-1,
-        flags=1,
-    )
-    assert fields_kvm_pvclock_update(0, hv) == ktrace.fields_pvclock_update(
-        0, 2, 0x1C4E1E2F0A, 0x3B9ACA00, 0xA3D70A3D, -1, 1
-    )
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 from kvmclock import PvclockVcpuTimeInfo, get_time_scale, pvclock_tsc_khz
-from kvmclock.real import verify
+from kvmclock.real import capture, relations, verify
 from kvmclock.real.host import parse_tsc_khz_from_log
 from kvmclock.real.maps import parse_maps
 
 DATA = Path(__file__).parent / "data"
 RUN = json.loads((DATA / "real" / "clock-relations-6.18.json").read_text())
 HOST = json.loads((DATA / "real" / "host-record-6.18.json").read_text())
-TRACE = (DATA / "trace" / "real-kvm-clock-6.18.txt").read_text()
+TRACE: str = RUN["trace"]  # the ftrace text captured with the same run
 
 
 def _run() -> verify.ScenarioRun:
@@ -23,11 +23,75 @@ def _run() -> verify.ScenarioRun:
 
 
 def test_fixture_relations_recomputed() -> None:
-    res = verify._check(_run())
+    res = verify.check_relations(_run())
     held = {k for k, (ok, _) in res.items() if ok}
     assert held == set(verify.EXACT) - set(verify.DEPARTURE_FOR)
     for name in verify.DEPARTURE_FOR:
         assert not res[name][0]
+
+
+def test_fixture_evidence_was_recorded_at_capture() -> None:
+    ev = RUN["evidence"]
+    assert set(ev) == {
+        "kvm_modules",
+        "flavour",
+        "kernel_release",
+        "capabilities",
+        "vcpu_tsc_offset_attr",
+    }
+    assert ev["kvm_modules"] == {"kvm_pvm": True, "kvm_intel": False, "kvm_amd": False}
+    assert ev["flavour"] == "kvm_pvm"
+    assert re.fullmatch(r"6\.18\.\d+.*", ev["kernel_release"])
+    caps = ev["capabilities"]
+    assert set(caps) == set(capture.EVIDENCE_CAPABILITIES)
+    # PVM: no TSC scaling; KVM_GET_CLOCK/KVM_SET_CLOCK accept TSC_STABLE|REALTIME|HOST_TSC
+    assert caps["KVM_CAP_TSC_CONTROL"] == 0
+    assert caps["KVM_CAP_ADJUST_CLOCK"] == 2 | 4 | 8
+    assert caps["KVM_CAP_VCPU_ATTRIBUTES"] == 1 and ev["vcpu_tsc_offset_attr"] is True
+
+
+def test_departures_judged_from_stored_evidence() -> None:
+    run = _run()
+    for name, dep in verify.DEPARTURE_FOR.items():
+        assert verify._departure_applies(name, run, False) == dep
+        assert verify._departure_applies(name, run, True) is None
+    intel = verify.ScenarioRun.from_json(
+        dict(RUN, evidence=dict(RUN["evidence"], flavour="kvm_intel"))
+    )
+    none = verify.ScenarioRun.from_json(dict(RUN, evidence=None))
+    for name in verify.DEPARTURE_FOR:
+        assert verify._departure_applies(name, intel, False) is None
+        assert verify._departure_applies(name, none, False) is None
+    pvm = relations.DEPARTURES["pvm-tsc-offset-not-applied"]
+    assert pvm.applies({"flavour": "kvm_pvm"})
+    assert not pvm.applies({"flavour": "ambiguous:kvm_pvm+kvm_intel"})
+    assert not pvm.applies({}) and not pvm.applies(None)
+    extra = relations.DEPARTURES["extra-publish-on-host-kvmclock-msr-write"]
+    assert extra.applies({"flavour": "kvm_pvm", "kernel_release": "6.18.0"})
+    assert not extra.applies({"flavour": "kvm_pvm", "kernel_release": "6.17.9"})
+    assert not extra.applies({"flavour": "kvm_pvm", "kernel_release": "garbage"})
+    assert not extra.applies({"flavour": "kvm_amd", "kernel_release": "6.18.1"})
+
+
+def test_flavour_from_modules(tmp_path: Path) -> None:
+    assert capture.flavour_of({"kvm_pvm": True, "kvm_intel": False}) == "kvm_pvm"
+    assert capture.flavour_of({"kvm_amd": True}) == "kvm_amd"
+    assert capture.flavour_of({}) == "none"
+    assert capture.flavour_of({"kvm_pvm": True, "kvm_intel": True}) == "ambiguous:kvm_pvm+kvm_intel"
+    (tmp_path / "kvm_intel").mkdir()
+    (tmp_path / "kvm").mkdir()
+
+    class FakeSystem:
+        def check_extension(self, cap: int) -> int:
+            return cap * 10
+
+    ev = capture.collect_evidence(FakeSystem(), str(tmp_path))  # type: ignore[arg-type]
+    assert ev["kvm_modules"] == {"kvm_pvm": False, "kvm_intel": True, "kvm_amd": False}
+    assert ev["flavour"] == "kvm_intel"
+    # KVM_CAP_TSC_CONTROL = 60, KVM_CAP_ADJUST_CLOCK = 39 (include/uapi/linux/kvm.h)
+    assert ev["capabilities"]["KVM_CAP_TSC_CONTROL"] == 600
+    assert ev["capabilities"]["KVM_CAP_ADJUST_CLOCK"] == 390
+    assert ev["vcpu_tsc_offset_attr"] is None
 
 
 def test_fixture_records_decode_and_scale() -> None:
@@ -67,7 +131,7 @@ def test_fixture_host_record() -> None:
 
 def test_fixture_trace_offsets_snapped() -> None:
     run = _run()
-    rel = verify._trace_relation(run)
+    rel = verify.trace_relation(run)
     assert rel is not None and rel[0], rel
     offs = verify.trace_offsets(TRACE)
     # creation offset = 0 - host TSC at creation (u64), within the creation window

@@ -19,11 +19,6 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "trace")
 S9_PIPE = os.path.join(DATA, "series-upstream-s9-trace_pipe.txt")
 S9_TRACECMD = os.path.join(DATA, "series-upstream-s9-trace-cmd-x86-tsc.txt")
 
-needs_native_record = pytest.mark.skipif(
-    not hasattr(kvmclock, "PvclockVcpuTimeInfo") or not hasattr(kvmclock, "pvclock_tsc_khz"),
-    reason="native core without PvclockVcpuTimeInfo / pvclock_tsc_khz (not built yet)",
-)
-
 # TP_printk strings of arch/x86/kvm/trace.h, in Python % syntax (%u/%llu -> %d, 0x%llx -> 0x%x)
 FMT_UMC_BEFORE = "masterclock %d hostclock %s offsetmatched %d"
 FMT_UMC_AFTER = "masterclock %d hostclock stable %d offsetmatched %d"
@@ -318,7 +313,6 @@ def _read_cycles(rec: dict[str, int], tsc: int) -> int:
     return (rec["system_time"] + ((delta * rec["tsc_to_system_mul"]) >> 32)) % 2**64
 
 
-@needs_native_record
 def test_pvclock_summary_and_anomalies() -> None:
     recs = [
         (1, 0, 2, 1_000_000, 5_000_000, 1),
@@ -368,7 +362,11 @@ REAL = sorted(p for p in glob.glob(os.path.join(DATA, "real-*.txt"))
 _LOOSE = re.compile(r"-(\d+)\s+(?:\(\s*\d+\)\s+)?\[(\d+)\][^:]*?([\d.]+): (\w+): (.*)$")
 
 
-@pytest.mark.skipif(not REAL, reason="no real capture in tests/data/trace (real-*.txt)")
+def test_real_captures_are_in_the_tree() -> None:
+    # the parametrised test below would silently run zero cases without them
+    assert REAL, "tests/data/trace/real-*.txt missing"
+
+
 @pytest.mark.parametrize("path", REAL, ids=os.path.basename)
 def test_real_capture_parsed_exactly(path: str) -> None:
     text = _read(path)
@@ -408,3 +406,37 @@ def test_real_capture_parsed_exactly(path: str) -> None:
                     stable_lost += 1
                 last[key] = r.data["flags"]
         assert sum(a["kind"] == "stable_bit_lost" for a in s["anomalies"]) == stable_lost
+
+
+@pytest.mark.parametrize("profile", ["gtod", "series"])
+def test_model_trace_rows_are_the_formatters_text(profile: str) -> None:
+    """The model (kvmclock.kvm.x86) has no trace text of its own: every row it emits is what
+    this module's formatter gives for the row's parsed values, in the profile's TP_printk
+    form (gtod ``hostclock %s``, series ``hostclock stable %u``)."""
+    from kvmclock.sim import run_scenario
+
+    run = run_scenario("nested", profile, trace=True, duration_s=1)
+    rows = run["trace"]
+    assert {r[5] for r in rows} == set(T.CLOCK_EVENTS)
+    want_fmt = "before" if profile == "gtod" else "after"
+    for _t, _lvl, _comm, _pid, _cpu, event, fields in rows:
+        parsed = T.parse_fields(event, fields)
+        assert parsed is not None, (event, fields)
+        d, fmt = parsed
+        if event == "kvm_update_master_clock":
+            assert fmt == want_fmt
+            again = T.fields_update_master_clock(
+                profile, d["use_master_clock"], d["offset_matched"],
+                host_clock=d.get("host_clock"), host_clock_stable=d.get("host_clock_stable"))
+        elif event == "kvm_track_tsc":
+            assert fmt == want_fmt
+            again = T.fields_track_tsc(
+                profile, d["vcpu_id"], d["use_master_clock"], d["nr_vcpus_matched_tsc"],
+                d["online_vcpus"], host_clock=d.get("host_clock"),
+                host_clock_stable=d.get("host_clock_stable"))
+        elif event == "kvm_write_tsc_offset":
+            again = T.fields_write_tsc_offset(d["vcpu_id"], d["previous_tsc_offset"],
+                                              d["next_tsc_offset"])
+        else:
+            again = T.fields_pvclock_update(**d)
+        assert again == fields, (event, fields)

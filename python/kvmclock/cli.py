@@ -1,36 +1,51 @@
-"""The ``kvmclock`` command (also ``python -m kvmclock``); SPEC.md section 5.
+"""The ``kvmclock`` command (also ``python -m kvmclock``).
 
-Commands: simulate, scenarios, scale, decode, trace, host, verify. Exit codes: 0 success,
-1 ``verify`` found a relation that did not hold (or an internal error), 2 bad arguments or bad
-input (one line on stderr, never a traceback), 3 a real resource (/dev/kvm, the pvclock page,
-tracefs) is missing. ``KVMCLOCK_DEBUG=1`` shows the traceback of an internal error.
+Commands: simulate, scenarios, scale, decode, trace, host, verify. Exit codes (one line on
+stderr for every failure, never a traceback unless ``--debug``):
+
+* 0 success. A livelock the model detects (scenario ``patch09-hang``) is a result: the run
+  stops there, reports it (``livelock`` in the JSON, a LIVELOCK key moment) and exits 0.
+* 1 ``verify`` found a relation that did not hold (no other command exits 1).
+* 2 bad arguments or bad input (a file, stdin, an output path), detected before any work
+  starts: every command validates its arguments and inputs first and raises
+  :class:`kvmclock.errors.UsageError`. The only late exit 2 is an output file that fails to
+  be written at the end (disk full, a path removed meanwhile). ``--plot`` without matplotlib
+  is an exit 2 too, checked before simulating.
+* 3 a real resource (/dev/kvm, the pvclock page, tracefs) is missing
+  (:class:`kvmclock.errors.RealResourceUnavailable`).
+* 70 (``EX_SOFTWARE`` of sysexits.h) an internal error: any other exception is a bug in
+  kvmclock; the line says so and asks for a report with the command line and the ``--debug``
+  output (``--debug``, before or after the command, prints the traceback).
+* 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import importlib
 import json
 import os
 import re
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from typing import Any, NoReturn, TextIO
+
+from kvmclock.errors import UsageError as UsageError  # re-exported: kvmclock.cli.UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: internal software error
+EXIT_INTERRUPTED = 130
 
 U32_MAX = (1 << 32) - 1
-
-
-class UsageError(Exception):
-    """Bad arguments or bad input: printed as one line, exit 2."""
+U64_MAX = (1 << 64) - 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +83,39 @@ def _write_file(path: str, text: str) -> None:
             f.write(text)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _check_output_path(path: str, option: str) -> None:
+    """Before any work: ``path`` (an ``--option`` value) can be created or overwritten, so a
+    typo does not cost a whole simulation. Checks without creating anything: not a directory,
+    its directory exists, and both are writable (root passes the permission checks)."""
+    if path == "-":
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+
+    def refuse(reason: str) -> NoReturn:
+        raise UsageError(f"cannot write {path} ({option}): {reason}")
+
+    if os.path.isdir(path):
+        refuse("Is a directory")
+    if not os.path.exists(parent):
+        refuse("No such file or directory")
+    if not os.path.isdir(parent):
+        refuse("Not a directory")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        refuse("Permission denied")
+    if not os.path.exists(path) and not os.access(parent, os.W_OK | os.X_OK):
+        refuse("Permission denied")
+
+
+def _check_plot_available() -> None:
+    """``--plot`` needs the optional extra ``plot`` (matplotlib): checked before simulating."""
+    from kvmclock.render.plot import MISSING_MATPLOTLIB
+
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        raise UsageError(MISSING_MATPLOTLIB) from None
 
 
 def _read_input(source: str, what: str) -> bytes:
@@ -227,7 +275,10 @@ def _profile_paths(path: str, profiles: Sequence[str]) -> list[str]:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from kvmclock import sim
+    from kvmclock.errors import ScenarioError
+    from kvmclock.sim.scenarios import _validate as validate_scenario
 
+    # everything that can be wrong with the arguments is checked here, before simulating
     scenarios = _scenarios()
     if args.scenario not in scenarios:
         raise UsageError(
@@ -237,16 +288,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     scn = scenarios[args.scenario]
     kwargs = _scenario_kwargs(args.scenario, scn, args)
     profiles = ["gtod", "series"] if args.profile == "both" else [args.profile]
+    for profile in profiles:
+        try:
+            # the scenario's own parameter check, the one run_scenario makes first
+            validate_scenario(args.scenario, profile, args.seed, kwargs)
+        except ScenarioError as exc:
+            raise UsageError(f"simulate: {exc}") from exc
     want_trace = bool(args.trace or args.perfetto)
     if args.json == "-" and args.trace == "-":
         raise UsageError("simulate: --json - and --trace - cannot both write to stdout")
     if args.trace == "-" and len(profiles) > 1:
         raise UsageError("simulate: --trace - needs a single --profile (gtod or series)")
+    if args.json:
+        _check_output_path(args.json, "--json")
+    if args.trace:
+        for path in _profile_paths(args.trace, profiles):
+            _check_output_path(path, "--trace")
+    if args.perfetto:
+        _check_output_path(args.perfetto, "--perfetto")
     if args.plot:
-        from kvmclock.render.plot import MISSING_MATPLOTLIB
-
-        if importlib.util.find_spec("matplotlib") is None:
-            raise UsageError(MISSING_MATPLOTLIB)
+        _check_output_path(args.plot, "--plot")
+        _check_plot_available()
 
     runs: list[dict[str, Any]] = []
     walls: list[float] = []
@@ -416,7 +478,9 @@ def scale_report(tsc_khz: int, guest_khz: int | None, ratio_text: str | None,
                 "ratio_source": source,
                 "guest_tsc_khz": scaled_khz,
             }
-            if scaled_khz > 0:
+            # KVM holds a guest TSC frequency in a u32 of kHz (virtual_tsc_khz): only then is
+            # there a record kvm_guest_time_update would write
+            if 0 < scaled_khz <= U32_MAX:
                 gshift, gmult = kvmclock.get_time_scale(scaled_hz=10**9,
                                                         base_hz=scaled_khz * 1000)
                 entry["guest_tsc_to_system_mul"] = gmult
@@ -464,13 +528,30 @@ def format_scale(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def cmd_scale(args: argparse.Namespace) -> int:
+def _check_scale_args(args: argparse.Namespace) -> None:
+    """Before computing: the TSC scaling inputs are representable (--ratio parses and fits a
+    u64; the ratio --guest-khz implies fits a u64, as kvm_set_tsc_khz's
+    ``mul_u64_u32_div(1ULL << frac_bits, user_tsc_khz, tsc_khz)`` requires)."""
     if args.ratio is not None and args.guest_khz is not None:
         raise UsageError("scale: give --ratio or --guest-khz, not both")
-    try:
-        doc = scale_report(args.tsc_khz, args.guest_khz, args.ratio, args.vendor)
-    except (ValueError, OverflowError, ZeroDivisionError) as exc:
-        raise UsageError(f"scale: {exc}") from exc
+    for v in [args.vendor] if args.vendor else ["vmx", "svm"]:
+        frac = _FRAC_BITS[v]
+        if args.ratio is not None:
+            ratio = _parse_ratio(args.ratio, frac)
+            if ratio <= 0 or ratio > U64_MAX:
+                raise UsageError(f"scale: --ratio must be in 1..2**64-1 as fixed point "
+                                 f"with {frac} fraction bits, got {ratio}")
+        if args.guest_khz is not None and (args.guest_khz << frac) // args.tsc_khz > U64_MAX:
+            raise UsageError(
+                f"scale: --guest-khz {args.guest_khz} is too fast for --tsc-khz "
+                f"{args.tsc_khz} on {v.upper()}: the ratio does not fit 64 bits with {frac} "
+                f"fraction bits (KVM refuses such a KVM_SET_TSC_KHZ)"
+            )
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    _check_scale_args(args)
+    doc = scale_report(args.tsc_khz, args.guest_khz, args.ratio, args.vendor)
     print(json.dumps(doc, indent=2) if args.json else format_scale(doc))
     return EXIT_OK
 
@@ -529,7 +610,24 @@ def _split_records(chunks: list[bytes], kind: str) -> list[tuple[str, bytes]]:
     size = sizes[kind]
     if n % size:
         raise UsageError(f"decode: {n} bytes is not a multiple of {size} ({kind} records)")
-    return [(kind, data[i : i + size]) for i in range(0, n, size)]
+    pieces = [(kind, data[i : i + size]) for i in range(0, n, size)]
+    for i, (k, raw) in enumerate(pieces):
+        if k == "pvclock":
+            _check_tsc_shift(int.from_bytes(raw[28:29], "little", signed=True), f"record {i}")
+    return pieces
+
+
+# pvclock_scale_delta shifts a u64 by tsc_shift: 64 or more either way is undefined in C, and
+# the native record refuses it; every other byte pattern of the 32 bytes is a valid record.
+TSC_SHIFT_MAX = 63
+
+
+def _check_tsc_shift(shift: int, where: str) -> None:
+    if not -TSC_SHIFT_MAX <= shift <= TSC_SHIFT_MAX:
+        raise UsageError(
+            f"decode: {where}: tsc_shift {shift} is outside -{TSC_SHIFT_MAX}..{TSC_SHIFT_MAX} "
+            "(pvclock_scale_delta would shift a u64 by 64 or more)"
+        )
 
 
 def _pvclock_entry(info: Any, tsc: int | None) -> dict[str, Any]:
@@ -557,8 +655,9 @@ def _pvclock_entry(info: Any, tsc: int | None) -> dict[str, Any]:
     if tsc is not None:
         rec["tsc"] = tsc
         rec["kvmclock_ns_at_tsc"] = int(info.read_cycles(tsc))
-    if rec["tsc_khz"]:
-        # does mul/shift equal what KVM derives from that kHz (kvm_guest_time_update)?
+    if rec["tsc_khz"] and rec["tsc_khz"] <= U32_MAX:
+        # does mul/shift equal what KVM derives from that kHz (kvm_guest_time_update)? (a kHz
+        # beyond u32 cannot be KVM's: its TSC frequencies are u32 kHz)
         shift, mult = kvmclock.get_time_scale(scaled_hz=10**9, base_hz=rec["tsc_khz"] * 1000)
         rec["matches_get_time_scale_of_tsc_khz"] = (
             mult == rec["tsc_to_system_mul"] and shift == rec["tsc_shift"]
@@ -607,6 +706,7 @@ def decode_trace_lines(text: str, tsc: int | None) -> list[dict[str, Any]]:
         if rec.event != "kvm_pvclock_update" or rec.data is None:
             continue
         d = rec.data
+        _check_tsc_shift(d["tsc_shift"], f"line {rec.line_no}")
         info = kvmclock.PvclockVcpuTimeInfo(
             version=d["version"], tsc_timestamp=d["tsc_timestamp"],
             system_time=d["system_time"], tsc_to_system_mul=d["tsc_to_system_mul"],
@@ -667,15 +767,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
         text = " ".join(args.input)
     if not text.strip():
         raise UsageError("decode: empty input: give hex bytes, '-' for stdin, or trace lines")
-    try:
-        if "kvm_pvclock_update" in text:
-            records = decode_trace_lines(text, args.tsc)
-            if not records:
-                raise UsageError("decode: no valid kvm_pvclock_update line in the input")
-        else:
-            records = decode_records(_split_records(parse_hex(text), args.type), args.tsc)
-    except (ValueError, OverflowError, TypeError) as exc:
-        raise UsageError(f"decode: {exc}") from exc
+    # parse_hex, _split_records and decode_trace_lines reject bad input (UsageError) before
+    # any record is built; what they accept decodes
+    if "kvm_pvclock_update" in text:
+        records = decode_trace_lines(text, args.tsc)
+        if not records:
+            raise UsageError("decode: no valid kvm_pvclock_update line in the input")
+    else:
+        records = decode_records(_split_records(parse_hex(text), args.type), args.tsc)
     print(json.dumps({"records": records}, indent=2) if args.json
           else format_decoded(records))
     return EXIT_OK
@@ -733,10 +832,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="An executable, bit-exact model of the Linux x86 KVM clock.",
         epilog="example:\n  kvmclock simulate            # nested scenario, gtod vs series\n"
         "  kvmclock simulate --json run.json --plot run.png\n"
-        "exit codes: 0 ok, 1 verify failed, 2 bad arguments/input, 3 missing real resource",
+        "\nexit codes:\n"
+        "  0    ok (a livelock the model detects is a result: reported, exit 0)\n"
+        "  1    verify: a relation did not hold\n"
+        "  2    bad arguments or input (checked before any work starts)\n"
+        "  3    a real resource (/dev/kvm, the pvclock page, tracefs) is missing\n"
+        "  70   internal error (a bug): please report it with the command line and\n"
+        "       the --debug output\n"
+        "  130  interrupted",
         formatter_class=fmt,
     )
     p.add_argument("--version", action="version", version=f"kvmclock {_version()}")
+    p.add_argument("--debug", action="store_true",
+                   help="on an internal error, print the full traceback")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser(
@@ -852,6 +960,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this scenario (repeatable)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_verify)
+    # --debug after the command too (kvmclock simulate --debug); SUPPRESS keeps a --debug
+    # given before the command
+    for command_parser in sub.choices.values():
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="on an internal error, print the full traceback")
     return p
 
 
@@ -862,14 +975,28 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    """An exception no command expects is a bug: one line (traceback only with --debug)."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"kvmclock: internal error (a bug in kvmclock): {type(exc).__name__}: "
+          f"{_one_line(str(exc))[:300]}; please report it with the command line and "
+          f"`--debug` output", file=sys.stderr)
+    return EXIT_SOFTWARE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code (never raises)."""
-    from kvmclock.errors import LivelockDetected, RealResourceUnavailable
+    """Entry point of the console script; returns the exit code (never raises). See the
+    module docstring for the exit codes."""
+    from kvmclock.errors import RealResourceUnavailable
 
     prog = "kvmclock"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # until the arguments are parsed
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        debug = bool(getattr(args, "debug", False))
         if getattr(args, "func", None) is None:
             raise UsageError(
                 f"{prog}: a command is required: {', '.join(_COMMANDS)} (see '{prog} --help')"
@@ -885,10 +1012,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RealResourceUnavailable as exc:
         print(f"{prog}: real resource unavailable: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    except LivelockDetected as exc:
-        # the model detected the patch 09 spin (a result, not a crash)
-        print(f"{prog}: livelock detected: {_one_line(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): stop quietly
         with contextlib.suppress(OSError):
@@ -897,19 +1022,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OverflowError, ZeroDivisionError, TypeError) as exc:
-        # errors.ScenarioError and the native core's range errors name the bad argument
-        if os.environ.get("KVMCLOCK_DEBUG"):
-            raise
-        print(f"{prog}: {_one_line(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_INTERRUPTED
     except Exception as exc:
-        if os.environ.get("KVMCLOCK_DEBUG"):
-            raise
-        print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
-              "(KVMCLOCK_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return EXIT_FAILED
+        # a detected livelock never gets here: the simulation reports it as a result
+        return _internal_error(exc, debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

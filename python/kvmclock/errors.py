@@ -16,11 +16,17 @@ __all__ = [
     "ScenarioError",
     "SeqCountError",
     "TraceParseError",
+    "UsageError",
 ]
 
 
 class KvmclockError(Exception):
     """Base class of the errors kvmclock defines in Python."""
+
+
+class UsageError(KvmclockError):
+    """Bad command-line arguments or bad input (a file, stdin) found before any work starts:
+    the ``kvmclock`` command prints it as one line and exits 2."""
 
 
 class ScenarioError(KvmclockError, ValueError):
@@ -32,7 +38,12 @@ class TraceParseError(KvmclockError, ValueError):
 
 
 class LivelockDetected(KvmclockError, RuntimeError):
-    """A modelled kernel loop that would spin forever (e.g. patch 09's missing ``do``)."""
+    """A modelled kernel loop that would spin forever (e.g. patch 09's missing ``do``).
+
+    A detected livelock is a result of the model, not a failure of the program:
+    ``kvmclock.sim.run_scenario`` catches it, stops that run and reports it in the run's
+    ``livelock`` entry and key moments (``kvmclock simulate`` exits 0). One that escapes to
+    the command line is a bug (exit 70)."""
 
 
 class RealResourceUnavailable(KvmclockError, OSError):

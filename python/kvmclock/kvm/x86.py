@@ -18,6 +18,63 @@ on, ``backwards_tsc_observed`` global); each choice is noted next to the code.
 
 Everything runs synchronously in simulated time: "kernel code on a CPU" means inside
 ``kernel.run_on_cpu(cpu, fn)``; ``rdtsc()`` is the TSC of ``kernel.current_cpu``.
+
+Where the model departs from the kernel it claims (v4.13 arch/x86/kvm/x86.c, plus the series
+in profile ``series``), and why:
+
+* ``Kvm.get_clock(extended=True)`` adds KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC with a
+  realtime and a host TSC, with or without masterclock.  v4.13 has no such flags (KVM_GET_CLOCK
+  returns ``get_kvmclock_ns`` and KVM_CLOCK_TSC_STABLE iff masterclock); the kernel that has
+  them (5.16+) sets them only while masterclock is on, and then computes ``clock`` from that
+  same host TSC.  Kept so a scenario can show today's ioctl next to 2017's; the flag bits
+  are today's values.
+* ``Kvm.set_clock`` accepts KVM_CLOCK_REALTIME under both 2017 profiles; v4.13 returns
+  -EINVAL for any non-zero flag.  The realtime path is today's (advance ``clock`` by how far
+  host realtime is past ``realtime``) but keeps the 2017 base (``ktime_get_boot_ns``, not
+  today's raw-monotonic base) without masterclock, and it refuses KVM_CLOCK_TSC_STABLE and
+  KVM_CLOCK_HOST_TSC, which today's kernel accepts and ignores (KVM_CLOCK_VALID_FLAGS) so
+  userspace can hand GET_CLOCK's result back.  Reason: the set-clock scenario compares the
+  2017 and today's semantics on one model.
+* No ``kvm_arch_hardware_enable`` (CPU hotplug, resume from suspend): the backwards-TSC
+  check against every vCPU's ``last_host_tsc`` there is missing, so
+  ``backwards_tsc_observed`` (a field, read by the masterclock rule) is never set,
+  ``Vcpu.tsc_offset_adjustment`` is never non-zero and ``last_tsc_nsec``/``last_tsc_write``
+  are never zeroed by it.  The ``tsc_offset_adjustment`` branch of ``kvm_arch_vcpu_load``
+  is therefore dead; it also adds the adjustment unscaled where the kernel's
+  ``adjust_tsc_offset_host`` scales it with ``kvm_scale_tsc``.  The only backwards-TSC path
+  modelled is the one in ``kvm_arch_vcpu_load`` (a vCPU moving to a CPU whose TSC is behind).
+* ``Vcpu.tsc_always_catchup`` is never set: ``set_tsc_khz`` is modelled only with hardware
+  TSC scaling (VMX, 48 fraction bits, ``kvm_has_tsc_control``), so the no-scaling path
+  (a guest kHz above the host's -> catch-up on every exit; below -> refused) does not exist,
+  and the scaling ratio is not checked against 0 and the vendor maximum; SVM's 32-bit
+  ratio is not modelled.
+* The L1 TSC offset is ``tsc_offset`` (``Vcpu.l1_tsc_offset``): no nested VMX/SVM TSC state
+  (vmcs12/vmcb12 offset and multiplier), so ``kvm_read_l1_tsc`` is the offset plus the
+  scaled host TSC.  Nesting is modelled as a guest kernel running its own KVM on virtual
+  CPUs whose TSC is L0's guest TSC, not as L0 KVM emulating VMX for L1.
+* No ``kvmclock_sync_work`` (``kvmclock_sync_fn``, every KVMCLOCK_SYNC_PERIOD = 300 s from
+  ``kvm_arch_vcpu_postcreate``): a record changes only on a request, also in runs longer
+  than 300 s.
+* No kicks or IPIs: a request is taken when the vCPU next enters in simulated time
+  (``kvmclock_update_fn`` kicks every vCPU in the kernel; ``kvm_make_mclock_inprogress_request``
+  kicks and waits).  An entry with MCLOCK_INPROGRESS pending cannot happen in the kernel (the
+  vCPU waits); here it raises ``RuntimeError``.  KVM_REQ_MIGRATE_TIMER is consumed and does
+  nothing (no LAPIC timers).
+* ``pvclock_gtod_work`` runs a fixed PVCLOCK_GTOD_WORK_DELAY_NS after the notifier that
+  queued it (the kernel: whenever a system_long_wq worker runs).
+* CONSTANT_TSC: ``cpu_tsc_khz`` is the CPU's calibrated ``tsc_khz``; no cpufreq notifier, so
+  ``kvm_guest_time_update``'s retry on ``cpu_tsc_khz == 0`` never happens in the scenarios.
+* ``update_ia32_tsc_adjust_msr`` runs on every guest MSR_IA32_TSC write (as if the guest had
+  TSC_ADJUST in CPUID); ``ia32_tsc_adjust_msr`` is kept but never read: MSR_IA32_TSC_ADJUST,
+  MSR_KVM_WALL_CLOCK(_NEW) and every other MSR are not modelled (``ValueError``).
+* The guest TSC frequency is one per-VM ``tsc_khz`` given at VM creation and applied to each
+  vCPU by ``kvm_set_tsc_khz`` at vCPU creation (like today's VM-wide KVM_SET_TSC_KHZ); v4.13
+  set ``max_tsc_khz`` at vCPU init and changed it per vCPU with the vCPU ioctl.
+* ``kvm_arch_init_vm`` takes ``masterclock_lock`` around the first masterclock computation;
+  the kernel calls ``pvclock_update_vm_gtod_copy`` unlocked (no vCPU exists yet).  Only the
+  lock's acquisition count can tell.
+* Not modelled: the Hyper-V TSC page (``kvm_hv_setup_tsc_page``), Xen shared info, the
+  guest's wall clock record.
 """
 
 from __future__ import annotations
@@ -37,6 +94,12 @@ from kvmclock.kvm.requests import (
     KVM_REQ_MIGRATE_TIMER,
 )
 from kvmclock.timekeeping.notifier import NOTIFY_DONE
+from kvmclock.trace import (
+    fields_pvclock_update,
+    fields_track_tsc,
+    fields_update_master_clock,
+    fields_write_tsc_offset,
+)
 
 if TYPE_CHECKING:
     from kvmclock.kernel import Kernel
@@ -63,10 +126,6 @@ __all__ = [
     "PvclockGtodData",
     "SpinLock",
     "Vcpu",
-    "fields_kvm_pvclock_update",
-    "fields_kvm_track_tsc",
-    "fields_kvm_update_master_clock",
-    "fields_kvm_write_tsc_offset",
 ]
 
 T = TypeVar("T")
@@ -87,7 +146,6 @@ KVM_CLOCK_HOST_TSC = 1 << 3
 VCLOCK_NONE = 0
 VCLOCK_TSC = 1
 VCLOCK_PVCLOCK = 2
-HOST_CLOCKS = {VCLOCK_NONE: "none", VCLOCK_TSC: "tsc"}  # trace.h host_clocks (July 2017)
 
 VMX_TSC_FRAC_BITS = 48  # kvm_tsc_scaling_ratio_frac_bits on VMX
 TSC_TOLERANCE_PPM = 250  # module parameter tsc_tolerance_ppm
@@ -103,55 +161,16 @@ _PV_GUEST_STOPPED = 2  # PVCLOCK_GUEST_STOPPED
 
 
 # --------------------------------------------------------------------------------------------
-# Trace events (arch/x86/kvm/trace.h): the exact TP_printk field text of each profile.
+# Trace events (arch/x86/kvm/trace.h): the text comes from kvmclock.trace, the one formatter of
+# the four clock events (writer and parser agree by construction).
 # --------------------------------------------------------------------------------------------
-def _host_clock_text(profile: str, host_clock: int | bool) -> str:
+def _host_clock_args(profile: str, host_clock: int | bool) -> tuple[int | None, bool | None]:
+    """``(host_clock, host_clock_stable)`` of ``kvm_update_master_clock`` / ``kvm_track_tsc``
+    for :mod:`kvmclock.trace`: profile gtod traces the vclock mode (``hostclock %s`` of
+    ``__print_symbolic``), profile series the stability bool (``hostclock stable %u``)."""
     if profile == "series":
-        return f"stable {int(bool(host_clock))}"
-    # __print_symbolic(host_clock, host_clocks); no match -> "0x%lx" (ftrace_print_symbols_seq)
-    return HOST_CLOCKS.get(int(host_clock), f"{int(host_clock):#x}")
-
-
-def fields_kvm_update_master_clock(
-    profile: str, use_master_clock: bool, host_clock: int | bool, offset_matched: bool
-) -> str:
-    """``kvm_update_master_clock``: gtod ``masterclock %d hostclock %s offsetmatched %u``,
-    series ``masterclock %d hostclock stable %u offsetmatched %u`` (host_clock = the bool)."""
-    return (
-        f"masterclock {int(use_master_clock)} hostclock {_host_clock_text(profile, host_clock)}"
-        f" offsetmatched {int(offset_matched)}"
-    )
-
-
-def fields_kvm_track_tsc(
-    profile: str,
-    vcpu_id: int,
-    nr_vcpus_matched_tsc: int,
-    online_vcpus: int,
-    use_master_clock: bool,
-    host_clock: int | bool,
-) -> str:
-    """``kvm_track_tsc``: ``vcpu_id %u masterclock %u offsetmatched %u nr_online %u hostclock %s``
-    (offsetmatched is the count ``nr_vcpus_matched_tsc``); series prints ``hostclock stable %u``."""
-    return (
-        f"vcpu_id {vcpu_id} masterclock {int(use_master_clock)} "
-        f"offsetmatched {nr_vcpus_matched_tsc}"
-        f" nr_online {online_vcpus} hostclock {_host_clock_text(profile, host_clock)}"
-    )
-
-
-def fields_kvm_write_tsc_offset(vcpu_id: int, previous: int, nxt: int) -> str:
-    """``kvm_write_tsc_offset``: ``vcpu=%u prev=%llu next=%llu`` (u64, so negatives wrap)."""
-    return f"vcpu={vcpu_id} prev={previous & U64_MASK} next={nxt & U64_MASK}"
-
-
-def fields_kvm_pvclock_update(vcpu_id: int, hv: HvClock) -> str:
-    """``kvm_pvclock_update``: ``vcpu_id %u, pvclock { version %u, tsc_timestamp 0x%llx, ...}``."""
-    return (
-        f"vcpu_id {vcpu_id}, pvclock {{ version {hv.version}, tsc_timestamp {hv.tsc_timestamp:#x}, "
-        f"system_time {hv.system_time & U64_MASK:#x}, tsc_to_system_mul {hv.tsc_to_system_mul:#x}, "
-        f"tsc_shift {hv.tsc_shift}, flags {hv.flags:#x} }}"
-    )
+        return None, bool(host_clock)
+    return int(host_clock), None
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,6 +544,39 @@ class Kvm:
 
         self.kernel.run_on_cpu(vcpu.affinity, body)
 
+    def vcpu_ioctl(self, vcpu_id: int, fn: Callable[[], T]) -> T:
+        """A vCPU ioctl that does not enter the guest: the vCPU thread (on its host CPU
+        ``affinity``) loads the vCPU, runs the handler ``fn``, puts the vCPU (kvm_main.c
+        ``kvm_vcpu_ioctl`` / x86.c ``kvm_arch_vcpu_ioctl``: ``vcpu_load`` .. ``vcpu_put``)."""
+        vcpu = self._vcpu(vcpu_id)
+        m = self.module
+
+        def body() -> T:
+            m.kvm_arch_vcpu_load(vcpu, self.kernel.current_cpu)
+            try:
+                return fn()
+            finally:
+                m.kvm_arch_vcpu_put(vcpu)
+
+        return self.kernel.run_on_cpu(vcpu.affinity, body)
+
+    def set_msr(self, vcpu_id: int, msr: int, data: int) -> None:
+        """Userspace ``KVM_SET_MSRS`` of one clock MSR on vCPU ``vcpu_id``: a host-initiated
+        ``kvm_set_msr_common`` inside ``vcpu_ioctl`` (x86.c ``do_set_msr``)."""
+        vcpu = self._vcpu(vcpu_id)
+        if isinstance(data, bool) or not isinstance(data, int) or not 0 <= data <= U64_MASK:
+            raise ValueError(f"data={data!r} out of range (0..2**64-1)")
+        m = self.module
+        self.vcpu_ioctl(
+            vcpu_id, lambda: m.kvm_set_msr_common(vcpu, msr, data, host_initiated=True)
+        )
+
+    def kvmclock_ctrl(self, vcpu_id: int) -> None:
+        """``KVM_KVMCLOCK_CTRL`` on vCPU ``vcpu_id``: ``kvm_set_guest_paused`` inside
+        ``vcpu_ioctl``; ``ValueError`` (the kernel's -EINVAL) when kvmclock is not enabled."""
+        vcpu = self._vcpu(vcpu_id)
+        self.vcpu_ioctl(vcpu_id, lambda: self.module.kvm_set_guest_paused(vcpu))
+
     def migrate_vcpu(self, vcpu_id: int, host_cpu: int) -> None:
         """Move vCPU ``vcpu_id``'s thread to ``host_cpu`` (takes effect at its next load)."""
         vcpu = self._vcpu(vcpu_id)
@@ -760,7 +812,7 @@ class KvmModule:
         """``kvm_vcpu_write_tsc_offset``: trace ``kvm_write_tsc_offset`` then set the offset."""
         self.trace(
             "kvm_write_tsc_offset",
-            fields_kvm_write_tsc_offset(vcpu.vcpu_id, vcpu.tsc_offset, offset),
+            fields_write_tsc_offset(vcpu.vcpu_id, vcpu.tsc_offset, offset & U64_MASK),
         )
         vcpu.tsc_offset = offset & U64_MASK
 
@@ -847,15 +899,17 @@ class KvmModule:
             qualifies = host == VCLOCK_TSC
         if kvm.use_master_clock or (qualifies and vcpus_matched):
             vcpu.kvm_make_request(KVM_REQ_MASTERCLOCK_UPDATE)
+        host_clock, host_clock_stable = _host_clock_args(self.profile, host)
         self.trace(
             "kvm_track_tsc",
-            fields_kvm_track_tsc(
+            fields_track_tsc(
                 self.profile,
                 vcpu.vcpu_id,
+                kvm.use_master_clock,
                 kvm.nr_vcpus_matched_tsc,
                 kvm.online_vcpus,
-                kvm.use_master_clock,
-                host,
+                host_clock=host_clock,
+                host_clock_stable=host_clock_stable,
             ),
         )
 
@@ -1028,9 +1082,16 @@ class KvmModule:
             host: int | bool = self.pvclock_gtod_data.vclock_mode
         else:
             host = host_ok
+        host_clock, host_clock_stable = _host_clock_args(self.profile, host)
         self.trace(
             "kvm_update_master_clock",
-            fields_kvm_update_master_clock(self.profile, kvm.use_master_clock, host, vcpus_matched),
+            fields_update_master_clock(
+                self.profile,
+                kvm.use_master_clock,
+                vcpus_matched,
+                host_clock=host_clock,
+                host_clock_stable=host_clock_stable,
+            ),
         )
         kvm._record_masterclock()
 
@@ -1152,7 +1213,18 @@ class KvmModule:
             flags=hv.flags,
         )
         _k.pvclock_write(mem, info, gpa)
-        self.trace("kvm_pvclock_update", fields_kvm_pvclock_update(vcpu.vcpu_id, hv))
+        self.trace(
+            "kvm_pvclock_update",
+            fields_pvclock_update(
+                vcpu.vcpu_id,
+                hv.version,
+                hv.tsc_timestamp,
+                hv.system_time & U64_MASK,
+                hv.tsc_to_system_mul,
+                hv.tsc_shift,
+                hv.flags,
+            ),
+        )
         vcpu.kvm._record_pvclock_stable()
 
     def kvm_gen_kvmclock_update(self, vcpu: Vcpu) -> None:
@@ -1203,6 +1275,18 @@ class KvmModule:
             f"MSR_KVM_SYSTEM_TIME {MSR_KVM_SYSTEM_TIME:#x}, "
             f"MSR_KVM_SYSTEM_TIME_NEW {MSR_KVM_SYSTEM_TIME_NEW:#x})"
         )
+
+    def kvm_set_guest_paused(self, vcpu: Vcpu) -> None:
+        """x86.c ``kvm_set_guest_paused`` (KVM_KVMCLOCK_CTRL): -EINVAL (``ValueError``) unless
+        the vCPU's kvmclock is enabled; else ask for PVCLOCK_GUEST_STOPPED in the next record
+        (``pvclock_set_guest_stopped_request``) and request KVM_REQ_CLOCK_UPDATE."""
+        if not vcpu.pv_time_enabled:
+            raise ValueError(
+                f"{vcpu.kvm.name} vcpu {vcpu.vcpu_id}: KVM_KVMCLOCK_CTRL without kvmclock"
+                " enabled (-EINVAL)"
+            )
+        vcpu.pvclock_set_guest_stopped_request = True
+        vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
 
     # -- load / put / entry ------------------------------------------------------------------------
     def kvm_arch_vcpu_load(self, vcpu: Vcpu, cpu: int) -> None:

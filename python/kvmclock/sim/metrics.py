@@ -14,13 +14,24 @@ Definitions (what the numbers mean, precisely):
   masterclock gives.  ``guest_backwards_reanchor`` counts stable reads lower than an earlier
   read of another pair or without the stable bit: the step back when a masterclock update
   re-anchors the clock (Woodhouse's definitions A vs B) or ends a stale-record period; the
-  kernel has it too and the clamp does not cover it.  ``guest_backwards_clamped`` counts
+  kernel has it too and the clamp does not cover it.  ``max_reanchor_step_ns`` is the largest
+  of those steps (``largest earlier read - this read``, ns; 0 when there was none).  At a
+  masterclock update the kernel re-anchors (``pvclock_update_vm_gtod_copy`` takes a new
+  ``(master_kernel_ns, master_cycle_now)`` from ``kvm_get_time_and_clockread``, then
+  ``kvm_guest_time_update`` writes ``system_time = master_kernel_ns + kvmclock_offset`` and
+  ``tsc_timestamp`` = the guest TSC at ``master_cycle_now``): the step is the old record's
+  extrapolation at that TSC minus the host clock there, i.e. the drift between the guest's
+  TSC-based extrapolation (pvclock mul/shift) and the host clock (clocksource mult/shift)
+  accumulated since the previous anchor, plus any TSC displacement the host clock did not
+  see (a TSC write, a stale record).  ``guest_backwards_clamped`` counts
   non-stable reads lower than the largest earlier *non-stable* read (the domain of the clamp;
   always 0 when the clamp works); ``guest_backwards_unclamped`` counts raw values lower than
   the largest earlier raw value (what the guest would see without the clamp).
 * ``max_cross_vcpu_skew_ns``: at each sample every vCPU of the guest is read at the same true
   time; the skew is max - min of the raw values; the maximum over samples.
 * ``last_value_clamp_hits``: reads where the clamp returned ``last_value`` (returned > raw).
+  ``returned_below_raw`` counts reads that returned less than their raw value: the clamp only
+  ever raises a read (``max(last_value, raw)``), so it is 0 unless the model is wrong.
 * Clock definitions (per VM run by KVM at level N, sampled on vCPU 0's host CPU while
   masterclock is on): A = host base + kvmclock_offset, B = the record through the guest TSC,
   C = the master pair through the host TSC with host-frequency mul/shift; max |A-B|, |A-C|,
@@ -64,10 +75,12 @@ class LevelStats:
     guest_backwards: int = 0
     guest_backwards_stable: int = 0
     guest_backwards_reanchor: int = 0
+    max_reanchor_step_ns: int = 0
     max_seen_stable: dict[tuple[int, int], int] = field(default_factory=dict)
     guest_backwards_clamped: int = 0
     guest_backwards_unclamped: int = 0
     last_value_clamp_hits: int = 0
+    returned_below_raw: int = 0
     max_cross_vcpu_skew_ns: int = 0
     max_seen: int | None = None
     max_seen_unstable: int | None = None
@@ -98,6 +111,7 @@ class LevelStats:
             self.guest_backwards += 1
             if stable and not same_pair_back:
                 self.guest_backwards_reanchor += 1
+                self.max_reanchor_step_ns = max(self.max_reanchor_step_ns, self.max_seen - ns)
             if len(self.backwards_events) < 100:
                 self.backwards_events.append([t_ns, cpu, self.max_seen - ns, stable])
         if not stable:
@@ -110,6 +124,8 @@ class LevelStats:
             self.guest_backwards_unclamped += 1
         if ns != raw:
             self.last_value_clamp_hits += 1
+        if ns < raw:
+            self.returned_below_raw += 1
         self.max_seen = ns if self.max_seen is None else max(self.max_seen, ns)
         self.max_seen_raw = raw if self.max_seen_raw is None else max(self.max_seen_raw, raw)
 

@@ -527,6 +527,7 @@ def _level_entry(sim: Sim, k: Kernel, end_ns: int) -> dict[str, Any]:
         "guest_backwards": st.guest_backwards,
         "guest_backwards_stable": st.guest_backwards_stable,
         "guest_backwards_reanchor": st.guest_backwards_reanchor,
+        "max_reanchor_step_ns": st.max_reanchor_step_ns,
         "guest_backwards_clamped": st.guest_backwards_clamped,
         "guest_backwards_unclamped": st.guest_backwards_unclamped,
         "backwards_events": st.backwards_events,

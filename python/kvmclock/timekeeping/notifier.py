@@ -74,14 +74,18 @@ class NotifierChain:
             raise TypeError(f"priority must be an int, got {type(priority).__name__}")
         if not _INT_MIN <= priority <= _INT_MAX:
             raise ValueError(f"priority={priority} out of range ({_INT_MIN}..{_INT_MAX}, C int)")
+        # The whole chain is searched: in the kernel a block carries its own priority, so the
+        # walk below always passes an earlier registration of it; here the same callable may
+        # come with another priority, which would otherwise slip past an insertion point
+        # ahead of its first entry.
+        if fn in self:
+            raise ValueError(
+                f"notifier callback {fn!r} already registered on chain {self.name!r} (-EEXIST)"
+            )
         new = _Block(fn, priority)
         prev: _Block | None = None
         cur = self._head
         while cur is not None:
-            if _same(cur.fn, fn):
-                raise ValueError(
-                    f"notifier callback {fn!r} already registered on chain {self.name!r} (-EEXIST)"
-                )
             if priority > cur.priority:
                 break
             prev, cur = cur, cur.next

@@ -93,3 +93,28 @@ pub fn check_range(arg: &str, v: i64, lo: i64, hi: i64) -> Result<i64> {
         Ok(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_the_message() {
+        let e = CoreError::range("shift", -63, 63, 64);
+        assert_eq!(e.to_string(), "shift must be in -63..=63, got 64");
+        assert_eq!(e.kind, ErrorKind::Value);
+        let e = CoreError::os(5, "probe failed");
+        assert_eq!(format!("{e}"), "probe failed");
+        assert_eq!(e.kind, ErrorKind::Os(5));
+    }
+
+    #[test]
+    fn check_range_bounds_inclusive() {
+        // lo and hi accepted, lo - 1 and hi + 1 rejected, the value passed through
+        assert_eq!(check_range("x", -63, -63, 63), Ok(-63));
+        assert_eq!(check_range("x", 63, -63, 63), Ok(63));
+        assert_eq!(check_range("x", 5, -63, 63), Ok(5));
+        assert_eq!(check_range("x", -64, -63, 63).unwrap_err().kind, ErrorKind::Value);
+        assert_eq!(check_range("x", 64, -63, 63).unwrap_err().kind, ErrorKind::Value);
+    }
+}

@@ -571,6 +571,96 @@ mod tests {
     }
 
     #[test]
+    fn abi_flag_values() {
+        // pvclock-abi.h: PVCLOCK_TSC_STABLE_BIT (1 << 0), PVCLOCK_GUEST_STOPPED (1 << 1),
+        // PVCLOCK_COUNTS_FROM_ZERO (1 << 2)
+        assert_eq!(
+            [PVCLOCK_TSC_STABLE_BIT, PVCLOCK_GUEST_STOPPED, PVCLOCK_COUNTS_FROM_ZERO],
+            [1, 2, 4]
+        );
+    }
+
+    #[test]
+    fn wall_clock_layout_and_length() {
+        let b = PvclockWallClock {
+            version: 0x0403_0201,
+            sec: 0x0807_0605,
+            nsec: 0x0c0b_0a09,
+        }
+        .to_bytes();
+        assert_eq!(b, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert!(PvclockWallClock::from_bytes(&b[..11]).is_err());
+        assert!(PvclockWallClock::from_bytes(&[0; 13]).is_err());
+    }
+
+    #[test]
+    fn alignment_check() {
+        for ok in [0usize, 8, 16, 0x7f75_58b7_6000] {
+            assert!(RawRecord::check_alignment(ok).is_ok(), "{ok:#x}");
+        }
+        for bad in [1usize, 4, 7, 9, 0x7f75_58b7_6004] {
+            assert_eq!(
+                RawRecord::check_alignment(bad).unwrap_err().kind,
+                ErrorKind::Value,
+                "{bad:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn last_value_clamp_and_resume() {
+        let clock = PvclockClock::new(PVCLOCK_TSC_STABLE_BIT, 42);
+        assert_eq!(clock.last_value(), 42);
+        // guest trusts the stable bit but this record lacks it: clamped, last_value moves up
+        assert_eq!(clock.clamp(41, 0), 42);
+        assert_eq!(clock.last_value(), 42);
+        assert_eq!(clock.clamp(43, 0), 43);
+        assert_eq!(clock.last_value(), 43);
+        // record stable but the guest does not trust it (valid_flags 0): clamped too
+        let clock = PvclockClock::new(0, 100);
+        assert_eq!(clock.clamp(7, PVCLOCK_TSC_STABLE_BIT), 100);
+        // both carry the bit: the raw value, backwards allowed, last_value untouched
+        let clock = PvclockClock::new(PVCLOCK_TSC_STABLE_BIT, 100);
+        assert_eq!(clock.clamp(7, PVCLOCK_TSC_STABLE_BIT | PVCLOCK_GUEST_STOPPED), 7);
+        assert_eq!(clock.last_value(), 100);
+        // other flag bits do not count as the stable bit
+        assert_eq!(clock.clamp(7, PVCLOCK_GUEST_STOPPED), 100);
+        // equal value: returned, unchanged
+        assert_eq!(clock.clamp(100, 0), 100);
+        // pvclock_resume(): last_value back to 0, then a small value is accepted
+        clock.resume();
+        assert_eq!(clock.last_value(), 0);
+        assert_eq!(clock.clamp(1, 0), 1);
+        assert_eq!(clock.last_value(), 1);
+    }
+
+    #[test]
+    fn retry_iterations_bounded_exactly() {
+        // a version that stays odd: max_retries + 1 iterations, one TSC read each
+        let mut page = Page([0; 64]);
+        page.0[0] = 5;
+        let rec = unsafe { RawRecord::new(page.0.as_mut_ptr()) };
+        for max in [0u64, 1, 10] {
+            let mut calls = 0u64;
+            let err = rec
+                .read::<&str, _>(max, || {
+                    calls += 1;
+                    if calls > 1000 {
+                        Err("runaway")
+                    } else {
+                        Ok(calls)
+                    }
+                })
+                .unwrap_err();
+            assert!(matches!(err, ReadError::Core(ref e) if e.kind == ErrorKind::Retry));
+            assert_eq!(calls, max + 1);
+        }
+        // the TSC source's error is returned as it is
+        let err = rec.read::<&str, _>(3, || Err("no tsc")).unwrap_err();
+        assert!(matches!(err, ReadError::Tsc("no tsc")));
+    }
+
+    #[test]
     fn shift_errors() {
         assert!(pvclock_scale_delta(1, 1, 64).is_err());
         assert!(pvclock_scale_delta(1, 1, -64).is_err());

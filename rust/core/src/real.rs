@@ -173,6 +173,62 @@ mod tests {
     }
 
     #[test]
+    fn parse_maps_skips_empty_and_pathless() {
+        let maps = "1000-1000 r--p 00000000 00:00 0 [vvar_vclock]\n\
+                    3000-2000 r--p 00000000 00:00 0 [vvar_vclock]\n\
+                    4000-5000 r--p 00000000 00:00 0\n\
+                    6000-6001 r--p 00000000 00:00 0 [vvar_vclock]\n\
+                    7000-8000 r--p 00000000 00:00 0 [vvar_vclock]\n";
+        // zero-length and reversed ranges are not mappings; the first real one wins
+        assert_eq!(find_mapping(maps, VVAR_VCLOCK), Some((0x6000, 0x6001)));
+        assert_eq!(find_mapping("zz-1000 r--p 0 0:0 0 [vvar_vclock]\n", VVAR_VCLOCK), None);
+    }
+
+    #[test]
+    fn io_error_kinds() {
+        let nf = io_error("open", std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(nf.kind, ErrorKind::NotFound);
+        assert!(nf.message.starts_with("open: "));
+        let eio = io_error("read", std::io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(eio.kind, ErrorKind::Os(libc::EIO));
+        let eperm = io_error("read", std::io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(eperm.kind, ErrorKind::Os(libc::EPERM));
+        // no errno attached: EIO (5)
+        let other = io_error("x", std::io::Error::other("custom"));
+        assert_eq!(other.kind, ErrorKind::Os(5));
+    }
+
+    #[test]
+    fn probe_in_child_reads_exactly_32_bytes() {
+        // Two pages: the first readable, the second PROT_NONE. A record ending exactly at the
+        // boundary is readable; one starting on the PROT_NONE page kills the child (SIGSEGV),
+        // which is reported as EIO, and the parent never touches the memory.
+        const PAGE: usize = 4096;
+        // SAFETY: fresh anonymous mapping, unmapped at the end of the test.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as usize;
+        // SAFETY: the second page of our own mapping.
+        assert_eq!(unsafe { libc::mprotect((base + PAGE) as *mut libc::c_void, PAGE, libc::PROT_NONE) }, 0);
+        let bad = probe_in_child(base + PAGE).unwrap_err();
+        assert_eq!(bad.kind, ErrorKind::Os(libc::EIO));
+        assert!(bad.message.contains(&format!("signal {}", libc::SIGSEGV)), "{}", bad.message);
+        assert!(probe_in_child(base + PAGE - RECORD_SIZE).is_ok());
+        assert!(probe_in_child(base).is_ok());
+        // SAFETY: unmapping our own mapping.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, 2 * PAGE) }, 0);
+    }
+
+    #[test]
     fn probe_never_crashes() {
         // Either a readable page or a clean error; never a signal.
         match kvmclock_ns(1000) {

@@ -139,6 +139,41 @@ mod tests {
     }
 
     #[test]
+    fn retry_only_when_changed() {
+        let s = SeqCount::new(6);
+        let r = s.read_begin(Some(0)).unwrap();
+        assert_eq!(r, 6);
+        assert!(!s.read_retry(r)); // nothing written: the read section is valid
+        assert!(s.read_retry(r.wrapping_add(2))); // any other start value: retry
+        s.write_begin().unwrap();
+        assert_eq!(s.sequence(), 7);
+        assert_eq!(s.try_read_begin(), None);
+        s.write_end().unwrap();
+        assert_eq!(s.try_read_begin(), Some(8));
+        assert!(s.read_retry(r));
+    }
+
+    #[test]
+    fn read_begin_waits_for_the_writer() {
+        // odd when the reader starts; the writer ends its section after 50 ms: a reader with
+        // an effectively unbounded poll budget sees the new even value, never an error.
+        let s = SeqCount::new(10);
+        s.write_begin().unwrap();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                s.write_end().unwrap();
+            });
+            assert_eq!(s.read_begin(Some(u64::MAX)).unwrap(), 12);
+        });
+        // a budget of n polls on a section that never ends: an error, not a hang
+        s.write_begin().unwrap();
+        for max in [0, 1, 5] {
+            assert_eq!(s.read_begin(Some(max)).unwrap_err().kind, ErrorKind::SeqCount);
+        }
+    }
+
+    #[test]
     fn readers_see_consistent_pairs() {
         let s = SeqCount::default();
         let a = AtomicU64::new(0);

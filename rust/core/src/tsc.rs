@@ -51,4 +51,21 @@ mod tests {
         let b = super::rdtsc_ordered().unwrap();
         assert!(b > a);
     }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn both_reads_count_cycles() {
+        // The TSC ticks at >= 100 MHz on any x86-64 host (and is never stopped in a running
+        // guest), so 2 ms of sleep is at least 200_000 counts between reads on either side,
+        // in either order of the two functions.
+        let gap = std::time::Duration::from_millis(2);
+        let a = super::rdtsc().unwrap();
+        std::thread::sleep(gap);
+        let b = super::rdtsc_ordered().unwrap();
+        std::thread::sleep(gap);
+        let c = super::rdtsc().unwrap();
+        assert!(b.wrapping_sub(a) >= 200_000, "a={a} b={b}");
+        assert!(c.wrapping_sub(b) >= 200_000, "b={b} c={c}");
+        assert!(a > 1 && b > a && c > b);
+    }
 }
