@@ -13,8 +13,8 @@ from test_clocksource import FakeVm, booted_guest
 
 def test_profile_must_be_known() -> None:
     m = PhysicalMachine(World(), 1)
-    with pytest.raises(ValueError, match="gtod, series"):
-        Kernel(m, "upstream")
+    with pytest.raises(ValueError, match="gtod, series, upstream"):
+        Kernel(m, "linux-2.6")
     with pytest.raises(ValueError, match="hz"):
         Kernel(m, "gtod", hz=0)
     with pytest.raises(ValueError, match="kvmclock_rating"):

@@ -193,7 +193,7 @@ def test_scenarios_table() -> None:
     ("args", "kwargs", "match"),
     [
         (("nope", "gtod"), {}, "nested"),
-        (("nested", "upstream"), {}, "gtod, series"),
+        (("nested", "nope"), {}, "gtod, series, upstream"),
         (("nested", "gtod"), {"bogus": 1}, "valid:"),
         (("nested", "gtod"), {"l1_vcpus": 0}, "l1_vcpus"),
         (("tsc-sync", "gtod"), {"vcpus": 0}, "vcpus"),

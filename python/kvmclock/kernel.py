@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import kvmclock as _k
 from kvmclock.machine.base import Machine, T
+from kvmclock.profiles import PROFILES, Profile, resolve_profile
 from kvmclock.timekeeping.clocksource import (
     CLOCK_SOURCE_IS_CONTINUOUS,
     CLOCK_SOURCE_UNSTABLE,
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PROFILES", "Kernel"]
 
-PROFILES = ("gtod", "series")
 U64_MASK = (1 << 64) - 1
 PLATFORM_RATINGS = {"hpet": 250, "acpi_pm": 200}  # clocksource_hpet, clocksource_acpi_pm
 
@@ -58,7 +58,7 @@ class Kernel:
     def __init__(
         self,
         machine: Machine,
-        profile: str,
+        profile: str | Profile,
         *,
         name: str | None = None,
         hz: int = 250,
@@ -66,8 +66,7 @@ class Kernel:
         kvmclock_rating: int = 400,
         pvti_gpa: int = 0,
     ) -> None:
-        if profile not in PROFILES:
-            raise ValueError(f"profile={profile!r} invalid; choose one of {', '.join(PROFILES)}")
+        cfg = resolve_profile(profile)
         if isinstance(hz, bool) or not isinstance(hz, int):
             raise TypeError(f"hz must be an int, got {type(hz).__name__}")
         if not 1 <= hz <= 10_000:
@@ -84,7 +83,9 @@ class Kernel:
             raise ValueError(f"pvti_gpa={pvti_gpa!r} must be an int >= 0")
         self.machine = machine
         self.world = machine.world
-        self.profile = profile
+        self.cfg = cfg
+        """The profile: the behaviour switches this kernel asks (kvmclock.profiles)."""
+        self.profile = cfg.name
         self.level = machine.level
         self.name = name if name is not None else f"L{machine.level}"
         self.hz = hz

@@ -95,6 +95,9 @@ FORMAT_BY_PROFILE: dict[str, Literal["before", "after"]] = {
     "gtod": "before",
     "upstream": "before",
     "series": "after",
+    # the values of the ``trace_format`` switch (kvmclock.profiles)
+    "4.13": "before",
+    "6.18": "before",
 }
 
 

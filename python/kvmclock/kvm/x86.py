@@ -164,11 +164,13 @@ _PV_GUEST_STOPPED = 2  # PVCLOCK_GUEST_STOPPED
 # Trace events (arch/x86/kvm/trace.h): the text comes from kvmclock.trace, the one formatter of
 # the four clock events (writer and parser agree by construction).
 # --------------------------------------------------------------------------------------------
-def _host_clock_args(profile: str, host_clock: int | bool) -> tuple[int | None, bool | None]:
+def _host_clock_args(
+    trace_format: str, host_clock: int | bool
+) -> tuple[int | None, bool | None]:
     """``(host_clock, host_clock_stable)`` of ``kvm_update_master_clock`` / ``kvm_track_tsc``
     for :mod:`kvmclock.trace`: profile gtod traces the vclock mode (``hostclock %s`` of
     ``__print_symbolic``), profile series the stability bool (``hostclock stable %u``)."""
-    if profile == "series":
+    if trace_format == "series":
         return None, bool(host_clock)
     return int(host_clock), None
 
@@ -371,7 +373,12 @@ class Kvm:
         self.master_cycle_now = 0
         self.boot_vcpu_runs_old_kvmclock = False
         self.tsc_write_lock = SpinLock(f"{name}.tsc_write_lock")
-        lock_name = "masterclock_lock" if module.profile == "series" else "pvclock_gtod_sync_lock"
+        # the seed (patch 09) renamed pvclock_gtod_sync_lock when it dropped the shadow copy
+        lock_name = (
+            "masterclock_lock"
+            if module.cfg.kvm_host_clock == "timekeeper"
+            else "pvclock_gtod_sync_lock"
+        )
         self.masterclock_lock = SpinLock(f"{name}.{lock_name}")
         self._update_work_pending = False
         self.counters: collections.Counter[str] = collections.Counter()
@@ -663,6 +670,8 @@ class KvmModule:
         self.kernel = kernel
         self.world = kernel.world
         self.profile = kernel.profile
+        self.cfg = kernel.cfg
+        """The host kernel's profile: the behaviour switches KVM asks (kvmclock.profiles)."""
         self.level = kernel.level
         self.fault = fault
         self.spin_limit = spin_limit
@@ -679,7 +688,7 @@ class KvmModule:
         self._next_pid = 1000 * (kernel.level + 1)
         self._cur_pid = self._next_pid
         self._gtod_work: Any = None
-        if self.profile == "gtod":
+        if self.cfg.kvm_host_clock == "pvclock_gtod_copy":
             kernel.pvclock_gtod_register_notifier(self.pvclock_gtod_notify)
         else:
             kernel.clocksource_changes_register_notifier(self.process_clocksource_change)
@@ -891,7 +900,7 @@ class KvmModule:
         masterclock is on, or the host clock qualifies and all vCPUs matched."""
         kvm = vcpu.kvm
         vcpus_matched = kvm.nr_vcpus_matched_tsc + 1 == kvm.online_vcpus
-        if self.profile == "series":
+        if self.cfg.kvm_host_clock == "timekeeper":
             host: int | bool = self.clocksource_stability_check()
             qualifies = bool(host)
         else:
@@ -899,11 +908,11 @@ class KvmModule:
             qualifies = host == VCLOCK_TSC
         if kvm.use_master_clock or (qualifies and vcpus_matched):
             vcpu.kvm_make_request(KVM_REQ_MASTERCLOCK_UPDATE)
-        host_clock, host_clock_stable = _host_clock_args(self.profile, host)
+        host_clock, host_clock_stable = _host_clock_args(self.cfg.trace_format, host)
         self.trace(
             "kvm_track_tsc",
             fields_track_tsc(
-                self.profile,
+                self.cfg.trace_format,
                 vcpu.vcpu_id,
                 kvm.use_master_clock,
                 kvm.nr_vcpus_matched_tsc,
@@ -923,7 +932,7 @@ class KvmModule:
         mode = k.timekeeper.get_tk_mono_clock_mode()
         if mode == VCLOCK_TSC:
             return True
-        if mode == VCLOCK_PVCLOCK and k.pvclock is not None:
+        if mode == VCLOCK_PVCLOCK and self.cfg.stable_pvclock_host and k.pvclock is not None:
             off = k.pvti_offset(k.current_cpu)
             flags = k.machine.memory[off + 29]  # pvclock_vcpu_time_info.flags at byte 29
             return bool(flags & k.pvclock_valid_flags & _PV_STABLE)
@@ -1052,7 +1061,7 @@ class KvmModule:
         gtod: false early (values untouched) unless the shadow mode is TSC, else
         ``do_monotonic_boot() == VCLOCK_TSC`` (values written).  series: patch 09.
         """
-        if self.profile == "series":
+        if self.cfg.kvm_host_clock == "timekeeper":
             return self.kvm_get_host_time_and_cycles(kvm)
         if self.pvclock_gtod_data.vclock_mode != VCLOCK_TSC:
             return False, kvm.master_kernel_ns, kvm.master_cycle_now
@@ -1076,17 +1085,17 @@ class KvmModule:
         )
         self.counters["masterclock_updates"] += 1
         kvm.counters["masterclock_updates"] += 1
-        if self.profile == "gtod":
+        if self.cfg.kvm_host_clock == "pvclock_gtod_copy":
             if kvm.use_master_clock:
                 self.kvm_guest_has_master_clock = 1
             host: int | bool = self.pvclock_gtod_data.vclock_mode
         else:
             host = host_ok
-        host_clock, host_clock_stable = _host_clock_args(self.profile, host)
+        host_clock, host_clock_stable = _host_clock_args(self.cfg.trace_format, host)
         self.trace(
             "kvm_update_master_clock",
             fields_update_master_clock(
-                self.profile,
+                self.cfg.trace_format,
                 kvm.use_master_clock,
                 vcpus_matched,
                 host_clock=host_clock,

@@ -70,7 +70,8 @@ def replay_model(real: ScenarioRun, *, profile: str = MODEL_PROFILE, seed: int =
     then the same operations in the same order.  Returns the model's ``ScenarioRun`` with
     the same labels; its ``inputs`` carry the model's own host TSC per operation and the
     vCPUs' TSC offsets after it, its ``trace`` the model's ftrace text."""
-    from kvmclock.kernel import PROFILES, Kernel
+    from kvmclock.kernel import Kernel
+    from kvmclock.profiles import PROFILES
     from kvmclock.kvm import MSR_KVM_SYSTEM_TIME_NEW, Kvm, KvmModule, VcpuCpu
     from kvmclock.machine.physical import PhysicalCpu, PhysicalMachine
     from kvmclock.machine.world import World

@@ -313,7 +313,7 @@ class KvmClock(Clocksource):
         ns, flags, stamp = pv.read_with_stamp(
             k.machine.memory, k.machine.cpus[cpu].read_tsc, k.pvti_offset(cpu)
         )
-        if k.profile == "series":
+        if k.cfg.clocksource_change_chain:
             stable = bool(flags & k.pvclock_valid_flags & _k.PVCLOCK_TSC_STABLE_BIT)
             if self.last_stable is None:
                 self.last_stable = stable

@@ -244,7 +244,7 @@ class Timekeeper:
         self._update_ktime_data()
         k = self.kernel
         k.counters["timekeeping_updates"] += 1
-        if k.profile == "gtod":
+        if k.cfg.pvclock_gtod_chain:
             k.update_pvclock_gtod(bool(action & TK_CLOCK_WAS_SET))
         if action & TK_CLOCK_WAS_SET:
             self.clock_was_set_seq += 1
@@ -265,7 +265,7 @@ class Timekeeper:
             boot = now_ns if boot_ns == 0 else boot_ns
             self._set_wall_to_mono(-boot)
             self.timekeeping_update(TK_MIRROR | TK_CLOCK_WAS_SET)
-            if self.kernel.profile == "series":
+            if self.kernel.cfg.clocksource_change_chain:
                 self.kernel.clocksource_changes_notify()
 
     def update_wall_time(self) -> None:
@@ -340,7 +340,7 @@ class Timekeeper:
             self._setup_internals(new)
             k.counters["clocksource_changes"] += 1
             self.timekeeping_update(TK_CLEAR_NTP | TK_MIRROR | TK_CLOCK_WAS_SET)
-            if k.profile == "series":
+            if k.cfg.clocksource_change_chain:
                 k.clocksource_changes_notify()
         k.world.log(
             "clocksource_change", kernel=k.name, old=None if old is None else old.name, new=new.name
