@@ -265,12 +265,36 @@ def _param_value(text: str) -> int | float | bool | str | None:
         return text
 
 
-def _profile_paths(path: str, profiles: Sequence[str]) -> list[str]:
-    """One output file per profile: ``out.txt`` -> ``out-gtod.txt``, ``out-series.txt``."""
+def _profile_paths(path: str, profiles: Sequence[Any]) -> list[str]:
+    """One output file per profile: ``out.txt`` -> ``out-gtod.txt``, ``out-series.txt``
+    (the base profile's name: switches flipped with --set apply to every profile)."""
     if len(profiles) == 1:
         return [path]
     root, ext = os.path.splitext(path)
-    return [f"{root}-{p}{ext}" for p in profiles]
+    names = [str(getattr(p, "name", p)).split("[", 1)[0] for p in profiles]
+    return [f"{root}-{n}{ext}" for n in names]
+
+
+DEFAULT_PROFILES = "gtod,series,upstream"
+
+
+def _profiles_arg(args: argparse.Namespace, command: str) -> list[Any]:
+    """``--profile NAME[,NAME...]`` with every ``--set SWITCH=VALUE`` applied: a list of
+    :class:`kvmclock.profiles.Profile`. UsageError names the unknown profile, switch or value
+    and lists the valid ones."""
+    from kvmclock.profiles import PROFILES, parse_assignments, resolve_profile
+
+    names = [n.strip() for n in str(args.profile).split(",")]
+    if any(not n for n in names):
+        raise UsageError(f"{command}: --profile {args.profile!r}: empty name; give "
+                         f"NAME[,NAME...] from {', '.join(PROFILES)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"{command}: --profile {args.profile!r} names a profile twice")
+    try:
+        changes = parse_assignments(args.set or [])
+        return [resolve_profile(n, **changes) for n in names]
+    except ValueError as exc:
+        raise UsageError(f"{command}: {exc}") from None
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -287,7 +311,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
     scn = scenarios[args.scenario]
     kwargs = _scenario_kwargs(args.scenario, scn, args)
-    profiles = ["gtod", "series"] if args.profile == "both" else [args.profile]
+    profiles = _profiles_arg(args, "simulate")
     for profile in profiles:
         try:
             # the scenario's own parameter check, the one run_scenario makes first
@@ -298,7 +322,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.json == "-" and args.trace == "-":
         raise UsageError("simulate: --json - and --trace - cannot both write to stdout")
     if args.trace == "-" and len(profiles) > 1:
-        raise UsageError("simulate: --trace - needs a single --profile (gtod or series)")
+        raise UsageError("simulate: --trace - needs a single --profile (e.g. --profile upstream)")
     if args.json:
         _check_output_path(args.json, "--json")
     if args.trace:
@@ -313,7 +337,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     walls: list[float] = []
     for profile in profiles:
-        with _spinner(f"simulating {args.scenario} ({profile})", sys.stderr):
+        with _spinner(f"simulating {args.scenario} ({profile.name})", sys.stderr):
             t0 = time.perf_counter()
             run = sim.run_scenario(args.scenario, profile, seed=args.seed, trace=want_trace,
                                    **kwargs)
@@ -824,6 +848,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _add_profile_args(s: argparse.ArgumentParser, default: str = DEFAULT_PROFILES) -> None:
+    s.add_argument("--profile", default=default, metavar="NAME[,NAME...]",
+                   help=f"profiles to run side by side (default {default}; "
+                   "kvmclock profiles lists them)")
+    s.add_argument("--set", action="append", metavar="SWITCH=VALUE",
+                   help="flip one behaviour switch in every profile run (repeatable; "
+                   "kvmclock profiles lists the switches and their values)")
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from kvmclock.profiles import PROFILES, profiles_json, profiles_table
+
+    if args.name is not None and args.name not in PROFILES:
+        raise UsageError(f"profiles: unknown profile {args.name!r}; choose one of: "
+                         + ", ".join(PROFILES))
+    names = list(PROFILES) if args.name is None else [args.name]
+    if args.json:
+        _dump_json(profiles_json(names), args.json)
+    else:
+        print(profiles_table(names))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every command (each ``--help`` ends with an example)."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -860,7 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     s.add_argument("--scenario", default="nested", help="scenario name (kvmclock scenarios)")
-    s.add_argument("--profile", choices=["gtod", "series", "both"], default="both")
+    _add_profile_args(s)
     s.add_argument("--seed", type=_int_arg("seed", 0, 2**63 - 1), default=0)
     s.add_argument("--duration", type=_duration_arg, metavar="S",
                    help="simulated seconds (scenarios that take it)")
@@ -875,6 +922,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--moments", type=_int_arg("moments", 0, 100000), default=30, metavar="N",
                    help="key moments shown in the timeline (default 30)")
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser(
+        "profiles", help="the profiles and their behaviour switches",
+        description="Every behaviour switch (name, values, the kernel release and commit "
+        "that brought the newer behaviour, what it does) and its value in each profile. "
+        "simulate and verify take --profile NAME[,NAME...] and --set SWITCH=VALUE.",
+        epilog="examples:\n  kvmclock profiles\n  kvmclock profiles upstream --json -\n"
+        "  kvmclock simulate --profile upstream --set masterclock_request=on_update",
+        formatter_class=fmt,
+    )
+    s.add_argument("name", nargs="?", help="show only this profile")
+    s.add_argument("--json", nargs="?", const="-", metavar="PATH|-",
+                   help="write JSON (to stdout without PATH or with '-')")
+    s.set_defaults(func=cmd_profiles)
 
     s = sub.add_parser(
         "scenarios", help="list the built-in scenarios",
@@ -968,7 +1029,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_COMMANDS = ("simulate", "scenarios", "scale", "decode", "trace", "host", "verify")
+_COMMANDS = ("simulate", "profiles", "scenarios", "scale", "decode", "trace", "host", "verify")
 
 
 def _one_line(text: str) -> str:

@@ -33,6 +33,8 @@ __all__ = [
     "Switch",
     "SwitchValue",
     "parse_assignments",
+    "profiles_json",
+    "profiles_table",
     "resolve_profile",
 ]
 
@@ -426,6 +428,56 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
         ),
     }
 )
+
+
+def profiles_json(names: list[str] | None = None) -> dict[str, Any]:
+    """``{"schema_version": 1, "switches": [...], "profiles": [...]}``: every switch (name,
+    values, help, since, commit, where) and each named profile (:meth:`Profile.to_json`)."""
+    chosen = list(PROFILES) if names is None else names
+    return {
+        "schema_version": 1,
+        "switches": [
+            {
+                "name": s.name,
+                "values": list(s.values),
+                "help": s.help,
+                "since": s.since,
+                "commit": s.commit,
+                "where": s.where,
+            }
+            for s in SWITCHES.values()
+        ],
+        "profiles": [PROFILES[n].to_json() for n in chosen],
+    }
+
+
+def profiles_table(names: list[str] | None = None) -> str:
+    """The switches as a text table: one row per switch with its value in each profile, then
+    its help, the release and commit that introduced the newer behaviour, and where."""
+    chosen = list(PROFILES) if names is None else names
+    lines = []
+    for n in chosen:
+        p = PROFILES[n]
+        lines.append(f"{p.name:<9} {p.description}")
+    lines.append("")
+    width = max(len(s) for s in SWITCHES)
+    cols = [max(len(n), *(len(_show(PROFILES[n][s])) for s in SWITCHES)) for n in chosen]
+    head = f"{'switch':<{width}}  " + "  ".join(
+        f"{n:<{c}}" for n, c in zip(chosen, cols, strict=True)
+    )
+    lines.append(head.rstrip())
+    lines.append("-" * len(head.rstrip()))
+    for s in SWITCHES.values():
+        row = f"{s.name:<{width}}  " + "  ".join(
+            f"{_show(PROFILES[n][s.name]):<{c}}" for n, c in zip(chosen, cols, strict=True)
+        )
+        lines.append(row.rstrip())
+        lines.append(f"{'':<{width}}    {s.help}")
+        lines.append(
+            f"{'':<{width}}    values: {', '.join(_show(v) for v in s.values)}; "
+            f"newer behaviour since {s.since} ({s.commit}); {s.where}"
+        )
+    return "\n".join(lines)
 
 
 def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, SwitchValue]:

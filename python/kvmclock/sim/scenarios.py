@@ -10,17 +10,17 @@ timed events.  A ``Recorder`` reads every guest's kvm-clock on every vCPU each
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, cast
 
 from kvmclock.errors import LivelockDetected, ScenarioError
 from kvmclock.kernel import Kernel
-from kvmclock.profiles import PROFILES
 from kvmclock.kvm.x86 import FAULTS, KVM_CLOCK_REALTIME, Kvm, KvmModule, MasterclockLivelock
 from kvmclock.machine.physical import PhysicalMachine
 from kvmclock.machine.world import World
+from kvmclock.profiles import Profile, SwitchValue, resolve_profile
 from kvmclock.sim.metrics import Recorder
 from kvmclock.timekeeping.clocksource import MSR_KVM_SYSTEM_TIME_NEW
 
@@ -42,7 +42,7 @@ class Sim:
 
     def __init__(
         self,
-        profile: str,
+        profile: str | Profile,
         seed: int,
         *,
         hz: int,
@@ -454,8 +454,10 @@ def _validate(
 ) -> tuple[Scenario, dict[str, Any]]:
     if not isinstance(name, str) or name not in SCENARIOS:
         raise ScenarioError(f"scenario={name!r} unknown; choose one of: {', '.join(SCENARIOS)}")
-    if profile not in PROFILES:
-        raise ScenarioError(f"profile={profile!r} invalid; choose one of: {', '.join(PROFILES)}")
+    try:
+        resolve_profile(profile)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ScenarioError(f"seed={seed!r} must be an int")
     scn = SCENARIOS[name]
@@ -564,12 +566,26 @@ def _moments(sim: Sim, level_of: dict[str, int]) -> list[list[Any]]:
 
 
 def run_scenario(
-    name: str, profile: str, seed: int = 0, *, trace: bool = False, **params: Any
+    name: str,
+    profile: str | Profile,
+    seed: int = 0,
+    *,
+    trace: bool = False,
+    switches: Mapping[str, SwitchValue] | None = None,
+    **params: Any,
 ) -> dict[str, Any]:
-    """Run built-in scenario ``name`` under ``profile`` ("gtod" | "series") and return one run
-    (SPEC §5 JSON shape, plus ``moments``, ``samples``, ``livelock``, ``stats``, and
-    ``trace`` rows ``[t_ns, level, comm, pid, cpu, event, fields]`` when ``trace=True``).
-    Bad input raises ``ScenarioError`` (a ValueError) naming the valid choices."""
+    """Run built-in scenario ``name`` under ``profile`` (a name of
+    :data:`kvmclock.profiles.PROFILES` or a :class:`~kvmclock.profiles.Profile`), with
+    ``switches`` flipped from it, and return one run: ``profile`` (its name, which records the
+    flipped switches), ``switches`` (every switch's value), the levels, ``moments``,
+    ``samples``, ``livelock``, ``stats``, and ``trace`` rows ``[t_ns, level, comm, pid, cpu,
+    event, fields]`` when ``trace=True``. Bad input raises ``ScenarioError`` (a ValueError)
+    naming the valid choices."""
+    try:
+        cfg = resolve_profile(profile, **dict(switches or {}))
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    profile = cfg
     scn, p = _validate(name, profile, seed, params)
     fault = p.get("fault")
     sim = Sim(
@@ -609,7 +625,8 @@ def run_scenario(
     run: dict[str, Any] = {
         "scenario": name,
         "seed": seed,
-        "profile": profile,
+        "profile": cfg.name,
+        "switches": dict(cfg.values),
         "params": {
             k: (v if isinstance(v, (int, str)) or v is None else str(v)) for k, v in p.items()
         },
