@@ -300,7 +300,8 @@ def test_simulate_json_schema_and_determinism(tmp_path: Any) -> None:
     assert p1.returncode == 0, p1.stderr
     doc = json.loads(p1.stdout)
     assert doc["scenario"] == "nested" and doc["seed"] == 7
-    assert [r["profile"] for r in doc["runs"]] == ["gtod", "series"]
+    assert [r["profile"] for r in doc["runs"]] == ["gtod", "series", "upstream"]
+    assert [r["switches"]["kvmclock_base"] for r in doc["runs"]] == ["boot", "boot", "raw"]
     for r in doc["runs"]:
         assert RUN_KEYS <= set(r) and "trace" not in r
         assert [lv["level"] for lv in r["levels"]] == list(range(len(r["levels"])))
@@ -468,11 +469,17 @@ def test_exit_1_only_for_a_relation_that_did_not_hold(capsys: pytest.CaptureFixt
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from kvmclock.real import verify
 
+    from kvmclock.real import capture
+
     result = {"ok": False, "relations": []}
-    monkeypatch.setattr(verify, "run_verify", lambda **_k: result)
+    monkeypatch.setattr(capture, "real_run", lambda _trace: (None, "no trace"))
+    monkeypatch.setattr(verify, "verify_run", lambda *_a, **_k: result)
     code, out, err = _main(capsys, "verify", "--json")
     assert code == 1, err
     assert json.loads(out)["ok"] is False
+    result["ok"] = True
+    code, out, err = _main(capsys, "verify", "--json")
+    assert code == 0, err
 
 
 def test_exit_2_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -93,9 +93,18 @@ BAD_ARGV = [
     (["simulate", "--seed", "0x"], ["seed must be an integer"]),
     (["simulate", "--seed", "1" * 5000], ["seed"]),
     # --profile outside its choices
-    (["simulate", "--profile", "GTOD"], ["--profile", "invalid choice", "gtod", "series"]),
-    (["simulate", "--profile", "upstream"], ["--profile", "invalid choice", "both"]),
-    (["simulate", "--profile", ""], ["--profile", "invalid choice"]),
+    (["simulate", "--profile", "GTOD"], ["profile", "'GTOD' invalid", "gtod, series, upstream"]),
+    (["simulate", "--profile", "both"], ["profile", "'both' invalid", "gtod, series, upstream"]),
+    (["simulate", "--profile", ""], ["--profile", "empty name", "gtod, series, upstream"]),
+    (["simulate", "--profile", "gtod,,series"], ["--profile", "empty name"]),
+    (["simulate", "--profile", "gtod,gtod"], ["--profile", "names a profile twice"]),
+    # --set: unknown switch, bad value, no '='
+    (["simulate", "--set", "nope=1"], ["unknown switch 'nope'", "user_set_tsc"]),
+    (["simulate", "--set", "user_set_tsc=maybe"], ["switch user_set_tsc", "valid: on, off"]),
+    (["simulate", "--set", "kvmclock_base=mono"], ["switch kvmclock_base", "valid: boot, raw"]),
+    (["simulate", "--set", "user_set_tsc"], ["expected SWITCH=VALUE"]),
+    (["simulate", "--profile", "gtod", "--set", "kvm_host_clock=timekeeper"],
+     ["kvm_host_clock=timekeeper needs clocksource_change_chain=on"]),
     # --duration: zero, not finite, too long, not a number
     (["simulate", "--duration", "0"], ["duration", "(0, 86400]"]),
     (["simulate", "--duration", "nan"], ["duration", "(0, 86400]"]),

@@ -171,7 +171,8 @@ def test_set_clock_sets_next_system_time_exactly(profile: str) -> None:
 
 
 def test_set_clock_realtime_flag_and_bad_flags() -> None:
-    host = make_host("gtod")
+    """KVM_CLOCK_REALTIME acts under upstream (5.16+) and is refused under gtod (4.13)."""
+    host = make_host("upstream")
     vm = make_vm(host, 1)
     enter(vm, 0)
     real = host.run_on_cpu(0, host.timekeeper.ktime_get_real_ns)
@@ -183,6 +184,9 @@ def test_set_clock_realtime_flag_and_bad_flags() -> None:
         vm.set_clock(1, 1)
     with pytest.raises(ValueError, match="clock"):
         vm.set_clock(-1)
+    old = make_vm(make_host("gtod"), 1)
+    with pytest.raises(ValueError, match=r"profile gtod.*KVM_CLOCK_REALTIME needs Linux 5\.16"):
+        old.set_clock(target, KVM_CLOCK_REALTIME, 0)
 
 
 @pytest.mark.parametrize("khz", [1_000_000, 2_593_992, 2_893_437, 3_000_000, 1_234_567])

@@ -161,12 +161,17 @@ def test_unstable_tsc(profile: str) -> None:
     assert l1["guest_backwards_clamped"] == 0
 
 
-@pytest.mark.parametrize("profile", ["gtod", "series"])
+@pytest.mark.parametrize("profile", ["gtod", "series", "upstream"])
 def test_set_clock(profile: str) -> None:
     run = run_scenario("set-clock", profile)
     texts = [m[2] for m in run["moments"]]
     assert any("flags=0 " in t and "(diff 0 ns)" in t for t in texts)
-    assert any("flags=REALTIME" in t and "(advanced 1000000000 ns)" in t for t in texts)
+    if profile == "upstream":  # switch kvm_clock_realtime (5.16)
+        assert any("flags=REALTIME" in t and "(advanced 1000000000 ns)" in t for t in texts)
+        assert any("KVM_GET_CLOCK" in t and "flags=0xe" in t for t in texts)
+    else:  # 4.13 refuses the flag and reports neither realtime nor host TSC
+        assert any("REALTIME refused" in t and "needs Linux 5.16" in t for t in texts)
+        assert any("KVM_GET_CLOCK" in t and "flags=0x2 realtime=0 host_tsc=0" in t for t in texts)
 
 
 def test_patch09_livelock_detected_only_with_fault() -> None:

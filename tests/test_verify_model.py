@@ -239,7 +239,9 @@ def test_vmx_svm_capture_fails_where_pvm_departure_excused(flavour: str) -> None
     assert res["summary"]["relations"] == {"held": 7, "departed": 0, "failed": 4}
     assert res["summary"]["fields"]["departed"] == 0 and res["summary"]["fields"]["failed"] > 0
     assert not res["departures"]
-    assert verify.format_verify(res).endswith("FAILED: 4 relation(s) failed")
+    assert verify.format_verify(res).endswith(
+        "FAILED: 4 relation(s) and 31 real-vs-model field(s) failed"
+    )
 
 
 def test_capture_without_evidence_gets_no_departure() -> None:
@@ -299,7 +301,7 @@ def test_model_side_compares_with_the_real_observation(monkeypatch: pytest.Monke
 
     model = shifted(_real())
     assert verify.check_relations(model)["get-clock-equals-record"][0]
-    monkeypatch.setattr(verify, "model_runner", lambda: (shifted, "shifted"))
+    monkeypatch.setattr(verify, "model_runner", lambda profile=None: (shifted, "shifted"))
     res = verify.verify_run(_real())
     rel = {r["name"]: r for r in res["relations"]}["get-clock-equals-record"]
     assert rel["real"]["held"] and rel["outcome"] == "failed"
@@ -316,7 +318,7 @@ def test_model_relation_failure_makes_verify_fail(monkeypatch: pytest.MonkeyPatc
         run.obs["clock_back"]["flags"] = 0
         return run
 
-    monkeypatch.setattr(verify, "model_runner", lambda: (broken, "broken"))
+    monkeypatch.setattr(verify, "model_runner", lambda profile=None: (broken, "broken"))
     res = verify.verify_run(_real())
     rel = {r["name"]: r for r in res["relations"]}["matching-write-masterclock-back"]
     assert rel["real"]["held"] is True and rel["outcome"] == "failed"
@@ -327,7 +329,7 @@ def test_model_replay_failure_fails_verify(monkeypatch: pytest.MonkeyPatch) -> N
     def boom(real: verify.ScenarioRun) -> verify.ScenarioRun:
         raise ZeroDivisionError("replay blew up")
 
-    monkeypatch.setattr(verify, "model_runner", lambda: (boom, "boom"))
+    monkeypatch.setattr(verify, "model_runner", lambda profile=None: (boom, "boom"))
     res = verify.verify_run(_real())
     assert not res["ok"]
     assert res["model"] == "model replay failed: ZeroDivisionError: replay blew up"
@@ -342,7 +344,7 @@ def test_model_replay_failure_fails_verify(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_missing_model_fails_verify(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify, "model_runner", lambda: (None, "model unavailable: no x86"))
+    monkeypatch.setattr(verify, "model_runner", lambda profile=None: (None, "model unavailable: no x86"))
     res = verify.verify_run(_real())
     assert not res["ok"] and res["model"] == "model unavailable: no x86"
     assert all(r["outcome"] == "failed" for r in res["relations"])
@@ -351,7 +353,11 @@ def test_missing_model_fails_verify(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_replay_model_runner_is_the_replay() -> None:
     runner, why = replay.model_runner()
-    assert runner is verify.replay_model and "gtod" in why
+    assert runner is not None and "upstream" in why and "6.18" in why
+    real = _real()
+    assert runner(real).to_json() == verify.replay_model(real, profile="upstream").to_json()
+    _, why_gtod = replay.model_runner("gtod")
+    assert "gtod" in why_gtod and "4.13" in why_gtod
 
 
 def test_comparison_on_the_fixture(model: verify.ScenarioRun) -> None:
@@ -423,8 +429,8 @@ def test_guest_tsc_bound_at_the_window_edges(
 
 
 def test_replay_rejects_bad_runs() -> None:
-    with pytest.raises(ValueError, match="profile"):
-        verify.replay_model(_real(), profile="upstream")
+    with pytest.raises(ValueError, match="gtod, series, upstream"):
+        verify.replay_model(_real(), profile="linux-2.6")
     bad = _real()
     bad.tsc_khz = 0
     with pytest.raises(ValueError, match="tsc_khz"):

@@ -1,7 +1,7 @@
 """The ``kvmclock`` command (also ``python -m kvmclock``).
 
-Commands: simulate, scenarios, scale, decode, trace, host, verify. Exit codes (one line on
-stderr for every failure, never a traceback unless ``--debug``):
+Commands: simulate, profiles, drift, scenarios, scale, decode, trace, host, verify. Exit codes
+(one line on stderr for every failure, never a traceback unless ``--debug``):
 
 * 0 success. A livelock the model detects (scenario ``patch09-hang``) is a result: the run
   stops there, reports it (``livelock`` in the JSON, a LIVELOCK key moment) and exits 0.
@@ -580,6 +580,51 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    """``kvmclock drift``: the three clock definitions' rates and the guest clock's step at a
+    masterclock update ``--seconds`` after the last one (:mod:`kvmclock.drift`)."""
+    from kvmclock import drift
+    from kvmclock.profiles import parse_assignments, resolve_profile
+
+    try:
+        profile = resolve_profile(str(args.profile).strip(), **parse_assignments(args.set or []))
+        d = drift.predict(args.tsc_khz, args.guest_khz, args.vendor, args.seconds, profile)
+    except ValueError as exc:  # DriftInputError, or an unknown profile / switch / value
+        msg = str(exc)
+        for name, option in (("tsc_khz", "--tsc-khz"), ("guest_khz", "--guest-khz"),
+                             ("seconds", "--seconds"), ("vendor", "--vendor")):
+            msg = re.sub(rf"(?<![\w-]){name}\b", option, msg)
+        raise UsageError(f"kvmclock drift: {msg}") from None
+    doc = d.to_json()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    base = ("CLOCK_MONOTONIC_RAW + boot offset" if doc["time_base"] == "raw"
+            else "CLOCK_BOOTTIME")
+    mode = {"native": "same rate as the host", "scaled": f"scaled, ratio {doc['ratio'] or 0:#x}",
+            "catchup": "catch-up, no scaling hardware"}[doc["tsc_mode"]]
+    a, b, c, jump = doc["a"], doc["b"], doc["c"], doc["jump_ns"]
+    direction = ("forward" if jump > 0 else "back") if jump else "not at all"
+    print("\n".join([
+        f"host TSC {doc['tsc_khz']} kHz, guest TSC {doc['guest_khz']} kHz ({mode}; "
+        f"{doc['vendor']}), profile {doc['profile']} (Linux {doc['kernel']}): kvmclock base "
+        f"{base}",
+        f"  A  base + kvmclock_offset     mult {a['mult']} shift {a['shift']}: "
+        f"{doc['a_ppb']:+.6f} ppb",
+        f"  B  guest TSC, guest record    mul {b['tsc_to_system_mul']} shift {b['tsc_shift']} "
+        f"({doc['record_tsc_khz']} kHz): {doc['b_ppb']:+.6f} ppb",
+        f"  C  host TSC, host record      mul {c['tsc_to_system_mul']} shift {c['tsc_shift']}: "
+        f"{doc['c_ppb']:+.6f} ppb",
+        f"  A-B {doc['a_minus_b_ppb']:+.6f} ppb ({doc['a_minus_b_ms_per_day']:+.4f} ms/day), "
+        f"B-C {doc['b_minus_c_ppb']:+.6f} ppb",
+        f"  over {doc['seconds']:g} s ({doc['cycles']} host cycles): A +{doc['a_ns']} ns, "
+        f"B +{doc['b_ns']} ns, C +{doc['c_ns']} ns",
+        f"  jump_ns {jump:+d}: at the masterclock update the guest clock steps {direction} "
+        "(from B to A)",
+    ]))
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------
 # decode
 # --------------------------------------------------------------------------------------------
@@ -836,11 +881,25 @@ def cmd_host(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from kvmclock.real.verify import format_verify, run_verify
+    from kvmclock.real.capture import real_run
+    from kvmclock.real.verify import format_verify, verify_run
 
-    result = run_verify(scenarios=args.scenario or None)
-    print(json.dumps(result, indent=2, default=str) if args.json else format_verify(result))
-    return EXIT_OK if result.get("ok") else EXIT_FAILED
+    profiles = _profiles_arg(args, "verify")
+    unknown = [n for n in (args.scenario or []) if n != "clock-relations"]
+    if unknown:
+        raise UsageError(f"verify: unknown scenario {unknown[0]!r}; choose: clock-relations")
+    real, trace_status = real_run(None)  # one real capture, judged under every profile
+    results = [verify_run(real, trace_status=trace_status, profile=p) for p in profiles]
+    if args.json:
+        doc: Any = results[0] if len(results) == 1 else {"runs": results}
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print("\n\n".join(
+            (f"== profile {r['profile']['name']} (Linux {r['profile']['kernel']})\n"
+             if len(results) > 1 else "") + format_verify(r)
+            for r in results
+        ))
+    return EXIT_OK if all(r.get("ok") for r in results) else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------------------------
@@ -964,6 +1023,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_scale)
 
     s = sub.add_parser(
+        "drift", help="drift of the three KVM clock definitions, jump at a re-anchor",
+        description="Exact integer prediction of the three KVM clock definitions' rates "
+        "(A: host base clock + kvmclock_offset; B: what the guest computes from its record and "
+        "TSC; C: KVM_GET_CLOCK's extrapolation from the host TSC), in ppb against true time, "
+        "and of jump_ns, the guest clock's step (positive = forward) at a masterclock update "
+        "--seconds after the last one.",
+        epilog="examples:\n  kvmclock drift --tsc-khz 1995311\n"
+        "  kvmclock drift --tsc-khz 2999999 --guest-khz 1499999 --vendor vmx --json\n"
+        "  kvmclock drift --tsc-khz 2593992 --seconds 2592000    # 30 days",
+        formatter_class=fmt,
+    )
+    s.add_argument("--tsc-khz", type=_int_arg("--tsc-khz", 1, U32_MAX), required=True,
+                   metavar="F", help="host TSC frequency (kHz, as calibrated: tsc_khz)")
+    s.add_argument("--guest-khz", type=_int_arg("--guest-khz", 1, U32_MAX), metavar="G",
+                   help="guest TSC frequency (KVM_SET_TSC_KHZ, kHz; default the host's)")
+    s.add_argument("--vendor", choices=["vmx", "svm", "none"], default="vmx",
+                   help="host TSC scaling: vmx (48 fraction bits), svm (32), none (default vmx)")
+    s.add_argument("--seconds", default="5", metavar="T",
+                   help="seconds since the last masterclock update (default 5)")
+    s.add_argument("--profile", default="upstream", metavar="NAME",
+                   help="kernel profile (default upstream; kvmclock profiles lists them)")
+    s.add_argument("--set", action="append", metavar="SWITCH=VALUE",
+                   help="flip one behaviour switch of the profile (repeatable)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_drift)
+
+    s = sub.add_parser(
         "decode", help="decode pvclock (32-byte) and wall clock (12-byte) records",
         description="Decode pvclock_vcpu_time_info (32 bytes) and pvclock_wall_clock "
         "(12 bytes) records from hex (bytes in memory order; spaces, commas, newlines and 0x "
@@ -1012,13 +1098,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "verify", help="model vs the real /dev/kvm on built-in scenarios",
-        description="Run the model and the real /dev/kvm side by side and report every "
-        "relation (SPEC.md section 7). Exit 1 when a relation did not hold, 3 when /dev/kvm "
-        "is missing.",
+        description="Run a scripted scenario on the real /dev/kvm, replay the same inputs on "
+        "the model (profile upstream by default), and report every relation as held, "
+        "departed (with the machine evidence that excuses it) or failed. Exit 1 when a "
+        "relation failed, 3 when /dev/kvm is missing.",
         epilog="example:\n  kvmclock verify --json", formatter_class=fmt,
     )
     s.add_argument("--scenario", action="append", metavar="NAME",
                    help="run only this scenario (repeatable)")
+    _add_profile_args(s, default="upstream")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_verify)
     # --debug after the command too (kvmclock simulate --debug); SUPPRESS keeps a --debug
@@ -1029,7 +1117,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_COMMANDS = ("simulate", "profiles", "scenarios", "scale", "decode", "trace", "host", "verify")
+_COMMANDS = ("simulate", "profiles", "drift", "scenarios", "scale", "decode", "trace", "host", "verify")
 
 
 def _one_line(text: str) -> str:

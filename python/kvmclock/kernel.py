@@ -63,7 +63,7 @@ class Kernel:
         name: str | None = None,
         hz: int = 250,
         clocksource_override: str | None = None,
-        kvmclock_rating: int = 400,
+        kvmclock_rating: int | None = None,
         pvti_gpa: int = 0,
     ) -> None:
         cfg = resolve_profile(profile)
@@ -71,9 +71,13 @@ class Kernel:
             raise TypeError(f"hz must be an int, got {type(hz).__name__}")
         if not 1 <= hz <= 10_000:
             raise ValueError(f"hz={hz} out of range (1..10000)")
-        if isinstance(kvmclock_rating, bool) or not isinstance(kvmclock_rating, int):
-            raise TypeError(f"kvmclock_rating must be an int, got {type(kvmclock_rating).__name__}")
-        if not 0 <= kvmclock_rating <= 1000:
+        if kvmclock_rating is not None and (
+            isinstance(kvmclock_rating, bool) or not isinstance(kvmclock_rating, int)
+        ):
+            raise TypeError(
+                f"kvmclock_rating must be an int or None, got {type(kvmclock_rating).__name__}"
+            )
+        if kvmclock_rating is not None and not 0 <= kvmclock_rating <= 1000:
             raise ValueError(
                 f"kvmclock_rating={kvmclock_rating} out of range (0..1000; 400 in 2017, 299 later)"
             )
@@ -90,7 +94,8 @@ class Kernel:
         self.name = name if name is not None else f"L{machine.level}"
         self.hz = hz
         self.clocksource_override = clocksource_override
-        self.kvmclock_rating = kvmclock_rating
+        self.kvmclock_rating_override = kvmclock_rating
+        """An explicit kvm-clock rating (None: the profile's ``kvmclock_rating`` rule)."""
         self.pvti_gpa = pvti_gpa
         self.counters: collections.Counter[str] = collections.Counter()
         self.current_cpu = 0
@@ -127,6 +132,29 @@ class Kernel:
                 self.current_cpu = prev
 
         return self.machine.run_on_cpu(cpu, body)
+
+    @property
+    def kvmclock_rating(self) -> int:
+        """The rating kvm-clock registers with (``kvmclock_init``, arch/x86/kernel/kvmclock.c).
+
+        The explicit ``kvmclock_rating`` argument if given; else 400, or 299 under the switch
+        ``kvmclock_rating=299_if_invariant_tsc`` (5.1+, 7539b174aef4) when the machine offers
+        CONSTANT_TSC and NONSTOP_TSC ("constant_tsc", "nonstop_tsc": the guest sees an
+        invariant TSC) and the TSC is not marked unstable.  (In the real kernel the unstable
+        test can never be true there: kvmclock_init runs before ``tsc=unstable`` is parsed;
+        here a TSC marked unstable before boot counts.)
+        """
+        if self.kvmclock_rating_override is not None:
+            return self.kvmclock_rating_override
+        features = self.machine.features
+        if (
+            self.cfg.kvmclock_rating == "299_if_invariant_tsc"
+            and "constant_tsc" in features
+            and "nonstop_tsc" in features
+            and not self.check_tsc_unstable()
+        ):
+            return 299
+        return 400
 
     def printk(self, text: str, level: str = "info") -> None:
         """A kernel log line, appended to the world's event log."""
@@ -304,9 +332,11 @@ class Kernel:
         """Boot the time subsystem now (``world.now_ns``).
 
         Order: kvmclock_init (boot CPU MSR) and the secondary CPUs' MSRs when the machine has
-        "kvmclock"; kvm_setup_vsyscall_timeinfo; register kvm-clock (rating ``kvmclock_rating``);
+        "kvmclock"; kvm_setup_vsyscall_timeinfo; register kvm-clock (rating ``kvmclock_rating``:
+        the explicit one, else the profile's rule);
         timekeeping_init on jiffies; register tsc (registered at once, as with a known TSC
-        frequency: the 2017 delayed refinement is not modelled), hpet, acpi_pm;
+        frequency: the 2017 delayed refinement is not modelled), hpet, acpi_pm (a VM's emulated
+        ones when it offers them);
         clocksource_done_booting (selection, possibly an override); start the tick on
         ``tick_cpu`` every TICK_NSEC and the watchdog every 0.5 s.
         """

@@ -217,7 +217,9 @@ SWITCHES: Mapping[str, Switch] = _switches(
     Switch(
         "nested_tsc_scaling",
         ONOFF,
-        "an L2 guest's TSC scaling ratio and offset compose with L1's (L1 ratio x L2 ratio)",
+        "KVM offers TSC scaling to its guests' KVM (nested VMX/SVM), and an L2 guest's TSC "
+        "scaling ratio and offset compose with L1's (L1 ratio x L2 ratio); off: L1's KVM has "
+        "no TSC scaling",
         "5.14",
         "d041b5ea9335",
         "arch/x86/kvm/x86.c kvm_calc_nested_tsc_multiplier",
@@ -240,15 +242,54 @@ SWITCHES: Mapping[str, Switch] = _switches(
         "kvm_get_wall_clock_epoch",
         "arch/x86/kvm/x86.c kvm_write_wall_clock",
     ),
+    # -- the guest kernel -----------------------------------------------------------------------
+    Switch(
+        "kvmclock_rating",
+        ("always_400", "299_if_invariant_tsc"),
+        "kvm-clock registers with rating 400, or with 299 (below tsc's 300, so the guest picks "
+        "tsc) when the guest sees CONSTANT_TSC and NONSTOP_TSC and the TSC is not unstable",
+        "5.1",
+        "7539b174aef4",
+        "arch/x86/kernel/kvmclock.c kvmclock_init",
+    ),
+    Switch(
+        "clocksource_watchdog",
+        ("4.13", "6.18"),
+        "the clocksource watchdog's verdict: skew over WATCHDOG_THRESHOLD (62.5 ms) per 0.5 s "
+        "(4.13), or over the sum of both uncertainty margins (500 us for tsc/kvm-clock/hpet) "
+        "after a wd-cs-wd read-back with retries, long intervals skipped (6.18.0)",
+        "5.14",
+        "db3a34e17433 (read-back retries, 5.14), 2e27e793e280 (uncertainty margins) and later",
+        "kernel/time/clocksource.c clocksource_watchdog, cs_watchdog_read",
+    ),
+    Switch(
+        "tsc_watchdog_exemption",
+        ONOFF,
+        "the watchdog does not verify tsc (no CLOCK_SOURCE_MUST_VERIFY) on a machine with "
+        "CONSTANT_TSC, NONSTOP_TSC and TSC_ADJUST and at most 4 packages",
+        "5.16",
+        "b50db7095fe0 (4 packages since 233756a640be)",
+        "arch/x86/kernel/tsc.c check_system_tsc_reliable",
+    ),
     # -- trace text -----------------------------------------------------------------------------
     Switch(
         "trace_format",
-        ("4.13", "series", "6.18"),
-        "the text of kvm_update_master_clock/kvm_track_tsc: hostclock as a VCLOCK_* symbol "
-        "(4.13), as 'stable %u' (series), or as a VDSO_CLOCKMODE_* symbol (6.18)",
-        "5.7",
-        "VDSO_CLOCKMODE_* symbols in arch/x86/kvm/trace.h",
+        ("hostclock_symbol", "hostclock_stable"),
+        "the host clock in kvm_update_master_clock/kvm_track_tsc: the vclock mode as a "
+        "host_clocks symbol ('hostclock tsc'; 6.18 names the same table VDSO_CLOCKMODE_*, "
+        "with the same numbers and text) or the series' bool ('hostclock stable 1')",
+        "series",
+        "series patch 09",
         "arch/x86/kvm/trace.h",
+    ),
+    Switch(
+        "pvclock_trace_version",
+        ("odd", "final"),
+        "kvm_pvclock_update traces the record with the odd in-between version before the "
+        "full write (4.13 kvm_setup_pvclock_page), or with the final even version after it",
+        "5.18",
+        "KVM: x86: Use gfn_to_pfn_cache for pv_time (kvm_setup_guest_pvclock)",
+        "arch/x86/kvm/x86.c kvm_setup_guest_pvclock",
     ),
 )
 
@@ -380,7 +421,11 @@ _GTOD: dict[str, SwitchValue] = {
     "nested_tsc_scaling": False,
     "tiny_ratio_clamp": False,
     "wall_clock": "boottime",
-    "trace_format": "4.13",
+    "trace_format": "hostclock_symbol",
+    "kvmclock_rating": "always_400",
+    "clocksource_watchdog": "4.13",
+    "tsc_watchdog_exemption": False,
+    "pvclock_trace_version": "odd",
 }
 _SERIES: dict[str, SwitchValue] = {
     **_GTOD,
@@ -388,7 +433,7 @@ _SERIES: dict[str, SwitchValue] = {
     "clocksource_change_chain": True,
     "kvm_host_clock": "timekeeper",
     "stable_pvclock_host": True,
-    "trace_format": "series",
+    "trace_format": "hostclock_stable",
 }
 _UPSTREAM: dict[str, SwitchValue] = {
     **_GTOD,
@@ -403,7 +448,10 @@ _UPSTREAM: dict[str, SwitchValue] = {
     "nested_tsc_scaling": True,
     "tiny_ratio_clamp": True,
     "wall_clock": "single_tsc_read",
-    "trace_format": "6.18",
+    "pvclock_trace_version": "final",
+    "kvmclock_rating": "299_if_invariant_tsc",
+    "clocksource_watchdog": "6.18",
+    "tsc_watchdog_exemption": True,
 }
 
 PROFILES: Mapping[str, Profile] = MappingProxyType(

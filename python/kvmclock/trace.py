@@ -80,10 +80,28 @@ CLOCK_EVENTS = (
     "kvm_pvclock_update",
 )
 
-#: ``host_clocks`` symbol table of ``__print_symbolic`` in arch/x86/kvm/trace.h (July 2017 to
-#: today: VCLOCK_NONE / VDSO_CLOCKMODE_NONE = 0 "none", TSC = 1 "tsc"). Values without an entry
-#: print as ``0x%lx`` (``trace_print_symbols_seq``), e.g. PVCLOCK = 2 prints ``0x2``.
-HOST_CLOCKS: dict[int, str] = {0: "none", 1: "tsc"}
+#: The host clock modes: 4.13 ``VCLOCK_*`` (arch/x86/include/asm/clocksource.h) and since 5.7
+#: ``enum vdso_clock_mode`` (include/vdso/clocksource.h: NONE first, then the x86
+#: VDSO_ARCH_CLOCKMODES TSC, PVCLOCK, HVCLOCK of arch/x86/include/asm/vdso/clocksource.h).
+#: The numbers did not change: NONE 0, TSC 1, PVCLOCK 2, HVCLOCK 3.
+VCLOCK_MODES: dict[str, int] = {"VCLOCK_NONE": 0, "VCLOCK_TSC": 1, "VCLOCK_PVCLOCK": 2,
+                                "VCLOCK_HVCLOCK": 3}
+VDSO_CLOCKMODES: dict[str, int] = {"VDSO_CLOCKMODE_NONE": 0, "VDSO_CLOCKMODE_TSC": 1,
+                                   "VDSO_CLOCKMODE_PVCLOCK": 2, "VDSO_CLOCKMODE_HVCLOCK": 3}
+
+#: ``host_clocks`` symbol table of ``__print_symbolic`` in arch/x86/kvm/trace.h: 4.13
+#: ``{VCLOCK_NONE, "none"}, {VCLOCK_TSC, "tsc"}``; 6.18 names the same two entries
+#: ``VDSO_CLOCKMODE_NONE``/``VDSO_CLOCKMODE_TSC``, and the mode numbers did not change, so both
+#: print the same text for every mode.  Values without an entry print as ``0x%lx``
+#: (``trace_print_symbols_seq``), e.g. PVCLOCK = 2 prints ``0x2``.
+HOST_CLOCKS: dict[int, str] = {
+    VCLOCK_MODES["VCLOCK_NONE"]: "none",
+    VCLOCK_MODES["VCLOCK_TSC"]: "tsc",
+}
+assert HOST_CLOCKS == {
+    VDSO_CLOCKMODES["VDSO_CLOCKMODE_NONE"]: "none",
+    VDSO_CLOCKMODES["VDSO_CLOCKMODE_TSC"]: "tsc",
+}
 
 #: The pre-2017 table also had ``{VCLOCK_HPET, "hpet"}`` with VCLOCK_HPET = 2; the parser
 #: accepts that symbol from old traces (then 2 meant HPET, not PVCLOCK).
@@ -96,8 +114,8 @@ FORMAT_BY_PROFILE: dict[str, Literal["before", "after"]] = {
     "upstream": "before",
     "series": "after",
     # the values of the ``trace_format`` switch (kvmclock.profiles)
-    "4.13": "before",
-    "6.18": "before",
+    "hostclock_symbol": "before",
+    "hostclock_stable": "after",
 }
 
 
@@ -232,7 +250,11 @@ def fields_track_tsc(
         if host_clock is None:
             raise ValueError(f"host_clock (vclock mode) is required for profile {profile!r}")
         return fields_track_tsc_before(
-            vcpu_id, use_master_clock, nr_vcpus_matched_tsc, online_vcpus, host_clock
+            vcpu_id,
+            use_master_clock,
+            nr_vcpus_matched_tsc,
+            online_vcpus,
+            host_clock,
         )
     if host_clock_stable is None:
         raise ValueError(f"host_clock_stable is required for profile {profile!r}")

@@ -23,6 +23,7 @@ from kvmclock.kvm.x86 import (
     KvmModule,
     MasterclockLivelock,
     SpinLock,
+    TimeScaleLivelock,
     Vcpu,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "KvmModule",
     "MasterclockLivelock",
     "SpinLock",
+    "TimeScaleLivelock",
     "Vcpu",
     "VcpuCpu",
     "VirtualMachine",

@@ -12,9 +12,14 @@ kernel names); ``Vcpu`` is one vCPU (``struct kvm_vcpu_arch`` clock fields).  Tw
   the clocksource change chain (``process_clocksource_change``), TSC or a stable pvclock
   counts as stable; traces print ``hostclock stable 1``.
 
-Where 2017 and today differ, 2017 is followed (kvmclock base = ``ktime_get_boot_ns``, any
-MSR_IA32_TSC write synchronises, ``kvm_track_tsc_matching`` requests whenever masterclock is
-on, ``backwards_tsc_observed`` global); each choice is noted next to the code.
+Where 2017 and today differ, a switch of :mod:`kvmclock.profiles` picks the behaviour (clock
+side: ``kvmclock_base``, ``masterclock_sync``, ``kvm_clock_realtime``, ``wall_clock``,
+``trace_format``, ``pvclock_trace_version``; TSC side: ``guest_tsc_write_syncs``,
+``user_set_tsc``, ``masterclock_request``, ``vcpu_tsc_offset_attr``, ``vm_tsc_khz``,
+``tiny_ratio_clamp``, ``nested_tsc_scaling``); elsewhere 2017 is followed
+(``backwards_tsc_observed`` global); each choice is noted next to the code.  The host's
+TSC-scaling hardware (``vmx``, ``svm``, ``none``) is a property of the machine
+(``PhysicalMachine(tsc_scaling=...)``), not of the profile.
 
 Everything runs synchronously in simulated time: "kernel code on a CPU" means inside
 ``kernel.run_on_cpu(cpu, fn)``; ``rdtsc()`` is the TSC of ``kernel.current_cpu``.
@@ -22,19 +27,16 @@ Everything runs synchronously in simulated time: "kernel code on a CPU" means in
 Where the model departs from the kernel it claims (v4.13 arch/x86/kvm/x86.c, plus the series
 in profile ``series``), and why:
 
-* ``Kvm.get_clock(extended=True)`` adds KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC with a
-  realtime and a host TSC, with or without masterclock.  v4.13 has no such flags (KVM_GET_CLOCK
-  returns ``get_kvmclock_ns`` and KVM_CLOCK_TSC_STABLE iff masterclock); the kernel that has
-  them (5.16+) sets them only while masterclock is on, and then computes ``clock`` from that
-  same host TSC.  Kept so a scenario can show today's ioctl next to 2017's; the flag bits
-  are today's values.
-* ``Kvm.set_clock`` accepts KVM_CLOCK_REALTIME under both 2017 profiles; v4.13 returns
-  -EINVAL for any non-zero flag.  The realtime path is today's (advance ``clock`` by how far
-  host realtime is past ``realtime``) but keeps the 2017 base (``ktime_get_boot_ns``, not
-  today's raw-monotonic base) without masterclock, and it refuses KVM_CLOCK_TSC_STABLE and
-  KVM_CLOCK_HOST_TSC, which today's kernel accepts and ignores (KVM_CLOCK_VALID_FLAGS) so
-  userspace can hand GET_CLOCK's result back.  Reason: the set-clock scenario compares the
-  2017 and today's semantics on one model.
+* PVCLOCK_GUEST_STOPPED only on the kvmclock copy (6.15, "PV clock changes"): no switch.
+  The model writes only the kvmclock copy (no Hyper-V TSC page, no Xen copies) and
+  ``kvm_set_guest_paused`` already refuses a vCPU without kvmclock, so a pending request is
+  always consumed by the kvmclock copy: the 6.15 change has no observable effect here.
+* The timekeeper models no NTP (``tkr_mono.mult`` stays the clocksource's), so the two
+  kvmclock bases of switch ``kvmclock_base`` (``boot``: tkr_mono + offs_boot; ``raw``:
+  tkr_raw + offs_boot) run at the same rate and differ only by how the two read bases were
+  set (equal at boot here) and by the sub-nanosecond truncation of each read (at most 1 ns);
+  the rate difference the kernel has (NTP slews mono, never raw) appears only when something
+  changes ``tkr_mono.mult`` (tests do, as ``timekeeping_apply_adjustment`` would).
 * No ``kvm_arch_hardware_enable`` (CPU hotplug, resume from suspend): the backwards-TSC
   check against every vCPU's ``last_host_tsc`` there is missing, so
   ``backwards_tsc_observed`` (a field, read by the masterclock rule) is never set,
@@ -43,18 +45,19 @@ in profile ``series``), and why:
   is therefore dead; it also adds the adjustment unscaled where the kernel's
   ``adjust_tsc_offset_host`` scales it with ``kvm_scale_tsc``.  The only backwards-TSC path
   modelled is the one in ``kvm_arch_vcpu_load`` (a vCPU moving to a CPU whose TSC is behind).
-* ``Vcpu.tsc_always_catchup`` is never set: ``set_tsc_khz`` is modelled only with hardware
-  TSC scaling (VMX, 48 fraction bits, ``kvm_has_tsc_control``), so the no-scaling path
-  (a guest kHz above the host's -> catch-up on every exit; below -> refused) does not exist,
-  and the scaling ratio is not checked against 0 and the vendor maximum; SVM's 32-bit
-  ratio is not modelled.
+* ``KVM_SET_TSC_KHZ`` (both ioctls) tests ``khz >= max_guest_tsc_khz`` only with TSC scaling
+  hardware, as since about 5.9, in every profile; v4.13 tested it always, and without
+  scaling hardware (``max_guest_tsc_khz`` 0) refused every value.  A ratio that does not fit
+  64 bits (VMX guest >= 65536 x host, reachable only through ``create_vm(tsc_khz=...)``,
+  which has no ioctl gate) raises ``ValueError`` where the kernel divides with a #DE.
 * The L1 TSC offset is ``tsc_offset`` (``Vcpu.l1_tsc_offset``): no nested VMX/SVM TSC state
   (vmcs12/vmcb12 offset and multiplier), so ``kvm_read_l1_tsc`` is the offset plus the
   scaled host TSC.  Nesting is modelled as a guest kernel running its own KVM on virtual
-  CPUs whose TSC is L0's guest TSC, not as L0 KVM emulating VMX for L1.
-* No ``kvmclock_sync_work`` (``kvmclock_sync_fn``, every KVMCLOCK_SYNC_PERIOD = 300 s from
-  ``kvm_arch_vcpu_postcreate``): a record changes only on a request, also in runs longer
-  than 300 s.
+  CPUs whose TSC is L0's guest TSC, not as L0 KVM emulating VMX for L1.  Switch
+  ``nested_tsc_scaling`` acts in two places: the L1 machine offers TSC scaling to L1's KVM
+  only with it (``VirtualMachine.tsc_scaling``), and an L2 vCPU with its own ratio reads
+  the TSC L0 composes (``VcpuCpu.read_tsc``: ``kvm_calc_nested_tsc_multiplier/offset``,
+  recomputed at every read, where the kernel recomputes them at nested entry and on writes).
 * No kicks or IPIs: a request is taken when the vCPU next enters in simulated time
   (``kvmclock_update_fn`` kicks every vCPU in the kernel; ``kvm_make_mclock_inprogress_request``
   kicks and waits).  An entry with MCLOCK_INPROGRESS pending cannot happen in the kernel (the
@@ -64,12 +67,17 @@ in profile ``series``), and why:
   queued it (the kernel: whenever a system_long_wq worker runs).
 * CONSTANT_TSC: ``cpu_tsc_khz`` is the CPU's calibrated ``tsc_khz``; no cpufreq notifier, so
   ``kvm_guest_time_update``'s retry on ``cpu_tsc_khz == 0`` never happens in the scenarios.
-* ``update_ia32_tsc_adjust_msr`` runs on every guest MSR_IA32_TSC write (as if the guest had
-  TSC_ADJUST in CPUID); ``ia32_tsc_adjust_msr`` is kept but never read: MSR_IA32_TSC_ADJUST,
-  MSR_KVM_WALL_CLOCK(_NEW) and every other MSR are not modelled (``ValueError``).
-* The guest TSC frequency is one per-VM ``tsc_khz`` given at VM creation and applied to each
-  vCPU by ``kvm_set_tsc_khz`` at vCPU creation (like today's VM-wide KVM_SET_TSC_KHZ); v4.13
-  set ``max_tsc_khz`` at vCPU init and changed it per vCPU with the vCPU ioctl.
+* A guest MSR_IA32_TSC write moves ``ia32_tsc_adjust_msr`` (v4.13's
+  ``update_ia32_tsc_adjust_msr``, 5.10's ``+= adj``) as if the guest had TSC_ADJUST in
+  CPUID; ``ia32_tsc_adjust_msr`` is kept but never read: MSR_IA32_TSC_ADJUST
+  and every MSR but the clock ones (IA32_TSC, KVM_SYSTEM_TIME(_NEW), KVM_WALL_CLOCK(_NEW))
+  are not modelled (``ValueError``); the wall-clock MSRs skip the kernel's
+  ``guest_pv_has(KVM_FEATURE_CLOCKSOURCE(2))`` check.
+* ``create_vm(tsc_khz=...)`` applies one frequency to each vCPU by ``kvm_set_tsc_khz`` at
+  vCPU creation in every profile (what a VMM does with the vCPU ioctl right after creating
+  each vCPU, or 5.18's VM ioctl); a frequency the host hardware cannot run is refused there
+  with the ioctl's -EINVAL.  The ioctls themselves are ``Kvm.set_vcpu_tsc_khz`` (every
+  profile) and ``Kvm.set_vm_tsc_khz`` (switch ``vm_tsc_khz``).
 * ``kvm_arch_init_vm`` takes ``masterclock_lock`` around the first masterclock computation;
   the kernel calls ``pvclock_update_vm_gtod_copy`` unlocked (no vCPU exists yet).  Only the
   lock's acquisition count can tell.
@@ -107,14 +115,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULTS",
+    "KVMCLOCK_SYNC_PERIOD_NS",
     "KVMCLOCK_UPDATE_DELAY_NS",
     "KVM_CLOCK_HOST_TSC",
     "KVM_CLOCK_REALTIME",
     "KVM_CLOCK_TSC_STABLE",
+    "KVM_CLOCK_VALID_FLAGS",
     "MSR_IA32_TSC",
     "MSR_KVM_SYSTEM_TIME",
     "MSR_KVM_SYSTEM_TIME_NEW",
+    "MSR_KVM_WALL_CLOCK",
+    "MSR_KVM_WALL_CLOCK_NEW",
     "PVCLOCK_GTOD_WORK_DELAY_NS",
+    "TSC_SCALING_CAPS",
     "VCLOCK_NONE",
     "VCLOCK_PVCLOCK",
     "VCLOCK_TSC",
@@ -125,6 +138,7 @@ __all__ = [
     "MasterclockLivelock",
     "PvclockGtodData",
     "SpinLock",
+    "TimeScaleLivelock",
     "Vcpu",
 ]
 
@@ -138,10 +152,14 @@ USEC_PER_SEC = 1_000_000
 MSR_IA32_TSC = 0x10
 MSR_KVM_SYSTEM_TIME = 0x12
 MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
+MSR_KVM_WALL_CLOCK = 0x11
+MSR_KVM_WALL_CLOCK_NEW = 0x4B564D00
 # include/uapi/linux/kvm.h (KVM_CLOCK_TSC_STABLE since 2016; REALTIME/HOST_TSC since 5.16)
 KVM_CLOCK_TSC_STABLE = 2
 KVM_CLOCK_REALTIME = 1 << 2
 KVM_CLOCK_HOST_TSC = 1 << 3
+#: include/uapi/linux/kvm.h (5.16): what KVM_SET_CLOCK accepts (it acts on REALTIME only)
+KVM_CLOCK_VALID_FLAGS = KVM_CLOCK_TSC_STABLE | KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC
 # vclock modes (arch/x86/include/asm/clocksource.h, 2017)
 VCLOCK_NONE = 0
 VCLOCK_TSC = 1
@@ -149,7 +167,18 @@ VCLOCK_PVCLOCK = 2
 
 VMX_TSC_FRAC_BITS = 48  # kvm_tsc_scaling_ratio_frac_bits on VMX
 TSC_TOLERANCE_PPM = 250  # module parameter tsc_tolerance_ppm
+#: The host's TSC-scaling hardware, a property of the machine KVM runs on (not of the profile):
+#: name -> (``kvm_caps.has_tsc_control``, ``tsc_scaling_ratio_frac_bits``,
+#: ``max_tsc_scaling_ratio``).  vmx: vmx.c KVM_VMX_TSC_MULTIPLIER_MAX; svm: svm.h
+#: SVM_TSC_RATIO_MAX (2**40 - 1); none: no ratio, a faster guest runs with catch-up.
+TSC_SCALING_CAPS: dict[str, tuple[bool, int, int]] = {
+    "vmx": (True, VMX_TSC_FRAC_BITS, U64_MASK),
+    "svm": (True, 32, (1 << 40) - 1),
+    "none": (False, VMX_TSC_FRAC_BITS, 0),
+}
+MAX_GUEST_TSC_KHZ_CAP = 0x7FFFFFFF  # kvm_caps.max_guest_tsc_khz <= this (fits a signed int)
 KVMCLOCK_UPDATE_DELAY_NS = 100_000_000  # KVMCLOCK_UPDATE_DELAY = msecs_to_jiffies(100)
+KVMCLOCK_SYNC_PERIOD_NS = 300 * NSEC_PER_SEC  # KVMCLOCK_SYNC_PERIOD = 300 * HZ jiffies
 # queue_work(system_long_wq, &pvclock_gtod_work): the kworker runs a little after the notifier.
 PVCLOCK_GTOD_WORK_DELAY_NS = 10_000
 FAULTS = ("patch09-missing-do",)
@@ -170,9 +199,33 @@ def _host_clock_args(
     """``(host_clock, host_clock_stable)`` of ``kvm_update_master_clock`` / ``kvm_track_tsc``
     for :mod:`kvmclock.trace`: profile gtod traces the vclock mode (``hostclock %s`` of
     ``__print_symbolic``), profile series the stability bool (``hostclock stable %u``)."""
-    if trace_format == "series":
+    if trace_format == "hostclock_stable":
         return None, bool(host_clock)
     return int(host_clock), None
+
+
+def _check_u32(name: str, value: object) -> int:
+    """``value`` if it is an int in 0..2**32-1 (a u32 ioctl argument), else TypeError/ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= U32_MASK:
+        raise ValueError(f"{name}={value} out of range (0..2**32-1)")
+    return value
+
+
+def _check_u64(name: str, value: object) -> int:
+    """``value`` if it is an int in 0..2**64-1, else TypeError/ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= U64_MASK:
+        raise ValueError(f"{name}={value} out of range (0..2**64-1)")
+    return value
+
+
+def _s64(value: int) -> int:
+    """``value`` mod 2**64 read as a signed 64-bit integer."""
+    value &= U64_MASK
+    return value - (1 << 64) if value >> 63 else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +278,25 @@ class MasterclockLivelock(LivelockDetected):
         self.t_ns = t_ns
 
 
+class TimeScaleLivelock(LivelockDetected):
+    """``kvm_get_time_scale(NSEC_PER_SEC, 0)``: the loop that never ends (x86.c).
+
+    A guest TSC frequency so low that ``kvm_scale_tsc(cpu_tsc_khz, ratio)`` rounds to 0 kHz
+    (e.g. a 1 kHz guest on a 2,299,998 kHz VMX host: ratio 122380531) reaches
+    ``kvm_get_time_scale`` with base 0 in ``kvm_guest_time_update`` whenever the vCPU's
+    ``hw_tsc_khz`` was non-zero: its second loop doubles a zero forever.  Linux 6.16 takes
+    1 kHz instead (switch ``tiny_ratio_clamp``).  ``where`` is the kernel function, ``level``
+    the kernel level, ``t_ns`` the simulated time, ``spins`` 0 (the loop is not counted).
+    """
+
+    def __init__(self, message: str, *, where: str, level: int, t_ns: int) -> None:
+        super().__init__(message)
+        self.where = where
+        self.spins = 0
+        self.level = level
+        self.t_ns = t_ns
+
+
 @dataclass
 class HvClock:
     """``vcpu->arch.hv_clock``: KVM's copy of the 32-byte ``pvclock_vcpu_time_info``."""
@@ -239,7 +311,14 @@ class HvClock:
 
 @dataclass
 class PvclockGtodData:
-    """``struct pvclock_gtod_data`` (x86.c, profile gtod): KVM's shadow of the timekeeper."""
+    """``struct pvclock_gtod_data`` (x86.c, profile gtod): KVM's shadow of the timekeeper.
+
+    The 4.13 fields (``clock`` = tkr_mono: mode, cycle_last, mask, mult, shift,
+    ``nsec_base`` = xtime_nsec, ``boot_ns`` = base + offs_boot, ``wall_time_sec``) and the
+    5.5+ ``raw_clock`` extract of tkr_raw (``raw_*``: ``raw_base_cycles`` = xtime_nsec in
+    shifted ns, ``raw_offset`` = tkr_raw.base in ns) with ``offs_boot`` (ns) kept apart.
+    Every copy fills all of them; only the kvmclock base switch decides which are read.
+    """
 
     seq: int = 0
     vclock_mode: int = VCLOCK_NONE
@@ -250,6 +329,13 @@ class PvclockGtodData:
     boot_ns: int = 0
     nsec_base: int = 0
     wall_time_sec: int = 0
+    raw_cycle_last: int = 0
+    raw_mask: int = 0
+    raw_mult: int = 0
+    raw_shift: int = 0
+    raw_base_cycles: int = 0
+    raw_offset: int = 0
+    offs_boot: int = 0
 
 
 @dataclass
@@ -286,7 +372,7 @@ class Vcpu:
         self.pvclock_set_guest_stopped_request = False
         self.tsc_offset = 0  # u64; == l1_tsc_offset (no nested VMX/SVM TSC state modelled)
         self.tsc_offset_adjustment = 0
-        self.tsc_scaling_ratio = 1 << VMX_TSC_FRAC_BITS
+        self.tsc_scaling_ratio = kvm.module.default_tsc_scaling_ratio
         self.last_guest_tsc = 0
         self.last_host_tsc = 0
         self.this_tsc_nsec = 0
@@ -357,6 +443,11 @@ class Kvm:
         self.name = name
         self.pid = pid
         self.user_tsc_khz = tsc_khz
+        # True once KVM_SET_TSC_KHZ on the VM (5.18+) set user_tsc_khz: vCPU creation then
+        # ignores a refused frequency, as kvm_arch_vcpu_create ignores kvm_set_tsc_khz's result
+        self.tsc_khz_from_vm_ioctl = False
+        self.user_set_tsc = False  # kvm->arch.user_set_tsc (6.7+): userspace has set a TSC
+        self.last_tsc_offset = 0  # kvm->arch.last_tsc_offset (5.16+, read by KVM_VCPU_TSC_OFFSET)
         self.vcpus: list[Vcpu] = []
         self.online_vcpus = 0
         self.kvmclock_offset = 0
@@ -380,6 +471,15 @@ class Kvm:
             else "pvclock_gtod_sync_lock"
         )
         self.masterclock_lock = SpinLock(f"{name}.{lock_name}")
+        # 5.16+ (switch masterclock_sync=seqcount): kvm->arch.pvclock_sc, written under
+        # tsc_write_lock by kvm_start/end_pvclock_update; readers retry.
+        self.pvclock_sc = _k.SeqCount()
+        #: Test hook: called inside every reader of the master pair after it read the values
+        #: and before it checks them (seqcount: before read_seqcount_retry; spinlock: with the
+        #: lock held), the only way a writer can overlap a reader in this model.
+        self.pvclock_read_interleave: Callable[[], None] | None = None
+        self.wall_clock = 0  # kvm->arch.wall_clock: gpa of MSR_KVM_WALL_CLOCK(_NEW)
+        self._sync_work: Any = None  # kvmclock_sync_work (pending World event)
         self._update_work_pending = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.masterclock_timeline: list[list[Any]] = []
@@ -441,51 +541,57 @@ class Kvm:
 
         def create() -> None:
             m = self.module
-            # kvm_arch_vcpu_init: kvm_set_tsc_khz(vcpu, max_tsc_khz) (or the user's kHz)
+            # kvm_arch_vcpu_init: kvm_set_tsc_khz(vcpu, max_tsc_khz) (or the user's kHz); the
+            # result is ignored (a kHz refused here was refused by create_vm already, unless it
+            # came from the VM ioctl, which the kernel does not check against the hardware)
             host_khz = hk.machine.cpus[hk.current_cpu].tsc_khz
-            m.kvm_set_tsc_khz(vcpu, self.user_tsc_khz or host_khz, host_khz)
+            if m.kvm_set_tsc_khz(vcpu, self.user_tsc_khz or host_khz, host_khz):
+                m.moment(
+                    f"{self.name}: vcpu {vcpu.vcpu_id}: kvm_set_tsc_khz({self.user_tsc_khz}) "
+                    "failed at creation (ignored, as the kernel does)"
+                )
             # kvm_arch_vcpu_setup: vcpu_load; reset; vcpu_put
             m.kvm_arch_vcpu_load(vcpu, hk.current_cpu)
             m.kvm_arch_vcpu_put(vcpu)
             self.vcpus.append(vcpu)
             self.machine.add_cpu(vcpu)
             self.online_vcpus += 1
-            # kvm_arch_vcpu_postcreate: vcpu_load; host-initiated TSC write of 0; vcpu_put
+            # kvm_arch_vcpu_postcreate: vcpu_load; kvm_synchronize_tsc(vcpu, NULL) (v4.13: a
+            # host-initiated MSR_IA32_TSC write of 0, the same 0 without a user value); put
             m.kvm_arch_vcpu_load(vcpu, hk.current_cpu)
-            m.kvm_write_tsc(vcpu, 0, host_initiated=True)
+            m.kvm_synchronize_tsc(vcpu, None)
             m.kvm_arch_vcpu_put(vcpu)
+            # ... then schedule kvmclock_sync_work KVMCLOCK_SYNC_PERIOD later
+            m.schedule_kvmclock_sync(self)
 
         hk.run_on_cpu(self.module.ioctl_cpu, create)
         return vcpu
 
     # -- ioctls ------------------------------------------------------------------------------------
-    def get_clock(self, *, extended: bool = False) -> KvmClockData:
-        """``KVM_GET_CLOCK``: 2017 = ``get_kvmclock_ns`` + KVM_CLOCK_TSC_STABLE iff masterclock.
+    def get_clock(self) -> KvmClockData:
+        """``KVM_GET_CLOCK`` on the ioctl CPU (x86.c ``kvm_vm_ioctl_get_clock``): the
+        ``struct kvm_clock_data`` of :meth:`KvmModule.get_kvmclock` (``clock`` in ns).
 
-        ``extended=True`` adds today's (5.16+) KVM_CLOCK_REALTIME|KVM_CLOCK_HOST_TSC fields:
-        host realtime and host TSC read at the same instant (simulated time does not move).
+        Without switch ``kvm_clock_realtime`` (4.13): ``clock`` = ``get_kvmclock_ns`` and
+        flags = KVM_CLOCK_TSC_STABLE iff masterclock.  With it (5.16+): while masterclock is on,
+        ``realtime`` and ``host_tsc`` from one host TSC read and flags
+        REALTIME|HOST_TSC|TSC_STABLE, ``clock`` from that same TSC; otherwise flags 0.
         """
-        hk = self.kernel
-
-        def body() -> KvmClockData:
-            m = self.module
-            data = KvmClockData(clock=m.get_kvmclock_ns(self))
-            data.flags = KVM_CLOCK_TSC_STABLE if self.use_master_clock else 0
-            if extended:
-                data.realtime = hk.timekeeper.ktime_get_real_ns()
-                data.host_tsc = m.rdtsc()
-                data.flags |= KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC
-            return data
-
-        return hk.run_on_cpu(self.module.ioctl_cpu, body)
+        m = self.module
+        return self.kernel.run_on_cpu(m.ioctl_cpu, lambda: m.get_kvmclock(self))
 
     def set_clock(self, clock: int, flags: int = 0, realtime: int = 0) -> None:
-        """``KVM_SET_CLOCK``.  ``flags=0``: 2017 semantics (``kvm_gen_update_masterclock``, then
-        ``kvmclock_offset += clock - get_kvmclock_ns``, CLOCK_UPDATE to all vCPUs).
-        ``flags=KVM_CLOCK_REALTIME``: today's semantics (advance ``clock`` by how far host
-        realtime is past ``realtime``, never backwards; ``kvmclock_offset = clock - base``
-        where base is ``master_kernel_ns`` with masterclock, else the host boot ns).
-        Other flags: ``ValueError`` (the kernel returns -EINVAL)."""
+        """``KVM_SET_CLOCK`` (``clock``, ``realtime`` in ns; ``flags`` a u32).
+
+        Without switch ``kvm_clock_realtime`` (4.13): only ``flags=0`` (anything else is the
+        kernel's -EINVAL: ``ValueError``, naming the profile when KVM_CLOCK_REALTIME is asked
+        for); ``kvm_gen_update_masterclock``, then ``kvmclock_offset += clock -
+        get_kvmclock_ns``, CLOCK_UPDATE to all vCPUs.  With it (5.16+,
+        ``kvm_vm_ioctl_set_clock``): any subset of KVM_CLOCK_VALID_FLAGS; a full masterclock
+        recompute; only REALTIME acts (``clock += now_real - realtime`` when positive, never
+        backwards); ``kvmclock_offset = clock - (master_kernel_ns with masterclock, else
+        get_kvmclock_base_ns)``; CLOCK_UPDATE to all vCPUs.
+        """
         for name, v, bits in (
             ("clock", clock, 64),
             ("realtime", realtime, 64),
@@ -495,12 +601,27 @@ class Kvm:
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
             if not 0 <= v < (1 << bits):
                 raise ValueError(f"{name}={v} out of range (0..2**{bits}-1)")
-        if flags & ~KVM_CLOCK_REALTIME:
-            raise ValueError(
-                f"flags={flags:#x} invalid: only 0 or KVM_CLOCK_REALTIME ({KVM_CLOCK_REALTIME:#x})"
-            )
         hk = self.kernel
         m = self.module
+        cfg = m.cfg
+        if not cfg.kvm_clock_realtime:
+            if flags & KVM_CLOCK_REALTIME:
+                raise ValueError(
+                    f"flags={flags:#x}: profile {cfg.name} (Linux {cfg.kernel}) refuses "
+                    "KVM_CLOCK_REALTIME: KVM_CLOCK_REALTIME needs Linux 5.16 "
+                    "(switch kvm_clock_realtime)"
+                )
+            if flags:
+                raise ValueError(
+                    f"flags={flags:#x} invalid: profile {cfg.name} (Linux {cfg.kernel}) "
+                    "accepts only flags 0 (-EINVAL)"
+                )
+        elif flags & ~KVM_CLOCK_VALID_FLAGS:
+            raise ValueError(
+                f"flags={flags:#x} invalid: any subset of KVM_CLOCK_VALID_FLAGS "
+                f"{KVM_CLOCK_VALID_FLAGS:#x} (TSC_STABLE {KVM_CLOCK_TSC_STABLE:#x}, "
+                f"REALTIME {KVM_CLOCK_REALTIME:#x}, HOST_TSC {KVM_CLOCK_HOST_TSC:#x})"
+            )
 
         def body_2017() -> None:
             m.kvm_gen_update_masterclock(self, owner="ioctl")
@@ -509,36 +630,41 @@ class Kvm:
             for v in self.vcpus:
                 v.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
 
-        def body_realtime() -> None:
+        def new_offset() -> None:
+            data_clock = clock
+            if flags & KVM_CLOCK_REALTIME:
+                now_real_ns = hk.timekeeper.ktime_get_real_ns()
+                if now_real_ns > realtime:  # avoid stepping the kvmclock backwards
+                    data_clock += now_real_ns - realtime
+            base = self.master_kernel_ns if self.use_master_clock else m.get_kvmclock_base_ns()
+            self.kvmclock_offset = data_clock - base
+
+        def body_516() -> None:
             owner = "ioctl"
+            if cfg.masterclock_sync == "seqcount":
+                m.kvm_start_pvclock_update(self, owner)
+                m.update_masterclock(self)
+                new_offset()
+                m.kvm_end_pvclock_update(self, owner)
+                return
+            # 5.16 c68dc1b577ea before the seqcount: update, then the offset under the lock
+            m.kvm_gen_update_masterclock(self, owner)
             self.masterclock_lock.acquire(owner)
             try:
-                for v in self.vcpus:
-                    v.kvm_make_request(KVM_REQ_MCLOCK_INPROGRESS)
-                m.update_masterclock(self)
-                data_clock = clock
-                now_real_ns = hk.timekeeper.ktime_get_real_ns()
-                if now_real_ns > realtime:
-                    data_clock += now_real_ns - realtime
-                base = (
-                    self.master_kernel_ns
-                    if self.use_master_clock
-                    else hk.timekeeper.ktime_get_boot_ns()
-                )
-                self.kvmclock_offset = data_clock - base
-                for v in self.vcpus:
-                    v.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
-                for v in self.vcpus:
-                    v.kvm_clear_request(KVM_REQ_MCLOCK_INPROGRESS)
+                new_offset()
             finally:
                 self.masterclock_lock.release(owner)
+            for v in self.vcpus:
+                v.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
 
-        hk.run_on_cpu(m.ioctl_cpu, body_realtime if flags & KVM_CLOCK_REALTIME else body_2017)
+        hk.run_on_cpu(m.ioctl_cpu, body_516 if cfg.kvm_clock_realtime else body_2017)
         m.moment(f"VM {self.name}: KVM_SET_CLOCK clock={clock} flags={flags:#x}")
 
     def write_tsc(self, vcpu_id: int, value: int, *, host_initiated: bool = True) -> None:
         """A userspace ``KVM_SET_MSRS`` of MSR_IA32_TSC (host-initiated) on vCPU ``vcpu_id``:
-        the vCPU thread loads the vCPU on its host CPU and runs ``kvm_write_tsc``."""
+        the vCPU thread loads the vCPU on its host CPU and runs ``kvm_set_msr_common``'s
+        MSR_IA32_TSC branch (``kvm_write_tsc`` in v4.13, ``kvm_synchronize_tsc`` since 5.10;
+        ``host_initiated=False`` takes the guest-write branch)."""
         vcpu = self._vcpu(vcpu_id)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MASK:
             raise ValueError(f"value={value!r} out of range (0..2**64-1)")
@@ -546,7 +672,7 @@ class Kvm:
 
         def body() -> None:
             m.kvm_arch_vcpu_load(vcpu, self.kernel.current_cpu)
-            m.kvm_write_tsc(vcpu, value, host_initiated=host_initiated)
+            m.kvm_set_msr_common(vcpu, MSR_IA32_TSC, value, host_initiated=host_initiated)
             m.kvm_arch_vcpu_put(vcpu)
 
         self.kernel.run_on_cpu(vcpu.affinity, body)
@@ -584,6 +710,86 @@ class Kvm:
         vcpu = self._vcpu(vcpu_id)
         self.vcpu_ioctl(vcpu_id, lambda: self.module.kvm_set_guest_paused(vcpu))
 
+    def set_vm_tsc_khz(self, khz: int) -> None:
+        """``KVM_SET_TSC_KHZ`` on the VM (Linux 5.18+, switch ``vm_tsc_khz``; x86.c
+        ``kvm_arch_vm_ioctl``): the frequency in kHz of vCPUs created after it (0 = the host's
+        ``tsc_khz``).  ``ValueError`` (the kernel's -EINVAL) once a vCPU exists, or with TSC
+        scaling hardware for ``khz >= max_guest_tsc_khz``.  The kernel does not check here
+        that the hardware can run the frequency; a vCPU created with one it cannot run keeps
+        the host rate (``kvm_set_tsc_khz`` fails and its result is ignored).  Refused under a
+        profile without the VM ioctl."""
+        m = self.module
+        m.require("vm_tsc_khz", "KVM_SET_TSC_KHZ as a VM ioctl", "5.18")
+        khz = _check_u32("khz", khz)
+        if m.has_tsc_control and khz >= m.max_guest_tsc_khz():
+            raise ValueError(
+                f"khz={khz} invalid: must be below max_guest_tsc_khz={m.max_guest_tsc_khz()} "
+                f"(host {m.host_tsc_khz()} kHz, {m.tsc_scaling} TSC scaling) (-EINVAL)"
+            )
+        if khz == 0:
+            khz = m.host_tsc_khz()
+        if self.vcpus:
+            raise ValueError(
+                f"{self.name}: KVM_SET_TSC_KHZ on the VM after vCPUs were created (-EINVAL)"
+            )
+        self.user_tsc_khz = khz
+        self.tsc_khz_from_vm_ioctl = True
+        m.moment(f"VM {self.name}: KVM_SET_TSC_KHZ (VM) {khz} kHz")
+
+    def get_vm_tsc_khz(self) -> int:
+        """``KVM_GET_TSC_KHZ`` on the VM (5.18+, switch ``vm_tsc_khz``): the default kHz of new
+        vCPUs (``kvm->arch.default_tsc_khz``: the VM ioctl's value, else the host's)."""
+        m = self.module
+        m.require("vm_tsc_khz", "KVM_GET_TSC_KHZ as a VM ioctl", "5.18")
+        return self.user_tsc_khz or m.host_tsc_khz()
+
+    def set_vcpu_tsc_khz(self, vcpu_id: int, khz: int) -> None:
+        """``KVM_SET_TSC_KHZ`` on vCPU ``vcpu_id`` (every profile; x86.c
+        ``kvm_arch_vcpu_ioctl``): 0 means the host's ``tsc_khz``; ``ValueError`` (-EINVAL) for
+        ``khz >= max_guest_tsc_khz`` with TSC scaling hardware, or when ``kvm_set_tsc_khz``
+        fails (no scaling hardware and a kHz below the tolerance band; a ratio of 0 or above
+        the vendor maximum).  The TSC offset is kept: the guest TSC continues at the new rate
+        from ``offset + scale(host TSC)``, so it jumps unless userspace writes the TSC next."""
+        vcpu = self._vcpu(vcpu_id)
+        m = self.module
+        khz = _check_u32("khz", khz)
+        if m.has_tsc_control and khz >= m.max_guest_tsc_khz():
+            raise ValueError(
+                f"khz={khz} invalid: must be below max_guest_tsc_khz={m.max_guest_tsc_khz()} "
+                f"(host {m.host_tsc_khz()} kHz, {m.tsc_scaling} TSC scaling) (-EINVAL)"
+            )
+        host_khz = m.host_tsc_khz()
+        user = khz or host_khz
+        r = self.vcpu_ioctl(vcpu_id, lambda: m.kvm_set_tsc_khz(vcpu, user, host_khz))
+        if r:
+            raise ValueError(
+                f"{self.name} vcpu {vcpu_id}: KVM_SET_TSC_KHZ {user} kHz refused (-EINVAL): "
+                + m.tsc_khz_refusal(user, host_khz)
+            )
+
+    def get_vcpu_tsc_khz(self, vcpu_id: int) -> int:
+        """``KVM_GET_TSC_KHZ`` on vCPU ``vcpu_id``: its ``virtual_tsc_khz`` (kHz)."""
+        return self._vcpu(vcpu_id).virtual_tsc_khz
+
+    def get_tsc_offset(self, vcpu_id: int) -> int:
+        """``KVM_GET_DEVICE_ATTR`` group KVM_VCPU_TSC_CTRL attr KVM_VCPU_TSC_OFFSET on vCPU
+        ``vcpu_id`` (5.16+, switch ``vcpu_tsc_offset_attr``; x86.c ``kvm_arch_tsc_get_attr``):
+        the L1 TSC offset, u64 cycles."""
+        vcpu = self._vcpu(vcpu_id)
+        m = self.module
+        m.require("vcpu_tsc_offset_attr", "the KVM_VCPU_TSC_OFFSET vCPU attribute", "5.16")
+        return self.vcpu_ioctl(vcpu_id, lambda: vcpu.l1_tsc_offset)
+
+    def set_tsc_offset(self, vcpu_id: int, offset: int) -> None:
+        """``KVM_SET_DEVICE_ATTR`` KVM_VCPU_TSC_OFFSET on vCPU ``vcpu_id`` (5.16+, switch
+        ``vcpu_tsc_offset_attr``; x86.c ``kvm_arch_tsc_set_attr``): the vCPU thread runs
+        ``kvm_arch_tsc_set_attr`` (``offset`` u64 cycles)."""
+        vcpu = self._vcpu(vcpu_id)
+        m = self.module
+        m.require("vcpu_tsc_offset_attr", "the KVM_VCPU_TSC_OFFSET vCPU attribute", "5.16")
+        offset = _check_u64("offset", offset)
+        self.vcpu_ioctl(vcpu_id, lambda: m.kvm_arch_tsc_set_attr(vcpu, offset))
+
     def migrate_vcpu(self, vcpu_id: int, host_cpu: int) -> None:
         """Move vCPU ``vcpu_id``'s thread to ``host_cpu`` (takes effect at its next load)."""
         vcpu = self._vcpu(vcpu_id)
@@ -603,13 +809,19 @@ class Kvm:
 
     # -- metrics helper ----------------------------------------------------------------------------
     def clock_definitions(self, vcpu_id: int = 0) -> tuple[int, int, int] | None:
-        """The three KVM clock definitions (Woodhouse 2024, series-and-upstream.md §7.3) now,
-        computed on the host CPU of vCPU ``vcpu_id``; None without masterclock or record.
+        """``(A, B, C)`` in ns: the three KVM clock definitions (David Woodhouse's naming,
+        2024) at this instant, computed on the host CPU of vCPU ``vcpu_id`` from one host TSC
+        read; None without masterclock or without a written record.
 
-        A = host base (2017: ``ktime_get_boot_ns``) + ``kvmclock_offset``;
-        B = the master pair through the guest TSC at the advertised mul/shift (the record the
-        guest reads, unclamped); C = the master pair through the host TSC with host-frequency
-        mul/shift (``get_kvmclock_ns``'s masterclock branch).
+        A = ``get_kvmclock_base_ns()`` (switch ``kvmclock_base``: CLOCK_BOOTTIME or
+        CLOCK_MONOTONIC_RAW + offs_boot) + ``kvmclock_offset``: what the next masterclock
+        update re-anchors the guest to.  B = what the guest computes: its record (the master
+        pair converted to guest TSC units) read at its TSC (``kvm_read_l1_tsc``: offset plus
+        the scaled host TSC) with the advertised mul/shift, without the guest's last_value
+        clamp.  C = the master pair read at the host TSC with the mul/shift of this CPU's
+        ``get_cpu_tsc_khz()`` (``__get_kvmclock``, KVM_GET_CLOCK's ``clock``).  A - B is the
+        step a masterclock update taken now makes the guest clock do (positive = forward);
+        :mod:`kvmclock.drift` predicts all three from the frequencies alone.
         """
         vcpu = self._vcpu(vcpu_id)
         if not self.use_master_clock or not vcpu.pv_time_enabled or not vcpu.hv_clock.version:
@@ -619,10 +831,10 @@ class Kvm:
 
         def body() -> tuple[int, int, int]:
             host_tsc = m.rdtsc()
-            a = (hk.timekeeper.ktime_get_boot_ns() + self.kvmclock_offset) & U64_MASK
+            a = (m.get_kvmclock_base_ns() + self.kvmclock_offset) & U64_MASK
             guest_tsc = m.kvm_read_l1_tsc(vcpu, host_tsc)
             b = int(_k.pvclock_read(self.machine.memory, guest_tsc, vcpu.pv_time_gpa)[0])
-            khz = hk.machine.cpus[hk.current_cpu].tsc_khz
+            khz = m.cpu_tsc_khz()  # get_cpu_tsc_khz() on the CPU that read host_tsc
             shift, mul = _k.get_time_scale(scaled_hz=NSEC_PER_SEC, base_hz=khz * 1000)
             info = _k.PvclockVcpuTimeInfo(
                 tsc_timestamp=self.master_cycle_now,
@@ -676,6 +888,19 @@ class KvmModule:
         self.fault = fault
         self.spin_limit = spin_limit
         self.ioctl_cpu = ioctl_cpu
+        tsc_scaling = getattr(kernel.machine, "tsc_scaling", "vmx")
+        if tsc_scaling not in TSC_SCALING_CAPS:
+            raise ValueError(
+                f"machine tsc_scaling={tsc_scaling!r} invalid; choose one of "
+                + ", ".join(TSC_SCALING_CAPS)
+            )
+        self.tsc_scaling: str = tsc_scaling
+        """The host's TSC-scaling hardware (``vmx``, ``svm`` or ``none``), from the machine."""
+        caps = TSC_SCALING_CAPS[tsc_scaling]
+        self.has_tsc_control: bool = caps[0]
+        self.tsc_scaling_ratio_frac_bits: int = caps[1]
+        self.max_tsc_scaling_ratio: int = caps[2]
+        self.default_tsc_scaling_ratio: int = 1 << caps[1]
         self.vm_list: list[Kvm] = []
         self.kvm_lock = SpinLock(f"{kernel.name}.kvm_lock")
         self.counters: collections.Counter[str] = collections.Counter()
@@ -688,6 +913,9 @@ class KvmModule:
         self._next_pid = 1000 * (kernel.level + 1)
         self._cur_pid = self._next_pid
         self._gtod_work: Any = None
+        #: module parameter ``kvmclock_periodic_sync`` (0444, default on since 3.14): every
+        #: VM re-runs its kvmclock update work every KVMCLOCK_SYNC_PERIOD (300 s)
+        self.kvmclock_periodic_sync = True
         if self.cfg.kvm_host_clock == "pvclock_gtod_copy":
             kernel.pvclock_gtod_register_notifier(self.pvclock_gtod_notify)
         else:
@@ -725,6 +953,46 @@ class KvmModule:
         k = self.kernel
         return int(k.machine.cpus[k.current_cpu].tsc_khz)
 
+    def host_tsc_khz(self) -> int:
+        """The host kernel's global ``tsc_khz`` (kHz): the ioctl CPU's calibrated frequency."""
+        return int(self.kernel.machine.cpus[self.ioctl_cpu].tsc_khz)
+
+    def max_guest_tsc_khz(self) -> int:
+        """``kvm_caps.max_guest_tsc_khz`` (kHz): with TSC scaling hardware
+        ``min(0x7fffffff, __scale_tsc(max_tsc_scaling_ratio, tsc_khz))``; 0 without (x86.c
+        ``kvm_x86_vendor_init``; the ioctls test it only with ``has_tsc_control``)."""
+        if not self.has_tsc_control:
+            return 0
+        scaled = int(
+            _k.mul_u64_u64_shr(
+                self.host_tsc_khz(), self.max_tsc_scaling_ratio, self.tsc_scaling_ratio_frac_bits
+            )
+        )
+        return min(MAX_GUEST_TSC_KHZ_CAP, scaled)
+
+    def require(self, switch: str, what: str, version: str) -> None:
+        """``ValueError`` naming the profile, its kernel and ``version`` unless ``switch`` is on
+        (an ioctl or attribute the modelled kernel does not have)."""
+        if not self.cfg[switch]:
+            raise ValueError(
+                f"{what} does not exist in profile {self.cfg.name} (kernel {self.cfg.kernel}): "
+                f"it came in Linux {version} (switch {switch})"
+            )
+
+    def tsc_khz_refusal(self, user_tsc_khz: int, host_tsc_khz: int) -> str:
+        """Why ``kvm_set_tsc_khz(user_tsc_khz)`` fails on this host (for error messages)."""
+        if not self.has_tsc_control:
+            return (
+                f"host without TSC scaling (tsc_scaling=none) cannot run a guest slower than "
+                f"its {host_tsc_khz} kHz outside the {TSC_TOLERANCE_PPM} ppm tolerance "
+                "(set_tsc_khz: 'user requested TSC rate below hardware speed'); only a faster "
+                "guest can run, with catch-up"
+            )
+        return (
+            f"TSC scaling ratio for {user_tsc_khz} kHz on a {host_tsc_khz} kHz host is 0 or "
+            f">= max_tsc_scaling_ratio {self.max_tsc_scaling_ratio:#x} ({self.tsc_scaling})"
+        )
+
     # -- VM creation -------------------------------------------------------------------------------
     def create_vm(
         self,
@@ -734,7 +1002,7 @@ class KvmModule:
         tsc_khz: int | None = None,
         features: set[str] | frozenset[str] | None = None,
     ) -> Kvm:
-        """``KVM_CREATE_VM``: ``kvm_arch_init_vm`` (kvmclock_offset = -ktime_get_boot_ns(),
+        """``KVM_CREATE_VM``: ``kvm_arch_init_vm`` (kvmclock_offset = -get_kvmclock_base_ns(),
         ``update_masterclock``) on the ioctl CPU, then add to ``vm_list`` under ``kvm_lock``."""
         if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 64:
             raise ValueError(f"memory_size={memory_size!r} must be an int >= 64 (bytes)")
@@ -746,8 +1014,19 @@ class KvmModule:
             raise ValueError(
                 f"tsc_khz={tsc_khz!r} out of range (1..2**32-1 kHz, or None = host kHz)"
             )
+        if tsc_khz is not None and self.set_tsc_khz_plan(tsc_khz, self.host_tsc_khz())[0] == (
+            "refused"
+        ):
+            # the per-vCPU KVM_SET_TSC_KHZ a VMM issues for this would fail with -EINVAL
+            raise ValueError(
+                f"tsc_khz={tsc_khz} refused (KVM_SET_TSC_KHZ -EINVAL): "
+                + self.tsc_khz_refusal(tsc_khz, self.host_tsc_khz())
+            )
+        # QEMU's default CPU model: kvm-clock with the stable bit, and constant_tsc, but no
+        # invariant TSC (nonstop_tsc: QEMU's opt-in "invtsc", which blocks migration), so a
+        # 5.1+ guest keeps kvm-clock at rating 400; pass features to expose "nonstop_tsc"
         feats = (
-            {"kvmclock", "kvmclock_stable_bit", "constant_tsc", "nonstop_tsc"}
+            {"kvmclock", "kvmclock_stable_bit", "constant_tsc"}
             if features is None
             else set(features)
         )
@@ -758,12 +1037,19 @@ class KvmModule:
 
         def init() -> None:
             self._cur_pid = pid
-            kvm.kvmclock_offset = -self.kernel.timekeeper.ktime_get_boot_ns()
-            kvm.masterclock_lock.acquire("ioctl")
+            kvm.kvmclock_offset = -self.get_kvmclock_base_ns()
+            # 4.13 masterclock_lock (see the departures); 5.16+ tsc_write_lock (x86.c
+            # kvm_arch_init_vm: raw_spin_lock_irqsave(&kvm->arch.tsc_write_lock))
+            lock = (
+                kvm.tsc_write_lock
+                if self.cfg.masterclock_sync == "seqcount"
+                else kvm.masterclock_lock
+            )
+            lock.acquire("ioctl")
             try:
                 self.update_masterclock(kvm)
             finally:
-                kvm.masterclock_lock.release("ioctl")
+                lock.release("ioctl")
 
         self.kernel.run_on_cpu(self.ioctl_cpu, init)
         self.kvm_lock.acquire("create_vm")
@@ -773,28 +1059,63 @@ class KvmModule:
         return kvm
 
     # -- TSC ---------------------------------------------------------------------------------------
-    def kvm_set_tsc_khz(self, vcpu: Vcpu, user_tsc_khz: int, host_tsc_khz: int) -> None:
-        """``kvm_set_tsc_khz``: virtual_tsc_mult/shift = kvm_get_time_scale(user kHz * 1000,
-        NSEC_PER_SEC); a TSC scaling ratio only outside ``tsc_tolerance_ppm`` (VMX, 48 bits)."""
+    def set_tsc_khz_plan(self, user_tsc_khz: int, host_tsc_khz: int) -> tuple[str, int]:
+        """What ``kvm_set_tsc_khz(user_tsc_khz)`` does on this host (kHz): ``("default", r)``
+        within ``tsc_tolerance_ppm`` of the host, ``("ratio", r)`` with TSC scaling hardware,
+        ``("catchup", r)`` for a faster guest without it, ``("refused", r)`` where the kernel
+        returns -1 (user 0; no scaling hardware and a slower guest; ratio 0 or >= the vendor
+        maximum); ``r`` is the ratio the vCPU ends with (unchanged = the default here)."""
+        default = self.default_tsc_scaling_ratio
+        if user_tsc_khz == 0:
+            return "refused", default
+        lo = int(_k.adjust_tsc_khz(host_tsc_khz, -TSC_TOLERANCE_PPM))
+        hi = int(_k.adjust_tsc_khz(host_tsc_khz, TSC_TOLERANCE_PPM))
+        if not (user_tsc_khz < lo or user_tsc_khz > hi):
+            return "default", default
+        if not self.has_tsc_control:
+            return ("catchup" if user_tsc_khz > host_tsc_khz else "refused"), default
+        ratio = int(
+            _k.tsc_scaling_ratio(user_tsc_khz, host_tsc_khz, self.tsc_scaling_ratio_frac_bits)
+        )
+        if ratio == 0 or ratio >= self.max_tsc_scaling_ratio:
+            return "refused", default
+        return "ratio", ratio
+
+    def kvm_set_tsc_khz(self, vcpu: Vcpu, user_tsc_khz: int, host_tsc_khz: int) -> int:
+        """x86.c ``kvm_set_tsc_khz`` + ``set_tsc_khz`` (kHz): virtual_tsc_mult/shift =
+        kvm_get_time_scale(user kHz * 1000, NSEC_PER_SEC) and ``virtual_tsc_khz``; then within
+        ``tsc_tolerance_ppm`` (250) of the host the default ratio; with TSC scaling hardware
+        (``vmx`` 48 / ``svm`` 32 fraction bits) ratio = 2**frac * user / host, -1 if 0 or >=
+        the vendor maximum; without it a faster guest gets ``tsc_catchup`` and
+        ``tsc_always_catchup`` (the TSC runs at the host rate and is pushed forward at every
+        clock update), a slower one -1 (ratio unchanged).  ``user_tsc_khz == 0``: default
+        ratio, -1.  Returns 0 or -1 as the kernel does; the frequency fields are already set
+        when it fails (as in the kernel)."""
+        how, ratio = self.set_tsc_khz_plan(user_tsc_khz, host_tsc_khz)
+        if user_tsc_khz == 0:
+            vcpu.tsc_scaling_ratio = ratio
+            return -1
         shift, mult = _k.get_time_scale(scaled_hz=user_tsc_khz * 1000, base_hz=NSEC_PER_SEC)
         vcpu.virtual_tsc_shift = int(shift)
         vcpu.virtual_tsc_mult = int(mult)
         vcpu.virtual_tsc_khz = user_tsc_khz
-        lo = int(_k.adjust_tsc_khz(host_tsc_khz, -TSC_TOLERANCE_PPM))
-        hi = int(_k.adjust_tsc_khz(host_tsc_khz, TSC_TOLERANCE_PPM))
-        if user_tsc_khz < lo or user_tsc_khz > hi:
-            vcpu.tsc_scaling_ratio = int(
-                _k.tsc_scaling_ratio(user_tsc_khz, host_tsc_khz, VMX_TSC_FRAC_BITS)
-            )
-        else:
-            vcpu.tsc_scaling_ratio = 1 << VMX_TSC_FRAC_BITS
+        if how == "refused":
+            return -1
+        if how == "catchup":
+            vcpu.tsc_catchup = True
+            vcpu.tsc_always_catchup = True
+            return 0
+        vcpu.tsc_scaling_ratio = ratio  # kvm_vcpu_write_tsc_multiplier
+        return 0
 
-    @staticmethod
-    def kvm_scale_tsc(vcpu: Vcpu, tsc: int) -> int:
-        """``kvm_scale_tsc``: unchanged with the default ratio, else ``__scale_tsc``."""
-        if vcpu.tsc_scaling_ratio == 1 << VMX_TSC_FRAC_BITS:
+    def kvm_scale_tsc(self, vcpu: Vcpu, tsc: int) -> int:
+        """``kvm_scale_tsc`` with the vCPU's (L1) ratio: unchanged with the default ratio, else
+        ``__scale_tsc`` = mul_u64_u64_shr(tsc, ratio, frac bits of the host's hardware)."""
+        if vcpu.tsc_scaling_ratio == self.default_tsc_scaling_ratio:
             return tsc
-        return int(_k.scale_tsc(tsc, vcpu.tsc_scaling_ratio, VMX_TSC_FRAC_BITS))
+        return int(
+            _k.scale_tsc(tsc, vcpu.tsc_scaling_ratio, self.tsc_scaling_ratio_frac_bits)
+        )
 
     def kvm_read_l1_tsc(self, vcpu: Vcpu, host_tsc: int) -> int:
         """``kvm_read_l1_tsc``: L1 offset + scaled host TSC (u64)."""
@@ -826,34 +1147,53 @@ class KvmModule:
         vcpu.tsc_offset = offset & U64_MASK
 
     def kvm_write_tsc(self, vcpu: Vcpu, data: int, *, host_initiated: bool) -> None:
-        """``kvm_write_tsc`` (v4.13): any MSR_IA32_TSC write synchronises.
+        """``kvm_write_tsc`` (v4.13): an MSR_IA32_TSC write of ``data`` that synchronises,
+        from the guest or from userspace: ``kvm_synchronize_tsc`` with ``data`` as the value
+        (a guest write also moves IA32_TSC_ADJUST by the change of offset)."""
+        self.kvm_synchronize_tsc(vcpu, data, host_initiated=host_initiated)
 
-        ``synchronizing``: a host-initiated write of 0 (vCPU creation/hotplug), or a value
-        within one second of virtual cycles of the extrapolated last write (u64 arithmetic).
-        Matched with an equal ``virtual_tsc_khz``: stable host -> the generation's offset;
-        unstable host -> the elapsed cycles are added (catch-up).  Otherwise a new generation.
-        Then under the masterclock lock: ``nr_vcpus_matched_tsc`` reset or incremented, and
-        ``kvm_track_tsc_matching``.
+    def kvm_synchronize_tsc(
+        self, vcpu: Vcpu, user_value: int | None, *, host_initiated: bool = True
+    ) -> None:
+        """x86.c ``kvm_synchronize_tsc(vcpu, user_value)`` (v4.13: ``kvm_write_tsc``).
+
+        ``user_value`` is the TSC (u64 cycles) userspace (or, in 2017, the guest) writes; None
+        at vCPU creation, read as 0.  ``synchronizing`` (only with ``virtual_tsc_khz`` set):
+
+        * switch ``user_set_tsc`` on (6.7+): a value of 0 always (creation or an explicit
+          userspace 0); a non-zero value only if ``kvm->arch.user_set_tsc`` (userspace wrote
+          a TSC before) and it lies within one second of virtual cycles of the last write
+          extrapolated by the elapsed kvmclock-base ns (u64 arithmetic);
+        * off (v4.13): a host-initiated 0, or any value within that window.
+
+        Synchronizing with an equal ``virtual_tsc_khz`` is a match: stable host -> the
+        generation's offset ``cur_tsc_offset``; unstable host -> the elapsed cycles are added.
+        Otherwise a new generation.  Then ``__kvm_synchronize_tsc``.
         """
         kvm = vcpu.kvm
+        data = 0 if user_value is None else user_value
         owner = f"vcpu{vcpu.vcpu_id}"
         kvm.tsc_write_lock.acquire(owner)
         try:
             offset = self.kvm_compute_tsc_offset(vcpu, data)
-            ns = self.kernel.timekeeper.ktime_get_boot_ns()
+            ns = self.get_kvmclock_base_ns()
             elapsed = (ns - kvm.last_tsc_nsec) & U64_MASK
             synchronizing = False
             if vcpu.virtual_tsc_khz:
-                if data == 0 and host_initiated:
-                    synchronizing = True
+                if self.cfg.user_set_tsc:
+                    window = data != 0 and kvm.user_set_tsc
+                    synchronizing = data == 0
                 else:
+                    synchronizing = data == 0 and host_initiated
+                    window = not synchronizing
+                if window:
                     tsc_exp = (kvm.last_tsc_write + self.nsec_to_cycles(vcpu, elapsed)) & U64_MASK
                     tsc_hz = vcpu.virtual_tsc_khz * 1000
                     synchronizing = (
                         data < ((tsc_exp + tsc_hz) & U64_MASK)
                         and ((data + tsc_hz) & U64_MASK) > tsc_exp
                     )
-            already_matched = False
+            matched = False
             if synchronizing and vcpu.virtual_tsc_khz == kvm.last_tsc_khz:
                 if not self.kernel.check_tsc_unstable():
                     offset = kvm.cur_tsc_offset
@@ -862,42 +1202,109 @@ class KvmModule:
                     data = (data + delta) & U64_MASK
                     offset = self.kvm_compute_tsc_offset(vcpu, data)
                 matched = True
-                already_matched = vcpu.this_tsc_generation == kvm.cur_tsc_generation
-            else:
-                kvm.cur_tsc_generation += 1
-                kvm.cur_tsc_nsec = ns
-                kvm.cur_tsc_write = data
-                kvm.cur_tsc_offset = offset
-                matched = False
-                self.moment(
-                    f"{kvm.name}: new TSC generation {kvm.cur_tsc_generation} (vcpu {vcpu.vcpu_id})"
-                )
-            kvm.last_tsc_nsec = ns
-            kvm.last_tsc_write = data
-            kvm.last_tsc_khz = vcpu.virtual_tsc_khz
-            vcpu.last_guest_tsc = data
-            vcpu.this_tsc_generation = kvm.cur_tsc_generation
-            vcpu.this_tsc_nsec = kvm.cur_tsc_nsec
-            vcpu.this_tsc_write = kvm.cur_tsc_write
-            if not host_initiated:
-                # update_ia32_tsc_adjust_msr (guest has TSC_ADJUST in CPUID)
-                vcpu.ia32_tsc_adjust_msr += offset - vcpu.l1_tsc_offset
-            self.kvm_vcpu_write_tsc_offset(vcpu, offset)
+            already_matched = self._kvm_synchronize_tsc_locked(
+                vcpu,
+                offset,
+                data,
+                ns,
+                matched,
+                user_set=user_value is not None and host_initiated,
+                guest_write=not host_initiated,
+            )
         finally:
             kvm.tsc_write_lock.release(owner)
+        self._count_matched_and_track(vcpu, matched, already_matched)
+
+    def _kvm_synchronize_tsc_locked(
+        self,
+        vcpu: Vcpu,
+        offset: int,
+        tsc: int,
+        ns: int,
+        matched: bool,
+        *,
+        user_set: bool,
+        guest_write: bool = False,
+    ) -> bool:
+        """The part of x86.c ``__kvm_synchronize_tsc`` under ``tsc_write_lock``: a new
+        generation unless ``matched``; ``last_tsc_*`` (and 5.16's ``last_tsc_offset``);
+        the vCPU's generation fields; the offset.  ``user_set`` marks a userspace TSC
+        (``kvm->arch.user_set_tsc``, switch ``user_set_tsc``); ``guest_write`` a v4.13 guest
+        write, which also moves IA32_TSC_ADJUST.  Returns whether the vCPU was already in the
+        current generation (read before it joins)."""
+        kvm = vcpu.kvm
+        if user_set and self.cfg.user_set_tsc:
+            kvm.user_set_tsc = True
+        already_matched = matched and vcpu.this_tsc_generation == kvm.cur_tsc_generation
+        if not matched:
+            kvm.cur_tsc_generation += 1
+            kvm.cur_tsc_nsec = ns
+            kvm.cur_tsc_write = tsc
+            kvm.cur_tsc_offset = offset
+            self.moment(
+                f"{kvm.name}: new TSC generation {kvm.cur_tsc_generation} (vcpu {vcpu.vcpu_id})"
+            )
+        kvm.last_tsc_nsec = ns
+        kvm.last_tsc_write = tsc
+        kvm.last_tsc_khz = vcpu.virtual_tsc_khz
+        kvm.last_tsc_offset = offset
+        vcpu.last_guest_tsc = tsc
+        vcpu.this_tsc_generation = kvm.cur_tsc_generation
+        vcpu.this_tsc_nsec = kvm.cur_tsc_nsec
+        vcpu.this_tsc_write = kvm.cur_tsc_write
+        if guest_write:
+            # update_ia32_tsc_adjust_msr (guest has TSC_ADJUST in CPUID)
+            vcpu.ia32_tsc_adjust_msr += offset - vcpu.l1_tsc_offset
+        self.kvm_vcpu_write_tsc_offset(vcpu, offset)
+        return already_matched
+
+    def _count_matched_and_track(self, vcpu: Vcpu, matched: bool, already_matched: bool) -> None:
+        """The rest of a TSC synchronisation, under the masterclock lock (v4.13's order):
+        ``nr_vcpus_matched_tsc`` reset (new generation) or incremented (a vCPU joining the
+        current one), then ``kvm_track_tsc_matching(vcpu, new_generation=not matched)``."""
+        kvm = vcpu.kvm
+        owner = f"vcpu{vcpu.vcpu_id}"
         kvm.masterclock_lock.acquire(owner)
         try:
             if not matched:
                 kvm.nr_vcpus_matched_tsc = 0
             elif not already_matched:
                 kvm.nr_vcpus_matched_tsc += 1
-            self.kvm_track_tsc_matching(vcpu)
+            self.kvm_track_tsc_matching(vcpu, not matched)
         finally:
             kvm.masterclock_lock.release(owner)
 
-    def kvm_track_tsc_matching(self, vcpu: Vcpu) -> None:
-        """``kvm_track_tsc_matching`` (2017 rule): request MASTERCLOCK_UPDATE on this vCPU if
-        masterclock is on, or the host clock qualifies and all vCPUs matched."""
+    def kvm_arch_tsc_set_attr(self, vcpu: Vcpu, offset: int) -> None:
+        """x86.c ``kvm_arch_tsc_set_attr`` KVM_VCPU_TSC_OFFSET (5.16+): under
+        ``tsc_write_lock``, ``matched`` = ``virtual_tsc_khz`` set and ``last_tsc_khz`` equal to
+        it and ``last_tsc_offset == offset`` exactly; tsc = scaled rdtsc() + offset (u64);
+        ns = the kvmclock base now; ``__kvm_synchronize_tsc`` with ``user_set_tsc``."""
+        kvm = vcpu.kvm
+        owner = f"vcpu{vcpu.vcpu_id}"
+        kvm.tsc_write_lock.acquire(owner)
+        try:
+            matched = bool(
+                vcpu.virtual_tsc_khz
+                and kvm.last_tsc_khz == vcpu.virtual_tsc_khz
+                and kvm.last_tsc_offset == offset
+            )
+            tsc = (self.kvm_scale_tsc(vcpu, self.rdtsc()) + offset) & U64_MASK
+            ns = self.get_kvmclock_base_ns()
+            already_matched = self._kvm_synchronize_tsc_locked(
+                vcpu, offset, tsc, ns, matched, user_set=True
+            )
+        finally:
+            kvm.tsc_write_lock.release(owner)
+        self._count_matched_and_track(vcpu, matched, already_matched)
+
+    def kvm_track_tsc_matching(self, vcpu: Vcpu, new_generation: bool = False) -> None:
+        """x86.c ``kvm_track_tsc_matching``: maybe request MASTERCLOCK_UPDATE on this vCPU.
+
+        Switch ``masterclock_request``: ``on_update`` (2014-6.7) requests it if masterclock is
+        on, or the host clock qualifies and all vCPUs matched; ``toggle_or_new_generation``
+        (6.8+) only if masterclock must toggle (``use_master_clock`` differs from "host
+        qualifies and all matched") or ``new_generation`` starts while it is on (the snapshot
+        must follow the new generation for ``compute_guest_tsc``)."""
         kvm = vcpu.kvm
         vcpus_matched = kvm.nr_vcpus_matched_tsc + 1 == kvm.online_vcpus
         if self.cfg.kvm_host_clock == "timekeeper":
@@ -906,7 +1313,12 @@ class KvmModule:
         else:
             host = self.pvclock_gtod_data.vclock_mode
             qualifies = host == VCLOCK_TSC
-        if kvm.use_master_clock or (qualifies and vcpus_matched):
+        if self.cfg.masterclock_request == "toggle_or_new_generation":
+            want = qualifies and vcpus_matched
+            request = (kvm.use_master_clock and new_generation) or kvm.use_master_clock != want
+        else:
+            request = kvm.use_master_clock or (qualifies and vcpus_matched)
+        if request:
             vcpu.kvm_make_request(KVM_REQ_MASTERCLOCK_UPDATE)
         host_clock, host_clock_stable = _host_clock_args(self.cfg.trace_format, host)
         self.trace(
@@ -981,7 +1393,10 @@ class KvmModule:
         def block() -> tuple[bool, int, int]:
             stable = self.clocksource_stable()
             if stable:
-                ns, cycles = tk.ktime_get_boot_ns_with_cycles()
+                if self.cfg.kvmclock_base == "raw":
+                    ns, cycles = tk.ktime_get_raw_boot_ns_with_cycles()
+                else:
+                    ns, cycles = tk.ktime_get_boot_ns_with_cycles()
                 return True, ns, cycles
             return False, kvm.master_kernel_ns, kvm.master_cycle_now
 
@@ -1001,6 +1416,14 @@ class KvmModule:
         g.shift = mono.shift
         g.nsec_base = mono.xtime_nsec
         g.wall_time_sec = tk.xtime_sec
+        raw = tk.tkr_raw  # 5.5+: raw_clock and offs_boot (read only with kvmclock_base=raw)
+        g.raw_cycle_last = raw.cycle_last
+        g.raw_mask = raw.mask
+        g.raw_mult = raw.mult
+        g.raw_shift = raw.shift
+        g.raw_base_cycles = raw.xtime_nsec
+        g.raw_offset = raw.base
+        g.offs_boot = tk.offs_boot
         g.seq += 1
         self.counters["gtod_copies"] += 1
 
@@ -1055,17 +1478,51 @@ class KvmModule:
             if seq == g.seq and not seq & 1:
                 return mode, ns, cycle_now
 
+    def do_kvmclock_base(self) -> tuple[int, int, int]:
+        """``do_kvmclock_base`` (5.5+): ``(mode, ns, cycle_now)`` from the shadow copy's
+        raw_clock: ((raw_base_cycles + ((tsc - raw cycle_last) & mask) * raw mult) mod 2**64)
+        >> raw shift, + raw offset + offs_boot (ns, CLOCK_MONOTONIC_RAW from boot).  The TSC
+        read is clamped to the mono ``cycle_last`` as ``read_tsc`` does."""
+        g = self.pvclock_gtod_data
+        while True:
+            seq = g.seq
+            mode = g.vclock_mode
+            cycle_now = self._read_tsc_clamped()
+            v = (cycle_now - g.raw_cycle_last) & g.raw_mask
+            ns = ((g.raw_base_cycles + v * g.raw_mult) & U64_MASK) >> g.raw_shift
+            ns = (ns + g.raw_offset + g.offs_boot) & U64_MASK
+            if seq == g.seq and not seq & 1:
+                return mode, ns, cycle_now
+
+    def do_realtime(self) -> tuple[int, int, int]:
+        """``do_realtime``: ``(mode, realtime ns, cycle_now)`` from the shadow copy's mono
+        clock: wall_time_sec s + ((nsec_base + v * mult) mod 2**64 >> shift) ns."""
+        g = self.pvclock_gtod_data
+        while True:
+            seq = g.seq
+            mode = g.vclock_mode
+            sec = g.wall_time_sec
+            cycle_now = self._read_tsc_clamped()
+            v = (cycle_now - g.cycle_last) & g.mask
+            ns = ((g.nsec_base + v * g.mult) & U64_MASK) >> g.shift
+            if seq == g.seq and not seq & 1:
+                return mode, sec * NSEC_PER_SEC + ns, cycle_now
+
     def kvm_get_time_and_clockread(self, kvm: Kvm) -> tuple[bool, int, int]:
         """``kvm_get_time_and_clockread`` -> ``(host_tsc_clocksource, kernel_ns, cycle_now)``.
 
         gtod: false early (values untouched) unless the shadow mode is TSC, else
-        ``do_monotonic_boot() == VCLOCK_TSC`` (values written).  series: patch 09.
+        ``do_monotonic_boot() == VCLOCK_TSC`` (values written); with switch
+        ``kvmclock_base=raw`` ``do_kvmclock_base`` (5.5+) instead.  series: patch 09.
         """
         if self.cfg.kvm_host_clock == "timekeeper":
             return self.kvm_get_host_time_and_cycles(kvm)
         if self.pvclock_gtod_data.vclock_mode != VCLOCK_TSC:
             return False, kvm.master_kernel_ns, kvm.master_cycle_now
-        mode, ns, cycle_now = self.do_monotonic_boot()
+        if self.cfg.kvmclock_base == "raw":
+            mode, ns, cycle_now = self.do_kvmclock_base()
+        else:
+            mode, ns, cycle_now = self.do_monotonic_boot()
         return mode == VCLOCK_TSC, ns, cycle_now
 
     # -- masterclock -------------------------------------------------------------------------------
@@ -1105,8 +1562,15 @@ class KvmModule:
         kvm._record_masterclock()
 
     def kvm_gen_update_masterclock(self, kvm: Kvm, owner: str) -> None:
-        """``kvm_gen_update_masterclock``: lock; MCLOCK_INPROGRESS on all vCPUs (no entries);
-        recompute; CLOCK_UPDATE on all; clear MCLOCK_INPROGRESS; unlock."""
+        """``kvm_gen_update_masterclock`` (4.13): lock; MCLOCK_INPROGRESS on all vCPUs (no
+        entries); recompute; CLOCK_UPDATE on all; clear MCLOCK_INPROGRESS; unlock.  With switch
+        ``masterclock_sync=seqcount`` ``kvm_update_masterclock`` (5.16+): the recompute between
+        ``kvm_start_pvclock_update`` and ``kvm_end_pvclock_update``."""
+        if self.cfg.masterclock_sync == "seqcount":
+            self.kvm_start_pvclock_update(kvm, owner)
+            self.update_masterclock(kvm)
+            self.kvm_end_pvclock_update(kvm, owner)
+            return
         kvm.masterclock_lock.acquire(owner)
         for v in kvm.vcpus:
             v.kvm_make_request(KVM_REQ_MCLOCK_INPROGRESS)
@@ -1134,26 +1598,207 @@ class KvmModule:
             self.moment(f"clocksource change notifier: MASTERCLOCK_UPDATE requested on {n} vCPUs")
         return NOTIFY_DONE
 
-    def get_kvmclock_ns(self, kvm: Kvm) -> int:
-        """``get_kvmclock_ns`` (2016-2021 shape): without masterclock host boot ns + offset;
-        with it, a pvclock built from the master pair and this CPU's ``cpu_tsc_khz``, read at
-        the current ``rdtsc()``."""
-        owner = "get_kvmclock_ns"
-        kvm.masterclock_lock.acquire(owner)
-        if not kvm.use_master_clock:
-            kvm.masterclock_lock.release(owner)
-            return (self.kernel.timekeeper.ktime_get_boot_ns() + kvm.kvmclock_offset) & U64_MASK
-        tsc_timestamp = kvm.master_cycle_now
-        system_time = (kvm.master_kernel_ns + kvm.kvmclock_offset) & U64_MASK
-        kvm.masterclock_lock.release(owner)
+    # -- the kvmclock base and the master pair's readers ---------------------------------------
+    def get_kvmclock_base_ns(self) -> int:
+        """``get_kvmclock_base_ns`` (x86.c) in ns: the host clock kvmclock counts from.
+
+        Switch ``kvmclock_base``: ``boot`` (4.13) = ``ktime_get_boot_ns()`` (CLOCK_BOOTTIME,
+        the NTP-slewable tkr_mono rate); ``raw`` (5.5, 53fafdbb8b21) = ``ktime_get_raw()`` +
+        the shadow copy's ``offs_boot`` (CLOCK_MONOTONIC_RAW counted from boot, tkr_raw rate,
+        never NTP-adjusted).  Without the shadow copy (switch ``kvm_host_clock=timekeeper``)
+        the raw clock and offs_boot come from one read under tk_core.seq.  Used for the VM-init
+        ``kvmclock_offset``, non-masterclock ``system_time``, KVM_GET/SET_CLOCK without
+        masterclock and the ``ns`` of ``kvm_synchronize_tsc``.
+        """
+        tk = self.kernel.timekeeper
+        if self.cfg.kvmclock_base == "boot":
+            return tk.ktime_get_boot_ns()
+        if self.cfg.kvm_host_clock == "pvclock_gtod_copy":
+            return (tk.ktime_get_raw_ns() + self.pvclock_gtod_data.offs_boot) & U64_MASK
+        return tk.ktime_get_raw_boot_ns_with_cycles()[0] & U64_MASK
+
+    def _read_master(self, kvm: Kvm, owner: str, body: Callable[[], T]) -> T:
+        """A reader of the master pair (``use_master_clock``, ``master_*``, offset).
+
+        Switch ``masterclock_sync``: ``spinlock`` (4.13) runs ``body`` under
+        ``pvclock_gtod_sync_lock``; ``seqcount`` (5.16, 548da50f7ffe) runs it in a
+        ``read_seqcount_begin/retry(&kvm->arch.pvclock_sc)`` loop and counts every retry in
+        ``counters["pvclock_sc_retries"]`` (VM and module).  ``kvm.pvclock_read_interleave``
+        runs between the body and the check (with the lock held under ``spinlock``, where a
+        writer would then find the lock taken).
+        """
+        if self.cfg.masterclock_sync == "spinlock":
+            kvm.masterclock_lock.acquire(owner)
+            try:
+                out = body()
+                hook = kvm.pvclock_read_interleave
+                if hook is not None:
+                    hook()
+                return out
+            finally:
+                kvm.masterclock_lock.release(owner)
+        sc = kvm.pvclock_sc
+        while True:
+            seq = sc.read_begin()
+            out = body()
+            hook = kvm.pvclock_read_interleave
+            if hook is not None:
+                hook()
+            if not sc.read_retry(seq):
+                return out
+            kvm.counters["pvclock_sc_retries"] += 1
+            self.counters["pvclock_sc_retries"] += 1
+
+    def kvm_start_pvclock_update(self, kvm: Kvm, owner: str) -> None:
+        """``kvm_start_pvclock_update`` (5.16+): MCLOCK_INPROGRESS on every vCPU (no guest
+        entries from here), then ``tsc_write_lock`` and ``write_seqcount_begin(pvclock_sc)``."""
+        for v in kvm.vcpus:
+            v.kvm_make_request(KVM_REQ_MCLOCK_INPROGRESS)
+        kvm.tsc_write_lock.acquire(owner)
+        kvm.pvclock_sc.write_begin()
+
+    def kvm_end_pvclock_update(self, kvm: Kvm, owner: str) -> None:
+        """``kvm_end_pvclock_update`` (5.16+): ``write_seqcount_end``, unlock
+        ``tsc_write_lock``, CLOCK_UPDATE on every vCPU, clear MCLOCK_INPROGRESS."""
+        kvm.pvclock_sc.write_end()
+        kvm.tsc_write_lock.release(owner)
+        for v in kvm.vcpus:
+            v.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
+        for v in kvm.vcpus:
+            v.kvm_clear_request(KVM_REQ_MCLOCK_INPROGRESS)
+
+    def _master_pvclock_at(self, kvm: Kvm, master: tuple[int, int], host_tsc: int) -> int:
+        """``__pvclock_read_cycles`` of the master pair (``master_cycle_now``,
+        ``master_kernel_ns + kvmclock_offset``) at ``host_tsc`` with this CPU's host kHz
+        mul/shift (``kvm_get_time_scale(NSEC_PER_SEC, cpu_tsc_khz * 1000)``): definition C."""
         shift, mul = _k.get_time_scale(scaled_hz=NSEC_PER_SEC, base_hz=self.cpu_tsc_khz() * 1000)
         info = _k.PvclockVcpuTimeInfo(
-            tsc_timestamp=tsc_timestamp,
-            system_time=system_time,
+            tsc_timestamp=master[0],
+            system_time=master[1] & U64_MASK,
             tsc_to_system_mul=int(mul),
             tsc_shift=int(shift),
         )
-        return int(info.read_cycles(self.rdtsc()))
+        return int(info.read_cycles(host_tsc))
+
+    def _get_kvmclock_locked(self, kvm: Kvm) -> tuple[KvmClockData, tuple[int, int] | None]:
+        """``__get_kvmclock`` (5.16+; the 4.13 ``get_kvmclock_ns`` + KVM_GET_CLOCK flags when
+        switch ``kvm_clock_realtime`` is off), the part inside the reader: the flags, the
+        non-masterclock clock, and with masterclock the pair to extrapolate (None without)."""
+        data = KvmClockData(clock=0)
+        if kvm.use_master_clock and self.cpu_tsc_khz():
+            if self.cfg.kvm_clock_realtime:
+                ok, realtime, host_tsc = self.kvm_get_walltime_and_clockread(kvm)
+                if ok:
+                    data.realtime = realtime
+                    data.flags |= KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC
+                else:
+                    host_tsc = self.rdtsc()
+                data.host_tsc = host_tsc
+            else:
+                host_tsc = self.rdtsc()  # 4.13: rdtsc() after the unlock, same instant here
+            data.flags |= KVM_CLOCK_TSC_STABLE
+            master = (host_tsc, kvm.master_cycle_now)
+            data.clock = (kvm.master_kernel_ns + kvm.kvmclock_offset) & U64_MASK
+            return data, master
+        if kvm.use_master_clock and not self.cfg.kvm_clock_realtime:
+            data.flags = KVM_CLOCK_TSC_STABLE  # 4.13 KVM_GET_CLOCK: flag iff masterclock
+        data.clock = (self.get_kvmclock_base_ns() + kvm.kvmclock_offset) & U64_MASK
+        return data, None
+
+    def get_kvmclock(self, kvm: Kvm) -> KvmClockData:
+        """``get_kvmclock`` (x86.c): ``__get_kvmclock`` inside the master-pair reader
+        (switch ``masterclock_sync``), then with masterclock ``clock`` =
+        ``__pvclock_read_cycles`` of the pair at ``host_tsc`` (definition C)."""
+        data, master = self._read_master(
+            kvm, "get_kvmclock", lambda: self._get_kvmclock_locked(kvm)
+        )
+        if master is not None:
+            host_tsc, cycle_now = master
+            data.clock = self._master_pvclock_at(kvm, (cycle_now, data.clock), host_tsc)
+        return data
+
+    def get_kvmclock_ns(self, kvm: Kvm) -> int:
+        """``get_kvmclock_ns`` (ns): ``get_kvmclock(kvm).clock``.  Without masterclock
+        ``get_kvmclock_base_ns() + kvmclock_offset``; with it the master pair through this
+        CPU's host TSC at host-kHz mul/shift (definition C)."""
+        return self.get_kvmclock(kvm).clock
+
+    def kvm_get_walltime_and_clockread(self, kvm: Kvm) -> tuple[bool, int, int]:
+        """``kvm_get_walltime_and_clockread`` -> ``(host clock is TSC, realtime ns, TSC)``.
+
+        Shadow copy: false unless its mode is TSC, else ``do_realtime``.  Without the shadow
+        copy (series) the timekeeper's realtime and its TSC stamp under tk_core.seq, when
+        ``clocksource_stable()``.  (0, 0) when false."""
+        if self.cfg.kvm_host_clock == "pvclock_gtod_copy":
+            if self.pvclock_gtod_data.vclock_mode != VCLOCK_TSC:
+                return False, 0, 0
+            mode, real_ns, tsc = self.do_realtime()
+            return (True, real_ns, tsc) if mode == VCLOCK_TSC else (False, 0, 0)
+        tk = self.kernel.timekeeper
+
+        def block() -> tuple[bool, int, int]:
+            if self.clocksource_stable():
+                ns, cycles = tk.ktime_get_real_ns_with_cycles()
+                return True, ns, cycles
+            return False, 0, 0
+
+        return self._seq_loop("kvm_get_walltime_and_clockread", block)
+
+    # -- the guest's wall clock (MSR_KVM_WALL_CLOCK(_NEW)) -----------------------------------------
+    def kvm_get_wall_clock_epoch(self, kvm: Kvm) -> int:
+        """The guest's epoch in ns since 1970 (realtime at kvmclock 0), switch ``wall_clock``.
+
+        ``boottime`` (4.13 ``kvm_write_wall_clock``): ``getboottime64()`` (offs_real -
+        offs_boot) minus ``kvmclock_offset``: the host boot time shifted by the VM's offset.
+        ``single_tsc_read`` (6.7 ``kvm_get_wall_clock_epoch``): with masterclock and a
+        ``cpu_tsc_khz``, realtime and the master pair's kvmclock (definition C) from one host
+        TSC read (``kvm_get_walltime_and_clockread``), subtracted; otherwise
+        ``ktime_get_real_ns() - get_kvmclock_ns()``.
+        """
+        tk = self.kernel.timekeeper
+        if self.cfg.wall_clock == "boottime":
+            return (tk.offs_real - tk.offs_boot) - kvm.kvmclock_offset
+
+        def snap() -> tuple[int, int, int, int]:
+            if not kvm.use_master_clock:
+                return 0, 0, 0, 0
+            khz = self.cpu_tsc_khz()
+            real_ns = host_tsc = 0
+            if khz:
+                ok, real_ns, host_tsc = self.kvm_get_walltime_and_clockread(kvm)
+                if not ok:
+                    khz = 0  # fall back to the old method
+            return khz, real_ns, host_tsc, kvm.master_cycle_now
+
+        khz, real_ns, host_tsc, cycle_now = self._read_master(kvm, "wall_clock", snap)
+        if khz:
+            master = (cycle_now, kvm.master_kernel_ns + kvm.kvmclock_offset)
+            return real_ns - self._master_pvclock_at(kvm, master, host_tsc)
+        return tk.ktime_get_real_ns() - self.get_kvmclock_ns(kvm)
+
+    def kvm_write_wall_clock(self, kvm: Kvm, wall_clock: int) -> None:
+        """``kvm_write_wall_clock`` (x86.c): ``struct pvclock_wall_clock`` {u32 version, u32
+        sec, u32 nsec} at gpa ``wall_clock``: version from the guest copy (odd -> +1 as
+        random junk), +1 (odd) written, the epoch of :meth:`kvm_get_wall_clock_epoch` as
+        ``sec`` (u32, wraps in 2106) and ``nsec``, then version +1 (even).  Nothing for gpa 0
+        or a gpa outside guest memory (the kernel's failed guest read)."""
+        mem = kvm.machine.memory
+        if not wall_clock or wall_clock + 12 > len(mem):
+            return
+        version = int.from_bytes(bytes(mem[wall_clock : wall_clock + 4]), "little")
+        if version & 1:
+            version += 1  # first time write, random junk
+        version = (version + 1) & U32_MASK
+        mem[wall_clock : wall_clock + 4] = version.to_bytes(4, "little")
+        epoch = self.kvm_get_wall_clock_epoch(kvm)
+        if self.cfg.wall_clock == "single_tsc_read":
+            epoch &= U64_MASK  # u64 wall_nsec and do_div (timespec64 arithmetic in 4.13)
+        sec, nsec = divmod(epoch, NSEC_PER_SEC)
+        mem[wall_clock + 4 : wall_clock + 8] = (sec & U32_MASK).to_bytes(4, "little")
+        mem[wall_clock + 8 : wall_clock + 12] = nsec.to_bytes(4, "little")
+        version = (version + 1) & U32_MASK
+        mem[wall_clock : wall_clock + 4] = version.to_bytes(4, "little")
+        self.counters["wall_clock_writes"] += 1
 
     # -- kvmclock record ---------------------------------------------------------------------------
     def kvm_guest_time_update(self, vcpu: Vcpu) -> int:
@@ -1162,20 +1807,22 @@ class KvmModule:
         masterclock; then ``kvm_setup_pvclock_page``.  Returns 0 (1 = retry, never here)."""
         kvm = vcpu.kvm
         owner = f"vcpu{vcpu.vcpu_id}"
-        kvm.masterclock_lock.acquire(owner)
-        use_master_clock = kvm.use_master_clock
-        host_tsc = kernel_ns = 0
-        if use_master_clock:
-            host_tsc = kvm.master_cycle_now
-            kernel_ns = kvm.master_kernel_ns
-        kvm.masterclock_lock.release(owner)
+        use_master_clock, host_tsc, kernel_ns = self._read_master(
+            kvm,
+            owner,
+            lambda: (
+                (True, kvm.master_cycle_now, kvm.master_kernel_ns)
+                if kvm.use_master_clock
+                else (False, 0, 0)
+            ),
+        )
         tgt_tsc_khz = self.cpu_tsc_khz()
         if tgt_tsc_khz == 0:
             vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
             return 1
         if not use_master_clock:
             host_tsc = self.rdtsc()
-            kernel_ns = self.kernel.timekeeper.ktime_get_boot_ns()
+            kernel_ns = self.get_kvmclock_base_ns()
         tsc_timestamp = self.kvm_read_l1_tsc(vcpu, host_tsc)
         if vcpu.tsc_catchup:
             tsc = self.compute_guest_tsc(vcpu, kernel_ns)
@@ -1184,8 +1831,22 @@ class KvmModule:
                     vcpu, vcpu.tsc_offset + tsc - tsc_timestamp
                 )  # adjust_tsc_offset_guest
                 tsc_timestamp = tsc
-        tgt_tsc_khz = self.kvm_scale_tsc(vcpu, tgt_tsc_khz)  # kvm_has_tsc_control
+        if self.has_tsc_control:
+            tgt_tsc_khz = self.kvm_scale_tsc(vcpu, tgt_tsc_khz)
+            if tgt_tsc_khz == 0 and self.cfg.tiny_ratio_clamp:
+                tgt_tsc_khz = 1  # 6.16+: tgt_tsc_khz ? : 1
         hv = vcpu.hv_clock
+        if vcpu.hw_tsc_khz != tgt_tsc_khz and tgt_tsc_khz == 0:
+            self.counters["livelocks"] += 1
+            raise TimeScaleLivelock(
+                f"{self.kernel.name}: {vcpu.kvm.name} vcpu {vcpu.vcpu_id}: kvm_guest_time_update: "
+                f"kvm_scale_tsc({self.cpu_tsc_khz()} kHz, ratio {vcpu.tsc_scaling_ratio}) is 0, "
+                "so kvm_get_time_scale(NSEC_PER_SEC, 0) would loop forever "
+                f"(profile {self.cfg.name}; Linux 6.16 takes 1 kHz: switch tiny_ratio_clamp)",
+                where="kvm_get_time_scale",
+                level=self.level,
+                t_ns=self.world.now_ns,
+            )
         if vcpu.hw_tsc_khz != tgt_tsc_khz:
             shift, mul = _k.get_time_scale(scaled_hz=NSEC_PER_SEC, base_hz=tgt_tsc_khz * 1000)
             hv.tsc_shift = int(shift)
@@ -1203,12 +1864,15 @@ class KvmModule:
     def kvm_setup_pvclock_page(self, vcpu: Vcpu) -> None:
         """``kvm_setup_pvclock_page``: version from the guest's copy, (((old+1)|1)+1) mod 2**32
         (odd while writing, even after; ``pvclock_write`` does the odd/even stores), keep the
-        guest's GUEST_STOPPED, then trace ``kvm_pvclock_update`` with the final record."""
+        guest's GUEST_STOPPED, then trace ``kvm_pvclock_update`` with the record and the
+        version of switch ``pvclock_trace_version``: ``odd`` (4.13 ``kvm_setup_pvclock_page``
+        traces before the full write) or ``final`` (``kvm_setup_guest_pvclock``, after)."""
         mem = vcpu.kvm.machine.memory
         gpa = vcpu.pv_time_gpa
         guest = _k.PvclockVcpuTimeInfo.from_bytes(bytes(mem[gpa : gpa + 32]))
         hv = vcpu.hv_clock
-        hv.version = (((int(guest.version) + 1) | 1) + 1) & U32_MASK
+        odd_version = ((int(guest.version) + 1) | 1) & U32_MASK
+        hv.version = (odd_version + 1) & U32_MASK
         hv.flags |= int(guest.flags) & _PV_GUEST_STOPPED
         if vcpu.pvclock_set_guest_stopped_request:
             hv.flags |= _PV_GUEST_STOPPED
@@ -1222,11 +1886,13 @@ class KvmModule:
             flags=hv.flags,
         )
         _k.pvclock_write(mem, info, gpa)
+        # switch pvclock_trace_version: 4.13 traces vcpu->hv_clock between the odd version
+        # write and the full write (odd); kvm_setup_guest_pvclock traces after the final ++
         self.trace(
             "kvm_pvclock_update",
             fields_pvclock_update(
                 vcpu.vcpu_id,
-                hv.version,
+                odd_version if self.cfg.pvclock_trace_version == "odd" else hv.version,
                 hv.tsc_timestamp,
                 hv.system_time & U64_MASK,
                 hv.tsc_to_system_mul,
@@ -1251,16 +1917,48 @@ class KvmModule:
         for v in kvm.vcpus:
             v.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
 
+    def schedule_kvmclock_sync(self, kvm: Kvm) -> None:
+        """The tail of ``kvm_arch_vcpu_postcreate``: with ``kvmclock_periodic_sync``,
+        ``schedule_delayed_work(&kvmclock_sync_work, KVMCLOCK_SYNC_PERIOD)`` (a World event
+        300 s later; a no-op while one is pending, so the first vCPU's creation arms it)."""
+        if self.kvmclock_periodic_sync and kvm._sync_work is None:
+            kvm._sync_work = self.world.after(KVMCLOCK_SYNC_PERIOD_NS, self.kvmclock_sync_fn, kvm)
+
+    def kvmclock_sync_fn(self, kvm: Kvm) -> None:
+        """``kvmclock_sync_fn`` (every 300 s per VM since 3.14, all profiles): schedule the
+        update work now (``schedule_delayed_work(.., 0)``, a no-op while it is pending) and
+        re-arm itself KVMCLOCK_SYNC_PERIOD later."""
+        kvm._sync_work = None
+        if not self.kvmclock_periodic_sync:  # 4.13's test (always false since 6.7 dropped it)
+            return
+        kvm.counters["kvmclock_syncs"] += 1
+        if not kvm._update_work_pending:
+            kvm._update_work_pending = True
+            self.world.after(0, self.kvmclock_update_fn, kvm)
+        kvm._sync_work = self.world.after(KVMCLOCK_SYNC_PERIOD_NS, self.kvmclock_sync_fn, kvm)
+
     # -- MSRs --------------------------------------------------------------------------------------
     def kvm_set_msr_common(
         self, vcpu: Vcpu, msr: int, data: int, *, host_initiated: bool = False
     ) -> None:
-        """``kvm_set_msr_common`` for the clock MSRs: MSR_IA32_TSC -> ``kvm_write_tsc``;
+        """``kvm_set_msr_common`` for the clock MSRs: MSR_IA32_TSC -> ``kvm_write_tsc`` (any
+        write; switch ``guest_tsc_write_syncs`` on), or (5.10+) ``kvm_synchronize_tsc`` for a
+        host-initiated write and, for a guest write, only ``l1_tsc_offset`` and
+        IA32_TSC_ADJUST move by adj = (data - scaled rdtsc()) - l1_tsc_offset (cycles);
         MSR_KVM_SYSTEM_TIME(_NEW): boot vCPU old/new switch -> MASTERCLOCK_UPDATE,
         GLOBAL_CLOCK_UPDATE, record enabled at gpa ``data & ~1`` when bit 0 is set."""
         kvm = vcpu.kvm
         if msr == MSR_IA32_TSC:
-            self.kvm_write_tsc(vcpu, data, host_initiated=host_initiated)
+            if self.cfg.guest_tsc_write_syncs:
+                self.kvm_write_tsc(vcpu, data, host_initiated=host_initiated)
+            elif host_initiated:
+                self.kvm_synchronize_tsc(vcpu, data)
+            else:
+                # 5.10+: a guest write moves only its own offset and IA32_TSC_ADJUST by
+                # adj = (data - scaled rdtsc()) - l1_tsc_offset (u64), no synchronisation
+                adj = (self.kvm_compute_tsc_offset(vcpu, data) - vcpu.l1_tsc_offset) & U64_MASK
+                self.kvm_vcpu_write_tsc_offset(vcpu, vcpu.l1_tsc_offset + adj)  # adjust_..._guest
+                vcpu.ia32_tsc_adjust_msr = _s64(vcpu.ia32_tsc_adjust_msr + adj)
             return
         if msr in (MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW):
             vcpu.pv_time_enabled = False  # kvmclock_reset
@@ -1279,10 +1977,17 @@ class KvmModule:
                 vcpu.pv_time_gpa = gpa
                 vcpu.pv_time_enabled = True
             return
+        if msr in (MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW):
+            # kvm->arch.wall_clock = data; kvm_write_wall_clock(kvm, data)
+            kvm.wall_clock = data
+            self.kvm_write_wall_clock(kvm, data)
+            return
         raise ValueError(
             f"msr={msr:#x} not modelled (clock MSRs: MSR_IA32_TSC {MSR_IA32_TSC:#x}, "
             f"MSR_KVM_SYSTEM_TIME {MSR_KVM_SYSTEM_TIME:#x}, "
-            f"MSR_KVM_SYSTEM_TIME_NEW {MSR_KVM_SYSTEM_TIME_NEW:#x})"
+            f"MSR_KVM_SYSTEM_TIME_NEW {MSR_KVM_SYSTEM_TIME_NEW:#x}, "
+            f"MSR_KVM_WALL_CLOCK {MSR_KVM_WALL_CLOCK:#x}, "
+            f"MSR_KVM_WALL_CLOCK_NEW {MSR_KVM_WALL_CLOCK_NEW:#x})"
         )
 
     def kvm_set_guest_paused(self, vcpu: Vcpu) -> None:
@@ -1357,6 +2062,37 @@ class KvmModule:
             f"requests keep being re-raised ({vcpu.requests:#x})"
         )
 
+    def kvm_calc_nested_tsc_multiplier(self, l1_multiplier: int, l2_multiplier: int) -> int:
+        """x86.c ``kvm_calc_nested_tsc_multiplier`` (5.14+): the ratio the hardware runs L2
+        with, ``mul_u64_u64_shr(l1, l2, frac)``, or ``l1`` when L2's is the default."""
+        if l2_multiplier != self.default_tsc_scaling_ratio:
+            return int(
+                _k.mul_u64_u64_shr(l1_multiplier, l2_multiplier, self.tsc_scaling_ratio_frac_bits)
+            )
+        return l1_multiplier
+
+    def kvm_calc_nested_tsc_offset(self, l1_offset: int, l2_offset: int, l2_multiplier: int) -> int:
+        """x86.c ``kvm_calc_nested_tsc_offset`` (5.14+): the offset the hardware runs L2 with,
+        ``mul_s64_u64_shr((s64)l1_offset, l2_multiplier, frac) + l2_offset`` (u64), or
+        ``l1_offset + l2_offset`` when L2's ratio is the default."""
+        if l2_multiplier == self.default_tsc_scaling_ratio:
+            nested = l1_offset
+        else:
+            nested = int(
+                _k.mul_s64_u64_shr(
+                    _s64(l1_offset), l2_multiplier, self.tsc_scaling_ratio_frac_bits
+                )
+            )
+        return (nested + l2_offset) & U64_MASK
+
+    @staticmethod
+    def kvm_vcpu_exit_catchup(vcpu: Vcpu) -> None:
+        """``vcpu_enter_guest`` after a VM exit: with ``tsc_always_catchup`` (a guest faster
+        than a host without TSC scaling) request KVM_REQ_CLOCK_UPDATE, so the next entry's
+        ``kvm_guest_time_update`` pushes the TSC up to ``compute_guest_tsc``."""
+        if vcpu.tsc_always_catchup:
+            vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
+
     def vcpu_run(self, vcpu: Vcpu, fn: Callable[[], T]) -> T:
         """The vCPU thread on host CPU ``kernel.current_cpu``: load, ``vcpu_enter_guest``
         (requests, then the guest code ``fn``), exit (``last_guest_tsc``), put."""
@@ -1374,6 +2110,7 @@ class KvmModule:
             finally:
                 vcpu.in_guest = False
             vcpu.last_guest_tsc = self.kvm_read_l1_tsc(vcpu, self.rdtsc())
+            self.kvm_vcpu_exit_catchup(vcpu)
             self.kvm_arch_vcpu_put(vcpu)
             return out
         finally:

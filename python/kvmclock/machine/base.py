@@ -69,7 +69,8 @@ class Machine(Protocol):
 
     @property
     def platform_counters(self) -> Mapping[str, Counter]:
-        """Platform counters by clocksource name (physical: hpet, acpi_pm; a VM: none)."""
+        """Platform counters by clocksource name (physical: hpet, acpi_pm; a VM: the emulated
+        ones its features ask for, none by default)."""
         ...
 
     def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:

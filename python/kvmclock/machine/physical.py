@@ -31,6 +31,8 @@ HPET_FREQ_HZ = 14_318_180  # typical HPET (drivers/clocksource + arch/x86/kernel
 HPET_BITS = 32  # HPET_MASK = CLOCKSOURCE_MASK(32)
 ACPI_PM_FREQ_HZ = 3_579_545  # PMTMR_TICKS_PER_SEC (include/linux/acpi_pmtmr.h)
 ACPI_PM_BITS = 24  # ACPI_PM_MASK = CLOCKSOURCE_MASK(24)
+#: TSC-scaling hardware a machine can have (KVM's kvm_caps; see kvmclock.kvm.x86)
+TSC_SCALING_KINDS = ("vmx", "svm", "none")
 
 
 def to_fraction(name: str, value: int | Fraction | float | str) -> Fraction:
@@ -212,6 +214,11 @@ class PhysicalMachine:
     machine-wide TSC value at true time 0 (power-on happened "a while ago"), a per-CPU extra
     boot offset in ``0..tsc_skew_cycles`` (default 0: synchronised TSCs, as with TSC_ADJUST),
     the HPET and ACPI PM start values, and the RTC epoch.
+
+    ``tsc_scaling`` is the CPUs' TSC-scaling hardware, which KVM on this machine uses for
+    guests asking another frequency: ``vmx`` (Intel, 48 fraction bits), ``svm`` (AMD, 32
+    fraction bits, ratio below 2**40) or ``none`` (no ratio: a faster guest runs with
+    catch-up, a slower one is refused).
     """
 
     level = 0
@@ -229,9 +236,15 @@ class PhysicalMachine:
         acpi_pm: bool = True,
         features: Iterable[str] | None = None,
         rtc_epoch_ns: int | None = None,
+        tsc_scaling: str = "vmx",
     ) -> None:
         self.world = world
         _check_int("memory_size", memory_size, 0)
+        if tsc_scaling not in TSC_SCALING_KINDS:
+            raise ValueError(
+                f"tsc_scaling={tsc_scaling!r} invalid; choose one of {', '.join(TSC_SCALING_KINDS)}"
+            )
+        self.tsc_scaling = tsc_scaling
         _check_int("tsc_skew_cycles", tsc_skew_cycles, 0)
         rng = world.rng
         base_offset = rng.randrange(1 << 40)
@@ -307,5 +320,5 @@ class PhysicalMachine:
     def __repr__(self) -> str:
         return (
             f"PhysicalMachine(cpus={len(self.cpus)}, memory={len(self.memory)}, "
-            f"counters={sorted(self.platform_counters)})"
+            f"counters={sorted(self.platform_counters)}, tsc_scaling={self.tsc_scaling!r})"
         )

@@ -43,11 +43,12 @@ record (kvm_guest_time_update), each side truncates once in pvclock scaling, and
 raw clock's mult differs from the records' mul by parts per billion."""
 
 KVMCLOCK_BASE_NOTE = (
-    "the real kvmclock base is CLOCK_MONOTONIC_RAW + the boot offset (x86.c"
-    " get_kvmclock_base_ns since 2020, not NTP-slewed); the model follows 2017"
-    " ktime_get_boot_ns on an NTP-free timekeeper: both advance at the TSC rate, so real -"
-    " model at one host TSC is one constant per kvmclock_offset segment (VM creation,"
-    " KVM_SET_CLOCK), bounded by the host TSC window of the segment's start"
+    "the real kvmclock counts from CLOCK_MONOTONIC_RAW + the boot offset (x86.c"
+    " get_kvmclock_base_ns, 5.5+), as the model does under kvmclock_base=raw (under the 2017"
+    " base, ktime_get_boot_ns, the model's NTP-free timekeeper runs at the same rate); the"
+    " model's host booted at another instant than the real one, so real - model at one host"
+    " TSC is one constant per kvmclock_offset segment (VM creation, KVM_SET_CLOCK), bounded"
+    " by the host TSC window of the segment's start"
 )
 
 NOT_COMPARED: dict[str, str] = {

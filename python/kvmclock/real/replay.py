@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmclock import PvclockVcpuTimeInfo
+from kvmclock.profiles import Profile, resolve_profile
 from kvmclock.real.capture import ScenarioRun, _rec
 from kvmclock.real.guest import MEM_SIZE, record_gpa
 
 ModelRunner = Callable[[ScenarioRun], ScenarioRun]
 
-MODEL_PROFILE = "gtod"
-"""Upstream KVM today has the gtod shape (shadow copy, masterclock only on a TSC host)."""
+MODEL_PROFILE = "upstream"
+"""The default profile of the replay: today's kernel (Linux 6.18), the one verify runs on."""
 MODEL_LEAD_NS = 1_000_000_000
 """Simulated time between the model host's boot and the first replayed operation."""
 MODEL_HOST_CPUS = 2
@@ -63,22 +64,31 @@ def _labels(run: ScenarioRun) -> dict[int, str]:
     return {int(ob["n"]): label for label, ob in run.obs.items()}
 
 
-def replay_model(real: ScenarioRun, *, profile: str = MODEL_PROFILE, seed: int = 0) -> ScenarioRun:
-    """Replay ``real.inputs`` on the model: a ``profile`` kernel (tsc clocksource) on a
+def replay_model(
+    real: ScenarioRun, *, profile: str | Profile = MODEL_PROFILE, seed: int = 0
+) -> ScenarioRun:
+    """Replay ``real.inputs`` on the model: a ``profile`` kernel (a name or a
+    :class:`~kvmclock.profiles.Profile`; default ``upstream``, the kernel verify has been run
+    against) (tsc clocksource) on a
     2-CPU physical host whose TSC hits every recorded host TSC, KVM loaded, one VM created
     at the recorded creation instant (or, when it was not recorded, at the first operation),
     then the same operations in the same order.  Returns the model's ``ScenarioRun`` with
     the same labels; its ``inputs`` carry the model's own host TSC per operation and the
     vCPUs' TSC offsets after it, its ``trace`` the model's ftrace text."""
     from kvmclock.kernel import Kernel
-    from kvmclock.profiles import PROFILES
-    from kvmclock.kvm import MSR_KVM_SYSTEM_TIME_NEW, Kvm, KvmModule, VcpuCpu
+    from kvmclock.kvm import (
+        KVM_CLOCK_HOST_TSC,
+        KVM_CLOCK_REALTIME,
+        MSR_KVM_SYSTEM_TIME_NEW,
+        Kvm,
+        KvmModule,
+        VcpuCpu,
+    )
     from kvmclock.machine.physical import PhysicalCpu, PhysicalMachine
     from kvmclock.machine.world import World
     from kvmclock.trace import format_line
 
-    if profile not in PROFILES:
-        raise ValueError(f"profile={profile!r} invalid; choose one of {', '.join(PROFILES)}")
+    cfg = resolve_profile(profile)
     if isinstance(real.tsc_khz, bool) or not isinstance(real.tsc_khz, int) or real.tsc_khz <= 0:
         raise ValueError(f"real.tsc_khz={real.tsc_khz!r} must be a positive int (kHz)")
     if not real.inputs:
@@ -93,7 +103,7 @@ def replay_model(real: ScenarioRun, *, profile: str = MODEL_PROFILE, seed: int =
         for i in range(MODEL_HOST_CPUS)
     ]
     machine = PhysicalMachine(world, cpus)
-    kernel = Kernel(machine, profile, name="L0", clocksource_override="tsc")
+    kernel = Kernel(machine, cfg, name="L0", clocksource_override="tsc")
     kernel.boot()
     module: KvmModule = kernel.load_kvm()
     cpu = module.ioctl_cpu  # one thread does every ioctl, as the real script does
@@ -167,9 +177,15 @@ def replay_model(real: ScenarioRun, *, profile: str = MODEL_PROFILE, seed: int =
                 offset=_s64(kvm.vcpus[vid].tsc_offset),
             )
         elif op == "get_clock":
-            # KVM_GET_CLOCK as since 5.16: KVM_CLOCK_REALTIME|KVM_CLOCK_HOST_TSC only with
-            # masterclock (__get_kvmclock); the 2017 ioctl had neither.
-            c = kvm.get_clock(extended=kvm.use_master_clock)
+            # KVM_GET_CLOCK of the profile: KVM_CLOCK_REALTIME|KVM_CLOCK_HOST_TSC only with
+            # switch kvm_clock_realtime (5.16+) and masterclock (__get_kvmclock).  A 2017
+            # profile's ioctl has neither: with masterclock the replay reads the ioctl CPU's
+            # TSC and realtime at the same simulated instant, as the 5.16 ioctl would report.
+            c = kvm.get_clock()
+            if kvm.use_master_clock and not c.flags & KVM_CLOCK_HOST_TSC:
+                c.host_tsc = host_tsc()
+                c.realtime = kernel.run_on_cpu(cpu, kernel.timekeeper.ktime_get_real_ns)
+                c.flags |= KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC
             ob.update(
                 clock=c.clock,
                 flags=c.flags,
@@ -215,13 +231,19 @@ def replay_model(real: ScenarioRun, *, profile: str = MODEL_PROFILE, seed: int =
     return run
 
 
-def model_runner() -> tuple[ModelRunner | None, str]:
-    """The model replay of a real run (``replay_model``), or (None, why not)."""
+def model_runner(profile: str | Profile = MODEL_PROFILE) -> tuple[ModelRunner | None, str]:
+    """The model replay of a real run under ``profile`` (``replay_model``), or (None, why
+    not). ValueError for an unknown profile."""
+    cfg = resolve_profile(profile)
     try:
         import kvmclock.kvm.x86  # noqa: F401
     except ImportError as exc:
         return None, f"model unavailable: {exc}"
-    return replay_model, f"replayed on a {MODEL_PROFILE} kernel with a tsc host"
+
+    def run(real: ScenarioRun) -> ScenarioRun:
+        return replay_model(real, profile=cfg)
+
+    return run, f"replayed on a {cfg.name} kernel (Linux {cfg.kernel}) with a tsc host"
 
 
 __all__ = ["MODEL_LEAD_NS", "MODEL_PROFILE", "ModelRunner", "model_runner", "replay_model"]

@@ -133,10 +133,11 @@ def format_verify(result: dict[str, Any]) -> str:
         )
     lines.append(summary_line(result))
     n_failed = result["summary"]["relations"][FAILED]
+    fields_failed = (result["summary"]["fields"] or {}).get(FAILED, 0)
     lines.append(
         "OK"
         if result["ok"]
-        else f"FAILED: {n_failed} relation(s) failed"
+        else f"FAILED: {n_failed} relation(s) and {fields_failed} real-vs-model field(s) failed"
         + ("" if result["model"] == "ran" else f" (the model did not run: {result['model']})")
     )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmclock.errors import RealResourceUnavailable
+from kvmclock.profiles import Profile, resolve_profile
 from kvmclock.real import replay
 from kvmclock.real.capture import (
     PVCLOCK_GUEST_STOPPED,
@@ -61,12 +62,17 @@ def _departure_applies(name: str, real: ScenarioRun, held_real: bool) -> str | N
     return d.name if d else None
 
 
-def model_runner() -> tuple[ModelRunner | None, str]:
+def model_runner(profile: str | Profile = MODEL_PROFILE) -> tuple[ModelRunner | None, str]:
     """The model replay (``replay.model_runner``); a module attribute so tests can swap it."""
-    return replay.model_runner()
+    return replay.model_runner(profile)
 
 
-def verify_run(real: ScenarioRun, *, trace_status: str = "from the run") -> dict[str, Any]:
+def verify_run(
+    real: ScenarioRun,
+    *,
+    trace_status: str = "from the run",
+    profile: str | Profile = MODEL_PROFILE,
+) -> dict[str, Any]:
     """Everything ``run_verify`` does after the real run, on a capture (fresh or stored): the
     model replay of ``real.inputs``, every relation judged (``relations.judge``) and the result
     document (``report.assemble``).
@@ -74,7 +80,8 @@ def verify_run(real: ScenarioRun, *, trace_status: str = "from the run") -> dict
     ``ok`` is False when any relation or real-vs-model field failed, or the model did not run
     (no model, or its replay raised): a model that cannot run is a failed verify.
     """
-    runner, why = model_runner()
+    cfg = resolve_profile(profile)
+    runner, why = model_runner(cfg)
     model: ScenarioRun | None = None
     if runner is None:
         status = why
@@ -85,7 +92,7 @@ def verify_run(real: ScenarioRun, *, trace_status: str = "from the run") -> dict
         except Exception as exc:  # any replay failure is reported, and fails verify
             status = f"model replay failed: {type(exc).__name__}: {exc}"
     judged = judge(real, model, status)
-    return assemble(
+    result = assemble(
         real,
         model,
         judged,
@@ -93,10 +100,17 @@ def verify_run(real: ScenarioRun, *, trace_status: str = "from the run") -> dict
         model_setup=why if model is not None else None,
         trace_status=trace_status,
     )
+    result["profile"] = cfg.to_json()
+    return result
 
 
-def run_verify(scenarios: list[str] | None = None, trace: bool | None = None) -> dict[str, Any]:
-    """Run the real scenario on /dev/kvm (``capture.real_run``) and ``verify_run`` it.
+def run_verify(
+    scenarios: list[str] | None = None,
+    trace: bool | None = None,
+    profile: str | Profile = MODEL_PROFILE,
+) -> dict[str, Any]:
+    """Run the real scenario on /dev/kvm (``capture.real_run``) and ``verify_run`` it with
+    the model under ``profile`` (default ``upstream``).
 
     ``scenarios``: None or a subset of ``["clock-relations"]``; ``trace``: capture the four KVM
     clock events in a private tracefs instance (None = when possible). Raises
@@ -106,8 +120,9 @@ def run_verify(scenarios: list[str] | None = None, trace: bool | None = None) ->
     unknown = [n for n in names if n != "clock-relations"]
     if unknown:
         raise ValueError(f"scenarios must be a subset of ['clock-relations'], got {unknown}")
+    cfg = resolve_profile(profile)
     real, trace_status = real_run(trace)
-    result = verify_run(real, trace_status=trace_status)
+    result = verify_run(real, trace_status=trace_status, profile=cfg)
     result["scenarios"] = names
     return result
 

@@ -17,7 +17,14 @@ from typing import Any, cast
 
 from kvmclock.errors import LivelockDetected, ScenarioError
 from kvmclock.kernel import Kernel
-from kvmclock.kvm.x86 import FAULTS, KVM_CLOCK_REALTIME, Kvm, KvmModule, MasterclockLivelock
+from kvmclock.kvm.x86 import (
+    FAULTS,
+    KVM_CLOCK_REALTIME,
+    Kvm,
+    KvmModule,
+    MasterclockLivelock,
+    TimeScaleLivelock,
+)
 from kvmclock.machine.physical import PhysicalMachine
 from kvmclock.machine.world import World
 from kvmclock.profiles import Profile, SwitchValue, resolve_profile
@@ -74,10 +81,23 @@ class Sim:
         return mod
 
     def host(
-        self, *, cpus: int, tsc_khz: int, tsc_skew_cycles: int = 0, kvm: bool = True
+        self,
+        *,
+        cpus: int,
+        tsc_khz: int,
+        tsc_skew_cycles: int = 0,
+        kvm: bool = True,
+        tsc_scaling: str = "vmx",
     ) -> Kernel:
-        """Level 0: a physical machine with HPET and ACPI PM, its kernel booted, KVM loaded."""
-        m = PhysicalMachine(self.world, cpus, tsc_khz=tsc_khz, tsc_skew_cycles=tsc_skew_cycles)
+        """Level 0: a physical machine with HPET and ACPI PM, its kernel booted, KVM loaded.
+        ``tsc_scaling``: the CPUs' TSC-scaling hardware (``vmx``, ``svm`` or ``none``)."""
+        m = PhysicalMachine(
+            self.world,
+            cpus,
+            tsc_khz=tsc_khz,
+            tsc_skew_cycles=tsc_skew_cycles,
+            tsc_scaling=tsc_scaling,
+        )
         # cast: PhysicalMachine's concrete list types do not match the protocol's
         # invariant mutable members exactly (machine/base.py), the behaviour does.
         k = Kernel(m, self.profile, name="L0", hz=self.hz)
@@ -267,7 +287,11 @@ def _setup_set_clock(sim: Sim, p: dict[str, Any]) -> None:
     def set_realtime() -> None:
         real = l0.run_on_cpu(0, l0.timekeeper.ktime_get_real_ns)
         target = vm.get_clock().clock
-        vm.set_clock(target, KVM_CLOCK_REALTIME, real - _ns(p["realtime_lag_s"]))
+        try:
+            vm.set_clock(target, KVM_CLOCK_REALTIME, real - _ns(p["realtime_lag_s"]))
+        except ValueError as exc:  # a profile without switch kvm_clock_realtime refuses it
+            sim.moment(1, f"KVM_SET_CLOCK flags=REALTIME refused: {exc}")
+            return
         vm.machine.run_on_cpu(0, lambda: None)
         st = vm.vcpus[0].hv_clock.system_time
         sim.moment(
@@ -277,7 +301,7 @@ def _setup_set_clock(sim: Sim, p: dict[str, Any]) -> None:
         )
 
     def get() -> None:
-        d = vm.get_clock(extended=True)
+        d = vm.get_clock()  # REALTIME|HOST_TSC only under switch kvm_clock_realtime
         sim.moment(
             1,
             f"KVM_GET_CLOCK clock={d.clock} flags={d.flags:#x} realtime={d.realtime} "
@@ -605,12 +629,13 @@ def run_scenario(
         if duration_ns > sim.world.now_ns:
             sim.world.run_until(duration_ns)
     except LivelockDetected as exc:
-        lvl = exc.level if isinstance(exc, MasterclockLivelock) else -1
+        kvm_loop = exc if isinstance(exc, (MasterclockLivelock, TimeScaleLivelock)) else None
+        lvl = kvm_loop.level if kvm_loop is not None else -1
         livelock = {
-            "t_ns": exc.t_ns if isinstance(exc, MasterclockLivelock) else sim.world.now_ns,
+            "t_ns": kvm_loop.t_ns if kvm_loop is not None else sim.world.now_ns,
             "level": lvl,
-            "where": exc.where if isinstance(exc, MasterclockLivelock) else "timekeeper",
-            "spins": exc.spins if isinstance(exc, MasterclockLivelock) else 0,
+            "where": kvm_loop.where if kvm_loop is not None else "timekeeper",
+            "spins": kvm_loop.spins if kvm_loop is not None else 0,
             "message": str(exc),
         }
         sim.moment(

@@ -35,14 +35,18 @@ __all__ = [
     "VCLOCK_NONE",
     "VCLOCK_PVCLOCK",
     "VCLOCK_TSC",
+    "WATCHDOG_MAX_SKEW",
+    "WATCHDOG_THRESHOLD_618",
     "Clocksource",
     "CounterClocksource",
     "JiffiesClocksource",
     "KvmClock",
     "TscClocksource",
     "clocksource_delta",
+    "clocksource_delta_max",
     "clocksource_mask",
     "clocksource_max_adjustment",
+    "cycles_to_nsec_safe",
     "jiffies_shift",
     "tick_nsec",
 ]
@@ -67,6 +71,14 @@ VCLOCK_TSC = 1
 VCLOCK_PVCLOCK = 2
 VCLOCK_HVCLOCK = 3
 
+# kernel/time/clocksource.c (5.14+, values of 6.18.0).  WATCHDOG_MAX_SKEW is
+# CONFIG_CLOCKSOURCE_WATCHDOG_MAX_SKEW_US (Kconfig default 125, always defined on x86, which
+# selects CLOCKSOURCE_WATCHDOG) microseconds; 2 * WATCHDOG_MAX_SKEW is the lower bound of every
+# computed uncertainty margin.  WATCHDOG_THRESHOLD_618 (NSEC_PER_SEC >> 5, half of 2017's
+# threshold) is the margin of a clocksource registered without a frequency.
+WATCHDOG_MAX_SKEW = 125 * 1000
+WATCHDOG_THRESHOLD_618 = NSEC_PER_SEC >> 5
+
 MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
 PVTI_SIZE = 64  # sizeof(struct pvclock_vsyscall_time_info): 32-byte record padded to a cache line
 
@@ -86,6 +98,29 @@ def clocksource_delta(now: int, last: int, mask: int) -> int:
     """
     ret = (now - last) & mask
     return 0 if ret & ~(mask >> 1) else ret
+
+
+def clocksource_delta_max(now: int, last: int, mask: int, max_delta: int) -> int:
+    """``clocksource_delta`` of 6.13+ (include/linux/timekeeping_internal.h).
+
+    ``(now - last) & mask``, or 0 when that exceeds ``max_delta`` (the clocksource's
+    ``max_raw_delta``, 7/8 of the mask: negative motion, e.g. a TSC read behind the last one).
+    """
+    ret = (now - last) & mask
+    return 0 if ret > max_delta else ret
+
+
+def cycles_to_nsec_safe(cs: Clocksource, start: int, end: int) -> int:
+    """``cycles_to_nsec_safe`` (kernel/time/clocksource.c, 6.10+): ns between two reads.
+
+    The delta is ``clocksource_delta_max(end, start, mask, max_raw_delta)``; below
+    ``max_cycles`` it is converted with ``clocksource_cyc2ns`` (64-bit product), above with
+    ``mul_u64_u32_shr`` (exact 96-bit product), so a long interval does not wrap.
+    """
+    delta = clocksource_delta_max(end, start, cs.mask, cs.max_raw_delta)
+    if delta < cs.max_cycles:
+        return cs.cyc2ns(delta)
+    return ((delta * cs.mult) >> cs.shift) & U64_MASK
 
 
 def clocksource_max_adjustment(mult: int) -> int:
@@ -140,6 +175,10 @@ class Clocksource(abc.ABC):
         self.max_cycles = 0
         self.max_idle_ns = 0
         self.freq_hz = 0  # scale * freq given at registration (0 for jiffies)
+        # 5.14+ watchdog (clocksource_watchdog=6.18): ns per half second this clocksource may
+        # be off; computed at registration, 0 (unused) under the 4.13 rule.
+        self.uncertainty_margin = 0
+        self.max_raw_delta = mask >> 1  # 6.13+: 7/8 of the mask, set at registration
         self.cs_last = 0  # watchdog bookkeeping (cs->cs_last, cs->wd_last)
         self.wd_last = 0
         self.registered = False
@@ -189,6 +228,8 @@ class Clocksource(abc.ABC):
             self.shift -= 1
             self.maxadj = clocksource_max_adjustment(self.mult)
         self.freq_hz = scale * freq
+        if self.kernel.cfg.clocksource_watchdog == "6.18":
+            self.uncertainty_margin = self._uncertainty_margin(scale, freq)
         # clocks_calc_max_nsecs(mult, shift, maxadj, mask, &max_cycles)
         if self.mult:
             max_cycles = min(U64_MASK // (self.mult + self.maxadj), self.mask)
@@ -196,6 +237,32 @@ class Clocksource(abc.ABC):
             self.max_idle_ns = (
                 int(_k.clocksource_cyc2ns(max_cycles, self.mult - self.maxadj, self.shift)) >> 1
             )
+        # clocksource_update_max_deferment (6.13+): the negative-motion threshold
+        self.max_raw_delta = (self.mask >> 1) + (self.mask >> 2) + (self.mask >> 3)
+
+    #: ``.uncertainty_margin`` given in the driver's struct (ns); 0 = computed at registration.
+    preset_uncertainty_margin = 0
+
+    def _uncertainty_margin(self, scale: int, freq: int) -> int:
+        """The uncertainty margin ``__clocksource_update_freq_scale`` (6.18) leaves (ns).
+
+        The driver's preset if any; else with a frequency the counter period
+        ``NSEC_PER_SEC / (scale * freq)`` (the product is u32 arithmetic in the kernel, so it
+        wraps), at least ``2 * WATCHDOG_MAX_SKEW`` (250 us); without one WATCHDOG_THRESHOLD
+        (31.25 ms).
+        """
+        if self.preset_uncertainty_margin:
+            return self.preset_uncertainty_margin
+        if scale and freq:
+            period_div = (scale * freq) & U32_MASK
+            if period_div == 0:
+                raise ValueError(
+                    f"clocksource {self.name}: scale={scale} * freq={freq} wraps to 0 in u32 "
+                    "(the kernel would divide by zero); valid: a product that is not a "
+                    "multiple of 2**32"
+                )
+            return max(NSEC_PER_SEC // period_div, 2 * WATCHDOG_MAX_SKEW)
+        return WATCHDOG_THRESHOLD_618
 
     def mark_unstable(self) -> None:
         """``clocksource_mark_unstable(cs)``: flag it UNSTABLE; the watchdog work rates it 0 and
@@ -225,7 +292,11 @@ class TscClocksource(Clocksource):
     """``clocksource_tsc``: rating 300, 64-bit, CONTINUOUS|MUST_VERIFY, vclock TSC.
 
     Registered with ``clocksource_register_khz(&clocksource_tsc, tsc_khz)``.  ``read_tsc`` is
-    ``rdtsc_ordered()`` on the current CPU; the stamp is that value (patch 04).
+    ``rdtsc_ordered()`` on the current CPU; the stamp is that value (patch 04).  MUST_VERIFY
+    is dropped (the watchdog never checks tsc) with "tsc_reliable" (X86_FEATURE_TSC_RELIABLE),
+    and, under the switch ``tsc_watchdog_exemption`` (5.16+, ``check_system_tsc_reliable``),
+    when the machine has "constant_tsc", "nonstop_tsc" and "tsc_adjust" and at most 4
+    packages (a machine's ``packages`` attribute, 1 when it has none).
     """
 
     def __init__(self, kernel: Kernel) -> None:
@@ -235,6 +306,12 @@ class TscClocksource(Clocksource):
             flags |= CLOCK_SOURCE_SUSPEND_NONSTOP
         if "tsc_reliable" in features:  # X86_FEATURE_TSC_RELIABLE: no watchdog
             flags &= ~CLOCK_SOURCE_MUST_VERIFY
+        if (
+            kernel.cfg.tsc_watchdog_exemption
+            and {"constant_tsc", "nonstop_tsc", "tsc_adjust"} <= features
+            and int(getattr(kernel.machine, "packages", 1)) <= 4
+        ):
+            flags &= ~CLOCK_SOURCE_MUST_VERIFY  # tsc_disable_clocksource_watchdog()
         super().__init__(kernel, "tsc", 300, U64_MASK, flags=flags, vclock_mode=VCLOCK_TSC)
 
     def _read_counter(self) -> tuple[int, int]:
@@ -270,7 +347,12 @@ class CounterClocksource(Clocksource):
 
 
 class JiffiesClocksource(Clocksource):
-    """``clocksource_jiffies``: rating 1, 32-bit mask, mult TICK_NSEC << JIFFIES_SHIFT, no freq."""
+    """``clocksource_jiffies``: rating 1, 32-bit mask, mult TICK_NSEC << JIFFIES_SHIFT, no freq.
+
+    Its ``.uncertainty_margin`` is 32 ms in 5.15+ kernels (used by the 6.18 watchdog rule).
+    """
+
+    preset_uncertainty_margin = 32 * 1000 * 1000
 
     def __init__(self, kernel: Kernel) -> None:
         hz = kernel.hz

@@ -428,6 +428,13 @@ class Timekeeper:
         """``ktime_get_raw_ns``: CLOCK_MONOTONIC_RAW (tkr_raw)."""
         return self._read(True, None)[0]
 
+    def ktime_get_raw_boot_ns_with_cycles(self) -> tuple[int, int]:
+        """(CLOCK_MONOTONIC_RAW + offs_boot ns, clocksource stamp) from one read under
+        tk_core.seq: the kvmclock base of Linux 5.5+ (``get_kvmclock_base_ns``,
+        arch/x86/kvm/x86.c) for a KVM that asks the timekeeper instead of its shadow copy.
+        Runs at the raw rate (``tkr_raw.mult``, never NTP-adjusted)."""
+        return self._read(True, TK_OFFS_BOOT)
+
     def ktime_get_with_offset(self, offs: int) -> tuple[int, int]:
         """``ktime_get_with_offset(offs, &cycles)`` (patch 05): (mono + offset ns, clocksource
         stamp).
