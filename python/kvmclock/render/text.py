@@ -132,9 +132,11 @@ def describe_timeline(timeline: Sequence[Sequence[Any]], duration_ns: int | None
 
 
 def headline(runs: Sequence[Run]) -> list[str]:
-    """Per profile: the deepest guest's stable bit over time, masterclock per KVM level, and
-    notifier calls against timekeeping updates (SPEC.md section 6's expected headline)."""
+    """Per profile: the deepest guest's stable bit over time (and, when a KVM level never gave
+    masterclock while it ran on kvm-clock, the switch that decides it), masterclock per KVM
+    level, and notifier calls against timekeeping updates."""
     out = []
+    w = max([7, *(len(str(r["profile"])) for r in runs)])
     for run in runs:
         levels = list(run["levels"])
         if not levels:
@@ -150,23 +152,56 @@ def headline(runs: Sequence[Run]) -> list[str]:
         if deepest.get("pvclock_stable") is None and not deepest.get("pvclock_stable_timeline"):
             stable = "no pvclock (physical host)"
         out.append(
-            f"{run['profile']:>7}: L{deepest['level']} pvclock stable bit {stable}"
+            f"{run['profile']:>{w}}: L{deepest['level']} pvclock stable bit {stable}"
         )
-        out.append(f"{'':>7}  notifier calls / timekeeping updates: {calls}")
+        why = _kvmclock_host_reason(run)
+        if why:
+            out.append(f"{'':>{w}}  {why}")
+        out.append(f"{'':>{w}}  notifier calls / timekeeping updates: {calls}")
         for lv in levels:
             tl = lv.get("masterclock_timeline") or []
             if lv.get("masterclock") is None and not tl:
                 continue
             out.append(
-                f"{'':>7}  masterclock of KVM at L{lv['level']}: {describe_timeline(tl, duration)}"
+                f"{'':>{w}}  masterclock of KVM at L{lv['level']}: "
+                f"{describe_timeline(tl, duration)}"
             )
         ll = run.get("livelock")
         if ll:
             out.append(
-                f"{'':>7}  LIVELOCK detected at {fmt_time(ll.get('t_ns'))} in L{ll.get('level')} "
-                f"{ll.get('where')} after {ll.get('spins')} spins"
+                f"{'':>{w}}  LIVELOCK detected at {fmt_time(ll.get('t_ns'))} in "
+                f"L{ll.get('level')} {ll.get('where')} after {ll.get('spins')} spins"
             )
     return out
+
+
+def _kvmclock_host_reason(run: Run) -> str | None:
+    """Why a KVM running on kvm-clock did or did not give its guests masterclock: the
+    ``stable_pvclock_host`` switch (the series' patch 11) decides it."""
+    switches = run.get("switches") or {}
+    if "stable_pvclock_host" not in switches:
+        return None
+    for lv in run["levels"]:
+        tl = lv.get("masterclock_timeline") or []
+        if int(lv["level"]) == 0 or (lv.get("masterclock") is None and not tl):
+            continue
+        if lv.get("clocksource") != "kvm-clock":
+            continue
+        ever = any(bool(state) for _t, state in tl)
+        if switches["stable_pvclock_host"]:
+            if ever:
+                return (
+                    f"why: KVM at L{lv['level']} runs on kvm-clock and counts its stable "
+                    "record as a stable host clock (stable_pvclock_host=on, the series' "
+                    "patch 11)"
+                )
+            return None
+        return (
+            f"why: KVM at L{lv['level']} runs on kvm-clock, and without the series' patch 11 "
+            "(stable_pvclock_host=off) only a tsc host clock gives masterclock: no kernel up "
+            "to Linux 6.18 gives L2 a stable clock here"
+        )
+    return None
 
 
 def moments_timeline(runs: Sequence[Run], limit: int = 30) -> list[str]:
@@ -181,10 +216,13 @@ def moments_timeline(runs: Sequence[Run], limit: int = 30) -> list[str]:
                 profs.append(str(run["profile"]))
     everyone = "both" if len(names) == 2 else "all"
     rows = sorted(seen.items(), key=lambda kv: (kv[0][0], names.index(kv[1][0])))
-    width = max([len(everyone), *(len(n) for n in names)])
+    shown = [
+        (t, lvl, text, everyone if len(profs) == len(names) > 1 else ",".join(profs))
+        for (t, lvl, text), profs in rows[:limit]
+    ]
+    width = max([len(everyone), *(len(n) for n in names), *(len(w) for *_, w in shown)])
     out = []
-    for (t, lvl, text), profs in rows[:limit]:
-        who = everyone if len(profs) == len(names) > 1 else ",".join(profs)
+    for t, lvl, text, who in shown:
         out.append(f"{fmt_time(t):>14}  {who:<{width}} L{lvl}  {text}")
     if len(rows) > limit:
         out.append(f"{'':>14}  ... {len(rows) - limit} more moments (all of them in --json)")
