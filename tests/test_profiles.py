@@ -243,3 +243,19 @@ def test_default_simulate_shows_three_profiles_and_says_why_l2_is_unstable() -> 
     assert "set from 0.002 s" in rows["series"]
     assert head.count("runs on kvm-clock, and without the series' patch 11") == 2
     assert head.count("stable_pvclock_host=on, the series' patch 11") == 1
+
+
+def test_docs_table_matches_the_profiles() -> None:
+    """docs/profiles.md's switch table says what PROFILES says (values and release)."""
+    doc = (ROOT / "docs" / "profiles.md").read_text()
+
+    def show(v: Any) -> str:
+        return ("on" if v else "off") if isinstance(v, bool) else str(v)
+
+    for name, s in SWITCHES.items():
+        m = re.search(rf"^\| `{name}` \| ([^|]+) \| ([^|]+) \|", doc, re.M)
+        assert m, f"docs/profiles.md has no row for {name}"
+        assert [x.strip() for x in m.group(1).split("/")] == [
+            show(PROFILES[p][name]) for p in PROFILES
+        ], name
+        assert m.group(2).strip() == s.since, name
