@@ -467,9 +467,7 @@ def test_exit_0_ok(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_exit_1_only_for_a_relation_that_did_not_hold(capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvmclock.real import verify
-
-    from kvmclock.real import capture
+    from kvmclock.real import capture, verify
 
     result = {"ok": False, "relations": []}
     monkeypatch.setattr(capture, "real_run", lambda _trace: (None, "no trace"))

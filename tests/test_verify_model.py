@@ -344,7 +344,9 @@ def test_model_replay_failure_fails_verify(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_missing_model_fails_verify(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify, "model_runner", lambda profile=None: (None, "model unavailable: no x86"))
+    monkeypatch.setattr(
+        verify, "model_runner", lambda profile=None: (None, "model unavailable: no x86")
+    )
     res = verify.verify_run(_real())
     assert not res["ok"] and res["model"] == "model unavailable: no x86"
     assert all(r["outcome"] == "failed" for r in res["relations"])

@@ -1117,7 +1117,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_COMMANDS = ("simulate", "profiles", "drift", "scenarios", "scale", "decode", "trace", "host", "verify")
+_COMMANDS = (
+    "simulate", "profiles", "drift", "scenarios", "scale", "decode", "trace", "host", "verify"
+)
 
 
 def _one_line(text: str) -> str:
