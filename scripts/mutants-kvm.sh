@@ -10,17 +10,20 @@
 # the tests import ``kvmclock.*``; so the copy holds the package under src/ (python/ is
 # renamed) and mutmut puts mutants/src first on sys.path, ahead of the editable install.
 # The config is written into the copy only (the repository has no [tool.mutmut] table, so the
-# timekeeping run keeps its own).  Tests: the fast KVM model tests only (KVM_MUTANTS_TESTS, a
-# space-separated list, overrides them; the "before" score of docs/testing.md is this script
-# with KVM_MUTANTS_TESTS="tests/test_kvm_x86.py tests/test_scenarios.py tests/test_invariants.py").
-# One worker (MUTMUT_JOBS to change it).  Prints the summary; survivors: `mutmut results`
-# in WORKDIR, a mutant's diff: `mutmut show NAME`.
+# timekeeping run keeps its own).  Tests: the KVM model test files and the verify-model tests
+# that drive KVM_KVMCLOCK_CTRL (about 3 s together; every surviving mutant costs one full
+# pass, so the slower scenario and invariant files are left to the normal suite).
+# KVM_MUTANTS_TESTS, a space-separated list, overrides them: the "before" score of
+# docs/testing.md is KVM_MUTANTS_TESTS=tests/test_kvm_x86.py.
+# One worker (MUTMUT_JOBS to change it); a mutant that hangs the model is stopped after
+# 3 x 2 x (its tests' CPU time + 1 s) (timeout_multiplier = 3).  Prints the summary;
+# survivors: WORKDIR/mutmut-results.txt, a mutant's diff: `mutmut show NAME` in WORKDIR.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-"$ROOT/../mut-kvm"}
 shift || true
 JOBS=${MUTMUT_JOBS:-1}
-TESTS=${KVM_MUTANTS_TESTS:-"tests/test_kvm_x86.py tests/test_kvm_rules.py tests/test_scenarios.py tests/test_invariants.py"}
+TESTS=${KVM_MUTANTS_TESTS:-"tests/test_kvm_x86.py tests/test_kvm_rules.py tests/test_verify_model.py"}
 PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || { echo "run ./scripts/setup.sh first (.venv missing)" >&2; exit 1; }
 "$PY" -m pip install -q "mutmut>=3.3,<4"
@@ -61,6 +64,7 @@ pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:benchmark"]
 pytest_add_cli_args_test_selection = [
 {sel}]
 use_git_change_detection = false
+timeout_multiplier = 3.0
 """
 open(p, "w", encoding="utf-8").write(text)
 print("tests:", " ".join(tests))
@@ -98,7 +102,13 @@ fi
 # 3. mutmut (it also runs its own forced-fail check of the trampolines before the mutants)
 "$MUTMUT" run --max-children "$JOBS" "$@"
 "$MUTMUT" results >mutmut-results.txt || true
-total=$(find mutants/src/kvmclock/kvm -name '*.meta' -exec "$PY" -c '
-import json, sys
-print(sum(len(json.load(open(f))["exit_code_by_key"]) for f in sys.argv[1:]))' {} +)
-echo "mutants: $total; not killed (survived, timeout, not checked): $(grep -c ': ' mutmut-results.txt || true) (list in $WORK/mutmut-results.txt)"
+"$MUTMUT" export-cicd-stats >/dev/null
+"$PY" - <<'EOF'
+import json
+s = json.load(open("mutants/mutmut-cicd-stats.json"))
+caught = s["killed"] + s["timeout"]
+print(f"kvm/ mutants: {s['total']}; killed {s['killed']}, timeout {s['timeout']} "
+      f"(caught {caught}, {100 * caught / s['total']:.1f}%); survived {s['survived']}, "
+      f"no tests {s['no_tests']}")
+EOF
+echo "survivors: $WORK/mutmut-results.txt (the equivalent ones are listed in docs/testing.md)"

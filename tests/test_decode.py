@@ -148,6 +148,10 @@ def test_decode_trace_lines() -> None:
         (["-"], b"\xff\xfe\xfd", ["not text"]),
         (["xyz!"], None, ["not hex"]),
         (["-"], b"x kvm_pvclock_update: garbage\n", ["no valid kvm_pvclock_update"]),
+        # a bad tsc_shift (-81 at byte 28) in a record given as its own line, beside a wall
+        # clock line (the mixed-lines path): found by the decode fuzzer
+        (["-"], b"02000000000000000a2f1e4e1c00000000ca9a3b000000003d0ad7f3af010000\n"
+         b"0200000000f1536505000000\n", ["record 0", "tsc_shift -81"]),
     ],
 )
 def test_decode_bad_input(args: list[str], stdin: bytes | None, needles: list[str]) -> None:

@@ -18,6 +18,7 @@ from kvmclock.timekeeping import (
     CLOCK_SOURCE_MUST_VERIFY,
     CLOCK_SOURCE_SUSPEND_NONSTOP,
     CLOCK_SOURCE_UNSTABLE,
+    CLOCK_SOURCE_VALID_FOR_HRES,
     MSR_KVM_SYSTEM_TIME_NEW,
     NOTIFY_DONE,
     NOTIFY_OK,
@@ -48,13 +49,13 @@ def test_argument_edges() -> None:
         assert Kernel(m, "gtod", hz=hz).hz == hz
     with pytest.raises(ValueError, match="hz"):
         Kernel(m, "gtod", hz=10_001)
-    with pytest.raises(TypeError, match="hz"):
+    with pytest.raises(TypeError, match="hz must be an int, got bool"):
         Kernel(m, "gtod", hz=True)
     for rating in (0, 1000):
         assert Kernel(m, "gtod", kvmclock_rating=rating).kvmclock_rating == rating
     with pytest.raises(ValueError, match="kvmclock_rating"):
         Kernel(m, "gtod", kvmclock_rating=1001)
-    with pytest.raises(TypeError, match="kvmclock_rating"):
+    with pytest.raises(TypeError, match="kvmclock_rating must be an int, got bool"):
         Kernel(m, "gtod", kvmclock_rating=False)
     with pytest.raises(TypeError, match="clocksource_override"):
         Kernel(m, "gtod", clocksource_override=1)  # type: ignore[arg-type]
@@ -64,7 +65,13 @@ def test_argument_edges() -> None:
     k = Kernel(m, "series", pvti_gpa=0x1000)
     assert (k.name, k.level, k.profile, k.pvti_gpa) == ("L0", 0, "series", 0x1000)
     assert (k.pvti_offset(0), k.pvti_offset(3)) == (0x1000, 0x1000 + 3 * 64)
-    assert not k.tsc_unstable and not k.check_tsc_unstable()
+    assert k.tsc_unstable is False and k.check_tsc_unstable() is False
+    # before boot: nothing booted, no tick, no kvmclock (valid flags 0), named chains
+    assert (k.booted, k.finished_booting, k.boot_ns, k.tick_timer) == (False, False, None, None)
+    assert k.pvclock_valid_flags == 0 and k.pvclock is None and k.kvm is None
+    assert k.pvclock_gtod_chain.name == "pvclock_gtod_chain"
+    assert k.clocksource_changes_chain.name == "clocksource_changes_chain"
+    assert (k.current_cpu, k.tick_cpu, k.curr_clocksource) == (0, 0, None)
     assert repr(k) == "Kernel(name='L0', profile='series', level=0, clocksource=None)"
 
 
@@ -152,6 +159,8 @@ def test_select_waits_for_boot_and_switches_once() -> None:
     k.clocksource_select()
     assert k.timekeeper.clock is b and k.curr_clocksource is b
     assert printks(k)[-1] == "clocksource: Switched to clocksource b"
+    last = [e for e in k.world.events if e["kind"] == "printk"][-1]
+    assert (last["kernel"], last["level"]) == ("L0", "info")
     n = len(printks(k))
     changes = k.counters["clocksource_changes"]
     k.clocksource_select()  # already the best: nothing
@@ -177,6 +186,8 @@ def test_override_unstable_is_dropped_with_warning() -> None:
     k.clocksource_select()
     assert k.clocksource_override is None
     assert k.timekeeper.clock.name == "tsc"
+    warn = [e for e in k.world.events if e["kind"] == "printk"][-2]
+    assert warn["level"] == "warn"
     assert printks(k)[-2:] == [
         "clocksource: Override clocksource acpi_pm is unstable and not HRT compatible - "
         "cannot switch while in HRT/NOHZ mode",
@@ -214,6 +225,11 @@ def test_tsc_flags_from_features(features: set[str], nonstop: bool, verify: bool
     assert tsc.flags & CLOCK_SOURCE_IS_CONTINUOUS
     assert bool(tsc.flags & CLOCK_SOURCE_SUSPEND_NONSTOP) is nonstop
     assert bool(tsc.flags & CLOCK_SOURCE_MUST_VERIFY) is verify
+    # exact flags after registration: a source that is not watched is VALID_FOR_HRES at once
+    expected = CLOCK_SOURCE_IS_CONTINUOUS
+    expected |= CLOCK_SOURCE_SUSPEND_NONSTOP if nonstop else 0
+    expected |= CLOCK_SOURCE_MUST_VERIFY if verify else CLOCK_SOURCE_VALID_FOR_HRES
+    assert tsc.flags == expected
     assert (tsc in k.watchdog.watchdog_list) is verify
     assert k.watchdog.running is verify  # nothing to watch without MUST_VERIFY
     assert (tsc.rating, tsc.mask, tsc.freq_hz) == (300, (1 << 64) - 1, 2_000_000_000)
@@ -248,6 +264,8 @@ def test_mark_tsc_unstable_before_registration() -> None:
     assert tsc.rating == 0 and not tsc.flags & CLOCK_SOURCE_IS_CONTINUOUS
     assert k.timekeeper.clock.name == "hpet"
     assert k.clocksource_list[-1] is tsc or k.clocksource_list[-2] is tsc
+    # only CONTINUOUS is cleared: still watched (MUST_VERIFY), not yet checked
+    assert tsc.flags == CLOCK_SOURCE_MUST_VERIFY | CLOCK_SOURCE_SUSPEND_NONSTOP
 
 
 def test_mark_tsc_unstable_with_unset_mult_only_rates() -> None:
@@ -255,7 +273,11 @@ def test_mark_tsc_unstable_with_unset_mult_only_rates() -> None:
     tsc = TscClocksource(k)  # known to the kernel but mult not computed (not registered)
     k.clocksources["tsc"] = tsc
     k.mark_tsc_unstable("early")
-    assert tsc.flags & CLOCK_SOURCE_UNSTABLE and tsc.rating == 0
+    # bare_kernel's machine lacks constant_tsc/nonstop_tsc: no SUSPEND_NONSTOP
+    assert (
+        tsc.flags == CLOCK_SOURCE_IS_CONTINUOUS | CLOCK_SOURCE_MUST_VERIFY | CLOCK_SOURCE_UNSTABLE
+    )
+    assert tsc.rating == 0
     assert tsc not in k.watchdog.watchdog_list
     assert not [e for e in k.world.events if e["kind"] == "clocksource_unstable"]
 
@@ -464,6 +486,12 @@ def test_load_kvm_once() -> None:
         k.load_kvm()
 
 
+def test_repr_after_boot() -> None:
+    k = Kernel(PhysicalMachine(World(), 1), "gtod", name="host")
+    k.boot()
+    assert repr(k) == "Kernel(name='host', profile='gtod', level=0, clocksource='tsc')"
+
+
 def test_boot_log_and_guest_without_rtc() -> None:
     w, vm, k = booted_guest("gtod")
     boot = next(e for e in w.events if e["kind"] == "boot")
@@ -472,3 +500,173 @@ def test_boot_log_and_guest_without_rtc() -> None:
     assert k.boot_ns == 1_000_000
     # no persistent clock on this machine: wall time starts at 0 = the monotonic start
     assert k.timekeeper.ktime_get_real_ns() == k.timekeeper.ktime_get_ns()
+
+
+def test_register_helpers_default_priority_and_unregister() -> None:
+    w = World(0)
+    k = Kernel(PhysicalMachine(w, 1), "gtod")
+    k.boot()
+    got: list[str] = []
+    first = lambda a, d: got.append("default") or NOTIFY_DONE  # noqa: E731
+    k.pvclock_gtod_register_notifier(first)
+    k.pvclock_gtod_register_notifier(lambda a, d: got.append("one") or NOTIFY_DONE, 1)
+    got.clear()
+    k.update_pvclock_gtod(False)
+    assert got == ["one", "default"]
+    k.pvclock_gtod_unregister_notifier(first)
+    got.clear()
+    k.update_pvclock_gtod(False)
+    assert got == ["one"]
+    k2 = Kernel(PhysicalMachine(World(0), 1), "series")
+    k2.boot()
+    got.clear()
+    k2.clocksource_changes_register_notifier(lambda a, d: got.append("default") or NOTIFY_DONE)
+    k2.clocksource_changes_register_notifier(lambda a, d: got.append("one") or NOTIFY_DONE, 1)
+    got.clear()
+    k2.clocksource_changes_notify()
+    assert got == ["one", "default"]
+
+
+def test_event_fields() -> None:
+    w, vm, k = booted_guest("series")
+    regs = [e for e in w.events if e["kind"] == "kvmclock_register"]
+    assert regs == [
+        {"t_ns": 1_000_000, "kind": "kvmclock_register", "kernel": "L1", "cpu": c, "gpa": 64 * c}
+        for c in (0, 1)
+    ]
+    kc = k.clocksources["kvm-clock"]
+    reg = [e for e in w.events if e["kind"] == "clocksource_register"]
+    assert reg[0] == {
+        "t_ns": 1_000_000,
+        "kind": "clocksource_register",
+        "kernel": "L1",
+        "cs": "kvm-clock",
+        "rating": 400,
+        "mult": kc.mult,
+        "shift": kc.shift,
+    }
+    assert (kc.mult, kc.shift) == _mult_shift_1ghz()
+    vm.publish(1, 0)
+    k.run_on_cpu(1, kc.read)
+    vm.publish(1, STABLE)
+    k.run_on_cpu(1, kc.read)
+    flips = [e for e in w.events if e["kind"] == "pvclock_stable_flip"]
+    assert flips == [
+        {"t_ns": 1_000_000, "kind": "pvclock_stable_flip", "kernel": "L1", "cpu": 1, "stable": s}
+        for s in (False, True)
+    ]
+    assert kc.stable_flips == 2 and k.counters["pvclock.stable_flips"] == 2
+    assert kc.flags == CLOCK_SOURCE_IS_CONTINUOUS | CLOCK_SOURCE_VALID_FOR_HRES
+    boot = next(e for e in w.events if e["kind"] == "boot")
+    assert (boot["kernel"], boot["profile"], boot["level"]) == ("L1", "series", 1)
+
+
+def test_unknown_platform_counter_is_skipped() -> None:
+    from kvmclock.machine.physical import PlatformCounter
+
+    w = World(0)
+    m = PhysicalMachine(w, 1)
+    other = PlatformCounter(w, "other", 32_768, 32)
+    m.platform_counters = {"other": other, **m.platform_counters}
+    k = Kernel(m, "gtod")
+    k.boot()
+    assert [c.name for c in k.clocksource_list] == ["tsc", "hpet", "acpi_pm", "jiffies"]
+
+
+def test_jiffies_clocksource_parameters() -> None:
+    k = Kernel(PhysicalMachine(World(0), 1), "gtod", hz=100)
+    k.boot()
+    jif = k.clocksources["jiffies"]
+    # TICK_NSEC(100) << JIFFIES_SHIFT(100) = 10_000_000 << 8; 32-bit mask, rating 1, no freq
+    assert jif.flags == 0  # not continuous: never VALID_FOR_HRES
+    assert (jif.mult, jif.shift, jif.mask, jif.rating, jif.freq_hz) == (
+        10_000_000 << 8,
+        8,
+        (1 << 32) - 1,
+        1,
+        0,
+    )
+    assert jif.read() == (k.jiffies_64, k.jiffies_64)
+
+
+def test_platform_clocksources_flags_and_kernel() -> None:
+    k = Kernel(PhysicalMachine(World(0), 1), "gtod")
+    k.boot()
+    for name in ("hpet", "acpi_pm"):
+        cs = k.clocksources[name]
+        assert cs.flags == CLOCK_SOURCE_IS_CONTINUOUS | CLOCK_SOURCE_VALID_FOR_HRES
+        assert cs.kernel is k and cs.vclock_mode == VCLOCK_NONE
+    k.clocksources["acpi_pm"].mark_unstable()  # reaches this kernel's watchdog
+    assert k.clocksources["acpi_pm"] in k.watchdog.watchdog_list
+
+
+def test_jiffies_only_boot_does_not_switch() -> None:
+    # clocksource_done_booting: curr_clocksource = the default clock (jiffies) before selecting
+    k = Kernel(PhysicalMachine(World(0), 1, hpet=False, acpi_pm=False, features={"notsc"}), "gtod")
+    k.boot()
+    assert k.curr_clocksource is k.clocksources["jiffies"]
+    assert not [t for t in printks(k) if t.startswith("clocksource: Switched")]
+    assert k.counters["clocksource_changes"] == 0
+
+
+def test_one_khz_tsc_is_registered() -> None:
+    k = Kernel(PhysicalMachine(World(0), 1, tsc_khz=1), "gtod")
+    k.boot()
+    tsc = k.clocksources["tsc"]
+    assert tsc.freq_hz == 1000 and k.timekeeper.clock is tsc
+
+
+def test_stable_bit_flip_before_the_first_read_notifies() -> None:
+    """kvm-clock remembers the stable bit seen at boot: a flip before its first read counts.
+
+    Rated 299 it is not the boot clocksource, so nothing reads it during boot."""
+    w = World(1)
+    w.run_until(1_000_000)
+    vm = FakeVm(w)
+    for cpu in range(2):
+        vm.publish(cpu, STABLE)
+    k = Kernel(vm, "series", name="L1", kvmclock_rating=299)
+    k.boot()
+    assert k.timekeeper.clock.name == "tsc"
+    n = k.counters["notifier_calls.clocksource_changes"]
+    flips = k.counters["pvclock.stable_flips"]
+    vm.publish(0, 0)
+    k.run_on_cpu(0, k.clocksources["kvm-clock"].read)
+    assert k.counters["pvclock.stable_flips"] == flips + 1
+    assert k.counters["notifier_calls.clocksource_changes"] == n + 1
+
+
+def test_register_default_scale_is_one() -> None:
+    k = bare_kernel()
+    cs = ManualCs(k, "hz", mult=0, shift=0)
+    k.clocksource_register(cs, freq=1_000_000)  # clocksource_register_hz
+    assert cs.freq_hz == 1_000_000
+    mult, shift = km.clocks_calc_mult_shift(1_000_000, NSEC, 600)  # sec capped at 600
+    assert (mult, shift) == (4_194_304_000, 22)
+    # mult + 11% does not fit a u32: halved once (__clocksource_update_freq_scale)
+    assert (cs.mult, cs.shift) == (mult >> 1, shift - 1)
+
+
+def test_kvmclock_msrs_are_written_on_their_cpu() -> None:
+    class PinnedVm(FakeVm):
+        running: int | None = None
+
+        def run_on_cpu(self, cpu: int, fn: Any) -> Any:
+            prev, self.running = self.running, cpu
+            try:
+                return fn()
+            finally:
+                self.running = prev
+
+        def wrmsr(self, cpu: int, msr: int, value: int) -> None:
+            assert self.running == cpu, "wrmsr targets the CPU it runs on"
+            super().wrmsr(cpu, msr, value)
+
+    w = World(1)
+    w.run_until(1_000_000)
+    vm = PinnedVm(w, ncpus=3)
+    for cpu in range(3):
+        vm.publish(cpu, STABLE)
+    k = Kernel(vm, "gtod", name="L1")
+    k.boot()
+    assert [c for c, _m, _v in vm.msrs] == [0, 1, 2]

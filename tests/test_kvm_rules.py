@@ -506,7 +506,7 @@ def test_boot_vcpu_old_kvmclock_msr_switches_masterclock(profile: str) -> None:
 
 def test_old_kvmclock_requests_masterclock_update_only_on_change() -> None:
     host = make_host()
-    vm = make_vm(host, 1)
+    vm = make_vm(host, 1, msr=False)
     m = kvm_of(host)
     v0 = vm.vcpus[0]
 
@@ -515,6 +515,7 @@ def test_old_kvmclock_requests_masterclock_update_only_on_change() -> None:
         host.run_on_cpu(0, lambda: m.kvm_set_msr_common(v0, msr, 1))
         return pending(v0)
 
+    assert guest_write(MSR_KVM_SYSTEM_TIME_NEW) == {KVM_REQ_GLOBAL_CLOCK_UPDATE}  # no switch
     assert guest_write(MSR_KVM_SYSTEM_TIME) == {
         KVM_REQ_MASTERCLOCK_UPDATE,
         KVM_REQ_GLOBAL_CLOCK_UPDATE,
@@ -988,10 +989,18 @@ def test_request_order_masterclock_then_global_then_clock() -> None:
         v.kvm_make_request(r)
     start = n_trace(host)
     host.run_on_cpu(0, lambda: m.process_requests(v))
-    assert [e for e, _ in trace_events(host, start)] == [
-        "kvm_update_master_clock",
-        "kvm_pvclock_update",
-    ]
+    ev = trace_events(host, start)
+    assert [e for e, _ in ev] == ["kvm_update_master_clock", "kvm_pvclock_update"]
+    rec = record(vm, 0)
+    assert ev[1][1].startswith("vcpu_id 0, pvclock { version ")
+    assert ev[1][1].endswith(
+        f", tsc_timestamp {rec.tsc_timestamp:#x}, system_time {rec.system_time:#x}, "
+        f"tsc_to_system_mul {rec.tsc_to_system_mul:#x}, tsc_shift {rec.tsc_shift}, flags 0x1 }}"
+    )
+    assert (rec.tsc_timestamp, rec.system_time) == (
+        (vm.master_cycle_now + v.tsc_offset) & U64,
+        (vm.master_kernel_ns + vm.kvmclock_offset) & U64,
+    )
     assert v.requests == 0
     assert vm.vcpus[1].kvm_test_request(KVM_REQ_CLOCK_UPDATE)
     # GLOBAL_CLOCK_UPDATE alone: CLOCK_UPDATE on self now, on every vCPU 100 ms later
@@ -1092,10 +1101,13 @@ def test_gtod_shadow_copy_and_monotonic_boot() -> None:
     copy equals the timekeeper's boot ns and returns the raw TSC read."""
     host = make_host("gtod")
     m = kvm_of(host)
-    advance(host, 37 * MS + 123)
-    g = m.pvclock_gtod_data
     tk = host.timekeeper
-    assert g.seq % 2 == 0 and g.seq > 0
+    host.run_on_cpu(0, lambda: tk.inject_sleeptime(5 * NSEC_PER_SEC + 7))  # offs_boot != 0
+    advance(host, 1237 * MS + 123)  # tkr_mono.base moves in whole seconds: past 1 s
+    g = m.pvclock_gtod_data
+    assert tk.offs_boot == 5 * NSEC_PER_SEC + 7 and tk.tkr_mono.base > 0
+    assert g.boot_ns == tk.tkr_mono.base + tk.offs_boot
+    assert g.seq == 2 * m.counters["gtod_copies"]  # write_seqcount_begin/end per copy
     assert (g.cycle_last, g.mult, g.shift, g.mask) == (
         tk.tkr_mono.cycle_last,
         tk.tkr_mono.mult,
@@ -1176,7 +1188,12 @@ def test_series_livelock_fault_only_with_a_moving_sequence() -> None:
         return 42
 
     assert host.run_on_cpu(0, lambda: good._seq_loop("w", once)) == 42
-    assert good.counters["seq_retries"] == retries + 1
+    first[0] = True
+    assert host.run_on_cpu(0, lambda: good._seq_loop("w", once)) == 42
+    assert good.counters["seq_retries"] == retries + 2
+    with pytest.raises(MasterclockLivelock):
+        host.run_on_cpu(0, lambda: faulty._seq_loop("where_x", writer_in_between))
+    assert faulty.counters["livelocks"] == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1429,26 +1446,377 @@ def _nested_series(stable_bit: bool) -> tuple[Kernel, Kernel, Kvm]:
     return host, guest, vm
 
 
-@pytest.mark.parametrize("stable_bit", [True, False])
-def test_series_clocksource_stable_on_kvmclock(stable_bit: bool) -> None:
-    """Patch 11 reading: mode PVCLOCK qualifies only while this CPU's record (masked by the
-    guest's valid flags) carries PVCLOCK_TSC_STABLE_BIT."""
-    _host, guest, _vm = _nested_series(stable_bit)
+def test_series_clocksource_stable_on_kvmclock() -> None:
+    """Patch 11 reading: mode PVCLOCK qualifies only while this CPU's record, masked by the
+    guest's valid flags, carries PVCLOCK_TSC_STABLE_BIT."""
+    _host, guest, _vm = _nested_series(True)
     assert guest.timekeeper.get_tk_mono_clock_mode() == 2  # VCLOCK_PVCLOCK
     gk = kvm_of(guest)
     rec_flags = guest.machine.memory[guest.pvti_offset(1) + 29]
-    assert rec_flags & STABLE  # L0 masterclock is on: the record says stable
-    want = bool(rec_flags & guest.pvclock_valid_flags & STABLE)
-    assert want is stable_bit
-    assert guest.run_on_cpu(1, gk.clocksource_stable) is want
+    assert rec_flags & STABLE and guest.pvclock_valid_flags & STABLE
+    assert guest.run_on_cpu(1, gk.clocksource_stable) is True
     l2 = gk.create_vm()
     l2.create_vcpu()
     l2.create_vcpu()
-    guest.run_on_cpu(0, lambda: None)
     for i in range(2):
         enter(l2, i)
-    assert l2.use_master_clock is want
-    # the record loses the stable bit: no longer stable
+    assert l2.use_master_clock
+    # CPU 1's record loses the stable bit: CPU 1 no longer stable, CPU 0 still
     guest.machine.memory[guest.pvti_offset(1) + 29] = rec_flags & ~STABLE
     assert guest.run_on_cpu(1, gk.clocksource_stable) is False
-    assert guest.run_on_cpu(0, gk.clocksource_stable) is want
+    assert guest.run_on_cpu(0, gk.clocksource_stable) is True
+    # the valid-flags mask: without the stable bit there, no record counts
+    guest.pvclock_valid_flags &= ~STABLE
+    assert guest.run_on_cpu(0, gk.clocksource_stable) is False
+
+
+def test_series_kvmclock_without_stable_bit_is_not_stable() -> None:
+    """kvm-clock without KVM_FEATURE_CLOCKSOURCE_STABLE_BIT has vclock mode NONE."""
+    _host, guest, _vm = _nested_series(False)
+    assert guest.timekeeper.get_tk_mono_clock_mode() == 0
+    assert guest.run_on_cpu(0, kvm_of(guest).clocksource_stable) is False
+
+
+# ---------------------------------------------------------------------------------------------
+# second round: rules the first mutation run showed unpinned
+# ---------------------------------------------------------------------------------------------
+def test_gtod_work_queued_again_on_a_second_switch_away_from_tsc() -> None:
+    """The work item is re-armed once it ran: TSC -> hpet -> TSC -> hpet queues it twice."""
+    host = make_host("gtod")
+    m = kvm_of(host)
+    vm = make_vm(host, 1)
+    enter(vm, 0)
+    hpet, tsc = host.clocksources["hpet"], host.clocksources["tsc"]
+    for _round in range(2):
+        assert vm.use_master_clock and m.kvm_guest_has_master_clock == 1
+        vm.vcpus[0].requests = 0
+        host.run_on_cpu(0, lambda: host.timekeeping_notify(hpet))
+        advance(host, MS)
+        assert KVM_REQ_MASTERCLOCK_UPDATE in pending(vm.vcpus[0])
+        enter(vm, 0)
+        assert not vm.use_master_clock
+        host.run_on_cpu(0, lambda: host.timekeeping_notify(tsc))
+        vm.vcpus[0].kvm_make_request(KVM_REQ_MASTERCLOCK_UPDATE)  # as a TSC write would
+        enter(vm, 0)
+
+
+def test_vcpu_cpu_zero_is_a_loaded_cpu() -> None:
+    host = make_host()
+    vm = make_vm(host, 2, msr=False)
+    v = vm.vcpus[1]
+    v.cpu, v.affinity = 0, 1
+    assert vm.machine.cpus[1].host_cpu() == 0
+
+
+def test_write_tsc_loads_the_vcpu_on_its_thread_cpu() -> None:
+    host = make_host()
+    vm = make_vm(host, 2, msr=False)
+    for i in range(2):
+        enter(vm, i)
+    v = vm.vcpus[1]
+    assert v.cpu == 1
+    vm.migrate_vcpu(1, 0)
+    v.requests = 0
+    vm.write_tsc(1, 0)
+    assert v.cpu == 0
+    assert KVM_REQ_MIGRATE_TIMER in pending(v)
+    with pytest.raises(ValueError, match="vcpu_id"):
+        vm.write_tsc(True, 0)  # would be vCPU 1
+    with pytest.raises(ValueError, match="vcpu_id"):
+        vm.write_tsc(1.0, 0)  # type: ignore[arg-type]
+
+
+def test_set_clock_argument_messages() -> None:
+    host = make_host(cpus=1)
+    vm = make_vm(host, 1)
+    with pytest.raises(ValueError, match=r"^clock=18446744073709551616 out of range"):
+        vm.set_clock(1 << 64)
+    with pytest.raises(ValueError, match=r"^realtime=-1 out of range"):
+        vm.set_clock(0, KVM_CLOCK_REALTIME, -1)
+    with pytest.raises(ValueError, match=r"^flags=4294967296 out of range"):
+        vm.set_clock(0, 1 << 32)
+    with pytest.raises(TypeError, match=r"^clock must be an int, got bool$"):
+        vm.set_clock(True)
+    with pytest.raises(TypeError, match=r"^realtime must be an int, got str$"):
+        vm.set_clock(0, 0, "1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^flags must be an int, got float$"):
+        vm.set_clock(0, 0.0)  # type: ignore[arg-type]
+
+
+def test_set_clock_realtime_without_masterclock_on_unstable_host() -> None:
+    """Masterclock off because the host clock does not qualify: the base is the host boot ns
+    now, not the stale master_kernel_ns of the last qualifying recompute."""
+    host = make_host()
+    vm = make_vm(host, 1)
+    enter(vm, 0)
+    stale = vm.master_kernel_ns
+    host.mark_tsc_unstable("test")
+    advance(host, 2000 * MS)
+    enter(vm, 0)
+    assert not vm.use_master_clock and vm.master_kernel_ns == stale
+    cpu = kvm_of(host).ioctl_cpu
+    now_real, n = real_ns(host, cpu), boot_ns(host, cpu)
+    vm.set_clock(10**12, KVM_CLOCK_REALTIME, now_real)
+    assert vm.kvmclock_offset == 10**12 - n
+
+
+def test_clock_definitions_read_the_vcpus_record() -> None:
+    host = make_host()
+    vm = make_vm(host, 2)
+    for i in range(2):
+        enter(vm, i)
+    advance(host, 250 * MS)
+    m = kvm_of(host)
+    host.run_on_cpu(0, lambda: m.kvm_gen_update_masterclock(vm, "test"))
+    for i in range(2):
+        enter(vm, i)
+    advance(host, 30 * MS)
+    sys0 = (vm.master_kernel_ns + vm.kvmclock_offset) & U64
+    assert sys0 >= 250 * MS
+    vm.machine.memory[0:32] = bytes(32)  # vCPU 0's record gone: vCPU 1's must be read
+    n, h = boot_ns(host, 1), host_tsc(host, 1)
+    defs = vm.clock_definitions(1)
+    assert defs is not None
+    shift, mul = ref.get_time_scale(NSEC_PER_SEC, HZ)
+    want_c = ref.pvclock_read_cycles(vm.master_cycle_now, sys0, mul, shift, h)
+    assert defs == (
+        (n + vm.kvmclock_offset) & U64,
+        ref.read_cycles(record(vm, 1), (h + vm.vcpus[1].tsc_offset) & U64),
+        want_c,
+    )
+    assert defs[1] == want_c  # same TSC and mul/shift: the guest's view equals C here
+    one = make_vm(host, 1)
+    enter(one, 0)
+    assert one.clock_definitions() is not None  # default: vCPU 0
+
+
+def test_series_clocksource_stable_needs_tsc_or_pvclock_mode() -> None:
+    _host, guest, _vm = _nested_series(True)
+    gk = kvm_of(guest)
+    assert guest.run_on_cpu(0, gk.clocksource_stable) is True
+    guest.timekeeper.get_tk_mono_clock_mode = lambda: 0  # type: ignore[method-assign]
+    assert guest.run_on_cpu(0, gk.clocksource_stable) is False
+    guest.timekeeper.get_tk_mono_clock_mode = lambda: 1  # type: ignore[method-assign]
+    assert guest.run_on_cpu(0, gk.clocksource_stable) is True
+
+
+def test_series_livelock_names_the_kernel_function() -> None:
+    from kvmclock.kvm.x86 import MasterclockLivelock
+
+    host = make_host("series")
+    faulty = KvmModule(host, fault="patch09-missing-do", spin_limit=3)
+    vm = faulty.create_vm()
+    tk = host.timekeeper
+
+    def writer_once() -> None:
+        tk.interleave = None
+        host.run_on_cpu(1, tk.update_wall_time)
+        tk.seq.write_begin()  # a writer that moved the sequence
+        tk.seq.write_end()
+
+    tk.interleave = writer_once
+    with pytest.raises(MasterclockLivelock) as ei:
+        host.run_on_cpu(0, lambda: faulty.kvm_get_host_time_and_cycles(vm))
+    assert ei.value.where == "kvm_get_host_time_and_cycles"
+    assert "kvm_get_host_time_and_cycles: read_seqcount_retry(tk_core.seq" in str(ei.value)
+    assert "spun 3 times" in str(ei.value)
+    assert str(ei.value).endswith("(patch 09: loop without 'do')")
+    s = tk.get_tk_seq()
+
+    def moving() -> bool:
+        s.write_begin()
+        s.write_end()
+        return True
+
+    faulty.clocksource_stable = moving  # type: ignore[method-assign]
+    with pytest.raises(MasterclockLivelock) as ei:
+        host.run_on_cpu(0, faulty.clocksource_stability_check)
+    assert ei.value.where == "clocksource_stability_check"
+    assert str(ei.value).startswith("L0: clocksource_stability_check: read_seqcount_retry")
+
+
+def test_vm_wrmsr_checks_before_the_exit() -> None:
+    """The MSR number and value are checked by the VM (u32 / u64) before KVM sees them; an
+    in-range MSR KVM does not model is refused by kvm_set_msr_common."""
+    host = make_host(cpus=1)
+    vm = make_vm(host, 1, msr=False)
+    for bad in (-1, 1 << 32, True):
+        with pytest.raises(ValueError, match=r"^msr=.* out of range \(0\.\.0xffffffff\)$"):
+            vm.machine.wrmsr(0, bad, 0)
+    for unmodelled in (0, 0xFFFFFFFF):
+        with pytest.raises(ValueError, match=r"not modelled"):
+            vm.machine.wrmsr(0, unmodelled, 0)
+    vm.machine.wrmsr(0, MSR_IA32_TSC, U64)  # the whole u64 range is a valid value
+    two = make_vm(host, 2, msr=False)
+    with pytest.raises(ValueError, match=r"^cpu=True out of range"):
+        two.machine.run_on_cpu(True, lambda: None)  # would be vCPU 1
+    with pytest.raises(ValueError, match=r"^cpu=0.0 out of range"):
+        two.machine.run_on_cpu(0.0, lambda: None)  # type: ignore[arg-type]
+
+
+def test_host_initiated_tsc_msr_through_set_msr_common() -> None:
+    """KVM_SET_MSRS of MSR_IA32_TSC = 0: host-initiated, so it synchronises (vCPU hotplug)
+    and leaves MSR_IA32_TSC_ADJUST alone."""
+    host = make_host()
+    vm = make_vm(host, 2, msr=False)
+    advance(host, 2000 * MS)
+    a = (vm.machine.cpus[0].read_tsc() + 5 * HZ) & U64
+    _n0, _h0, off0 = _generation_at(host, vm, a)
+    gen = vm.cur_tsc_generation
+    m = kvm_of(host)
+    v1 = vm.vcpus[1]
+    host.run_on_cpu(1, lambda: m.kvm_set_msr_common(v1, MSR_IA32_TSC, 0, host_initiated=True))
+    assert vm.cur_tsc_generation == gen and v1.tsc_offset == off0
+    assert v1.ia32_tsc_adjust_msr == 0
+
+
+def test_backwards_tsc_is_logged_by_mark_tsc_unstable() -> None:
+    world = World(3)
+    machine = PhysicalMachine(world, 2, tsc_khz=KHZ)
+    host = Kernel(machine, "gtod", name="L0")
+    host.boot()
+    world.run_until(MS)
+    host.load_kvm()
+    vm = make_vm(host, 1)
+    enter(vm, 0)
+    machine.cpus[1].add_tsc_jump(world.now_ns + 5 * MS, -HZ)
+    advance(host, 10 * MS)
+    vm.migrate_vcpu(0, 1)
+    enter(vm, 0)
+    texts = [e["text"] for e in world.events if e["kind"] == "printk"]
+    assert "tsc: Marking TSC unstable due to KVM discovered backwards TSC" in texts
+
+
+def test_unstable_host_creation_reoffsets_from_zero() -> None:
+    """A vCPU created on an unstable host: its first load sets offset = last_guest_tsc (0)
+    - rdtsc before the creation write."""
+    host = make_host()
+    host.mark_tsc_unstable("test")
+    advance(host, 100 * MS)
+    h = host_tsc(host, 0)
+    start = n_trace(host)
+    make_vm(host, 1, msr=False)
+    offs = [f for e, f in trace_events(host, start) if e == "kvm_write_tsc_offset"]
+    assert offs[0] == f"vcpu=0 prev=0 next={(0 - h) & U64}"
+
+
+def test_trace_pids_and_counters() -> None:
+    """Trace records carry the VMM thread ids the model gives (VM pid 1000 * (level + 1),
+    + 100 per VM; vCPU thread = VM pid + 1 + vcpu_id); one counter per event."""
+    host = make_host()
+    m = kvm_of(host)
+    vm = make_vm(host, 2, msr=False)
+    assert f"{vm.pid}" == "1000"
+    start = n_trace(host)
+    enter(vm, 1)
+    recs = m.trace_records[start:]
+    assert recs and {r[3] for r in recs} == {1002}
+    assert {r[2] for r in recs} == {"qemu-system-x86"}
+    assert m._cur_pid == 1000
+    n = sum(1 for r in m.trace_records if r[5] == "kvm_update_master_clock")
+    assert m.counters["trace.kvm_update_master_clock"] == n
+    assert m.counters["masterclock_updates"] == n
+    assert vm.counters["masterclock_updates"] == n
+    assert KvmModule(host, spin_limit=1).spin_limit == 1
+
+
+def test_pvclock_stable_timeline_counts_written_records_only() -> None:
+    """The VM's "pvclock stable" is over the records KVM has written: an enabled record not
+    written yet (a host-initiated restore of the MSR) does not count."""
+    host = make_host()
+    vm = make_vm(host, 2, msr=False)
+    vm.machine.wrmsr(0, MSR_KVM_SYSTEM_TIME_NEW, 1)  # vCPU 1 never ran: no update yet
+    assert vm.use_master_clock
+    m = kvm_of(host)
+    v1 = vm.vcpus[1]
+    host.run_on_cpu(
+        1, lambda: m.kvm_set_msr_common(v1, MSR_KVM_SYSTEM_TIME_NEW, 64 | 1, host_initiated=True)
+    )
+    assert v1.pv_time_enabled and v1.hv_clock.version == 0
+    vm.vcpus[0].kvm_make_request(KVM_REQ_CLOCK_UPDATE)
+    enter(vm, 0)
+    assert [e[1] for e in vm.pvclock_stable_timeline] == [True]
+
+
+def test_set_clock_realtime_flag_default_realtime_is_zero() -> None:
+    """realtime defaults to 0: with KVM_CLOCK_REALTIME the clock advances by all of host
+    realtime (now_real - 0)."""
+    host = make_host()
+    vm = make_vm(host, 1)
+    vm.machine.wrmsr(0, MSR_KVM_SYSTEM_TIME, 1)  # masterclock off: base = boot ns
+    cpu = kvm_of(host).ioctl_cpu
+    now_real, n = real_ns(host, cpu), boot_ns(host, cpu)
+    vm.set_clock(1000, KVM_CLOCK_REALTIME)
+    assert vm.kvmclock_offset == 1000 + now_real - n
+
+
+def test_vm_creation_trace_carries_the_vm_pid() -> None:
+    host = make_host()
+    m = kvm_of(host)
+    start = n_trace(host)
+    vm = m.create_vm()
+    recs = m.trace_records[start:]
+    assert [(r[3], r[5]) for r in recs] == [(vm.pid, "kvm_update_master_clock")]
+
+
+def test_one_khz_guest_tsc() -> None:
+    """A 1 kHz guest TSC: the first vCPU still opens generation 1 (last_tsc_khz starts at 0),
+    and kvm_guest_time_update's target kHz, __scale_tsc(tsc_khz, ratio), is 0 here, equal to
+    the zero hw_tsc_khz of a new vCPU: mul/shift are never computed (the record has mul 0)."""
+    host = make_host(cpus=1)
+    vm = make_vm(host, 1, tsc_khz=1)
+    assert vm.cur_tsc_generation == 1
+    ratio = ref.tsc_scaling_ratio(1, KHZ, FRAC)
+    assert vm.vcpus[0].tsc_scaling_ratio == ratio
+    assert ref.scale_tsc(KHZ, ratio, FRAC) == 0
+    enter(vm, 0)
+    assert vm.vcpus[0].hw_tsc_khz == 0
+    assert (record(vm, 0).tsc_to_system_mul, record(vm, 0).tsc_shift) == (0, 0)
+
+
+def test_one_khz_host_tsc_still_updates_the_record() -> None:
+    """Only a 0 kHz cpu_tsc_khz defers the update (re-request and return); a 1 kHz host TSC
+    is a valid rate: the record gets kvm_get_time_scale(NSEC_PER_SEC, 1000)."""
+    host = make_host("gtod", cpus=1, tsc_khz=1)
+    vm = make_vm(host, 1)
+    r = record(vm, 0)
+    assert r.version == 2
+    assert (r.tsc_shift, r.tsc_to_system_mul) == ref.get_time_scale(NSEC_PER_SEC, 1000)
+    assert not vm.vcpus[0].kvm_test_request(KVM_REQ_CLOCK_UPDATE)
+
+
+# ---------------------------------------------------------------------------------------------
+# vCPU ioctls: KVM_SET_MSRS (host-initiated), KVM_KVMCLOCK_CTRL
+# ---------------------------------------------------------------------------------------------
+def test_set_msrs_is_host_initiated_and_loads_on_the_thread_cpu() -> None:
+    """KVM_SET_MSRS of MSR_KVM_SYSTEM_TIME on vCPU 0 (a restore) is host-initiated: it does
+    not touch boot_vcpu_runs_old_kvmclock; the ioctl loads the vCPU on its thread's CPU."""
+    host = make_host()
+    vm = make_vm(host, 2)
+    for i in range(2):
+        enter(vm, i)
+    vm.set_msr(0, MSR_KVM_SYSTEM_TIME, 1)
+    assert not vm.boot_vcpu_runs_old_kvmclock
+    assert pending(vm.vcpus[0]) == {KVM_REQ_GLOBAL_CLOCK_UPDATE}
+    vm.migrate_vcpu(1, 0)
+    vm.vcpus[1].requests = 0
+    vm.set_msr(1, MSR_KVM_SYSTEM_TIME_NEW, 64 | 1)
+    assert vm.vcpus[1].cpu == 0
+    assert pending(vm.vcpus[1]) == {KVM_REQ_GLOBAL_CLOCK_UPDATE, KVM_REQ_MIGRATE_TIMER}
+    vm.set_msr(0, MSR_IA32_TSC, 0)  # the u64 range, both ends
+    vm.set_msr(0, MSR_IA32_TSC, U64)
+    for bad in (-1, 1 << 64, True):
+        with pytest.raises(ValueError, match=r"^data=.* out of range \(0\.\.2\*\*64-1\)$"):
+            vm.set_msr(0, MSR_IA32_TSC, bad)
+
+
+def test_kvmclock_ctrl_needs_an_enabled_record() -> None:
+    host = make_host(cpus=1)
+    vm = make_vm(host, 1, msr=False)
+    einval = r"KVM_KVMCLOCK_CTRL without kvmclock enabled \(-EINVAL\)$"
+    with pytest.raises(ValueError, match=einval):
+        vm.kvmclock_ctrl(0)
+    vm.machine.wrmsr(0, MSR_KVM_SYSTEM_TIME_NEW, 1)
+    vm.kvmclock_ctrl(0)
+    enter(vm, 0)
+    assert record(vm, 0).flags & GUEST_STOPPED

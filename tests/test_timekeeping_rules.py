@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kvmclock.errors import LivelockDetected
 from kvmclock.kernel import Kernel
-from kvmclock.machine import PhysicalMachine, World
+from kvmclock.machine import PhysicalCpu, PhysicalMachine, World
 from kvmclock.timekeeping import (
     CLOCK_SOURCE_IS_CONTINUOUS,
     CLOCK_SOURCE_MUST_VERIFY,
@@ -57,6 +57,7 @@ from reference import kernel_math as km
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
 NSEC = 1_000_000_000
+THRESHOLD = NSEC >> 4  # WATCHDOG_THRESHOLD of 2017: 62.5 ms, written out here
 
 
 class ManualCs(Clocksource):
@@ -183,6 +184,8 @@ def _calc_max(mult: int, shift: int, maxadj: int, mask: int) -> tuple[int, int]:
         ((1 << 33) - 1, 1, 1_717_986),  # sec = 5000 -> 600 (the cap changes mult/shift here)
         ((1 << 33) - 1, 1, 100_000_000),  # sec = 85: mask > 32 bits alone does not cap
         (U64, 1000, 2_000_000),  # tsc 2 GHz
+        (U64, 1, 1_831_045_531),  # sec capped: maxsec 600 and 601 give different mult/shift
+        (U64, 1000, 3_662_050),  # the same for a kHz registration (maxsec 600_000)
         (U64, 1, 1_000_000_000),  # kvm-clock
         (U32, 1, 1),  # 1 Hz on 32 bits: the maxadj loop halves mult
         (U32, 1, 2),
@@ -233,6 +236,13 @@ def test_update_freq_scale_zero_freq_keeps_driver_mult_and_rejects_bad_args() ->
     with pytest.raises(ValueError, match="freq"):
         cs.update_freq_scale(1, U32 + 1)
     cs.update_freq_scale(1, U32)  # the top of the u32 range is accepted
+
+
+def test_update_freq_scale_without_mult_leaves_limits() -> None:
+    k = bare_kernel()
+    cs = ManualCs(k, mult=0, shift=0)
+    cs.update_freq_scale(1, 0)
+    assert (cs.mult, cs.maxadj, cs.max_cycles, cs.max_idle_ns) == (0, 0, 0, 0)
 
 
 def test_cyc2ns_wraps_at_64_bits() -> None:
@@ -339,6 +349,16 @@ def test_init_with_known_boot_time() -> None:
     assert tk.ktime_get_ns() == 5 * NSEC + 1  # monotonic = now - boot
     assert tk.ktime_get_real_ns() == R
     assert tk.ktime_sec == 5
+
+
+def test_ktime_sec_without_carry() -> None:
+    # wall 0.3 s into a second, booted 5.5 s ago: wtm.tv_nsec = 0.2 s, 0.2 + 0.3 < 1 s
+    now = RS * NSEC + 300_000_000
+    k, _cs = tk_on(now_ns=now, boot_ns=now - 5_500_000_000, mult=3, shift=1)
+    tk = k.timekeeper
+    assert tk.wall_to_monotonic == -(now - 5_500_000_000)
+    assert tk.ktime_sec == 5
+    assert tk.ktime_get_ns() == 5_500_000_000
 
 
 def test_init_on_whole_second_ktime_sec() -> None:
@@ -545,6 +565,13 @@ def test_settimeofday_drops_mono_sub_ns_raw_keeps_it() -> None:
     cs.value = 102
     assert tk.ktime_get_ns() == 1 + (3 >> 1)  # (1 * 3 + 14) >> 1 - 7 = 1 ns more
     assert tk.ktime_get_raw_ns() == (3 + 3) >> 1  # raw kept its half ns: 3
+    # every mono-based read uses tkr_mono (2 ns here), the raw read tkr_raw (3 ns)
+    assert tk.ktime_get_boot_ns() == 2
+    assert tk.ktime_get_real_ns() == t + 1
+    assert tk.ktime_get_tai_ns() == t + 1  # tai_offset 0
+    assert tk.ktime_get_with_offset(TK_OFFS_REAL) == (t + 1, stamp_of(102))
+    assert tk.ktime_get_boot_ns_with_cycles() == (2, stamp_of(102))
+    assert tk.ktime_get_real_ns_with_cycles() == (t + 1, stamp_of(102))
     tk.do_settimeofday64(0)  # the epoch itself is valid
     assert tk.ktime_get_real_ns() == 0
 
@@ -566,15 +593,28 @@ def test_inject_sleeptime_second_carry(delta: int, carry: bool) -> None:
     assert tk.clock_was_set_seq == 2
 
 
+def test_inject_sleeptime_accumulates_in_offs_boot() -> None:
+    k, cs = tk_on(now_ns=R, c0=0, mult=1, shift=0)
+    tk = k.timekeeper
+    tk.inject_sleeptime(3 * NSEC)
+    tk.inject_sleeptime(4 * NSEC + 1)
+    assert tk.offs_boot == 7 * NSEC + 1
+    cs.value = 10
+    assert tk.ktime_get_boot_ns_with_cycles() == (7 * NSEC + 11, stamp_of(10))
+    assert tk.ktime_get_with_offset(TK_OFFS_BOOT) == (7 * NSEC + 11, stamp_of(10))
+    assert tk.ktime_get_real_ns_with_cycles() == (R + 7 * NSEC + 11, stamp_of(10))
+    assert tk.ktime_get_ns() == 10
+
+
 def test_inject_sleeptime_zero_and_type_errors() -> None:
     k, _cs = tk_on(now_ns=R, mult=1, shift=0)
     tk = k.timekeeper
     tk.inject_sleeptime(0)
     assert tk.offs_boot == 0 and tk.ktime_get_real_ns() == R
-    for bad in (True, 1.0):
-        with pytest.raises(TypeError, match="delta_ns"):
+    for bad, name in ((True, "bool"), (1.0, "float")):
+        with pytest.raises(TypeError, match=f"delta_ns must be an int, got {name}"):
             tk.inject_sleeptime(bad)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="real_ns"):
+        with pytest.raises(TypeError, match=f"real_ns must be an int, got {name}"):
             tk.do_settimeofday64(bad)  # type: ignore[arg-type]
 
 
@@ -625,7 +665,30 @@ def test_change_clocksource(profile: str, new_mult: int, new_shift: int) -> None
     else:
         assert seen == [("change", 0, True)]  # inside the write section (later patch 07)
     log = [e for e in k.world.events if e["kind"] == "clocksource_change"]
-    assert [(e["old"], e["new"]) for e in log] == [("manual", "new")]
+    assert [(e["kernel"], e["old"], e["new"]) for e in log] == [("L0", "manual", "new")]
+
+
+@pytest.mark.parametrize(
+    ("d", "xtime", "raw"),
+    [
+        # wall starts 0.6 s into a second; mult 1 shift 0: d cycles = d ns
+        (399_999_999, (0, 999_999_999), (0, 399_999_999)),
+        (400_000_000, (1, 0), (0, 400_000_000)),  # exactly one second: carries
+        (1_000_000_000, (1, 600_000_000), (1, 0)),  # raw exactly one second
+        (2_500_000_000, (3, 100_000_000), (2, 500_000_000)),  # several seconds at once
+    ],
+)
+def test_forward_now_normalises_both_xtimes(
+    d: int, xtime: tuple[int, int], raw: tuple[int, int]
+) -> None:
+    """tk_normalize_xtime after timekeeping_forward_now (here through change_clocksource)."""
+    k, cs = tk_on(now_ns=RS * NSEC + 600_000_000, c0=0, mult=1, shift=0)
+    tk = k.timekeeper
+    cs.value = d  # no tick in between: the whole delta is folded by forward_now
+    tk.change_clocksource(ManualCs(k, "b", mult=1, shift=0))
+    assert (tk.xtime_sec - RS, tk.tkr_mono.xtime_nsec) == xtime
+    assert (tk.raw_sec, tk.tkr_raw.xtime_nsec) == raw
+    assert tk.ktime_get_ns() == d
 
 
 def test_cs_was_changed_seq_is_u8() -> None:
@@ -778,10 +841,10 @@ def two_checks(k: Kernel, cs: ManualCs, wd: ManualCs, cs_d: int, wd_d: int) -> N
 @pytest.mark.parametrize(
     ("skew", "unstable"),
     [
-        (WATCHDOG_THRESHOLD, False),
-        (WATCHDOG_THRESHOLD + 1, True),
-        (-WATCHDOG_THRESHOLD, False),
-        (-WATCHDOG_THRESHOLD - 1, True),
+        (THRESHOLD, False),
+        (THRESHOLD + 1, True),
+        (-THRESHOLD, False),
+        (-THRESHOLD - 1, True),
         (0, False),
     ],
 )
@@ -797,8 +860,24 @@ def test_watchdog_threshold_edges(skew: int, unstable: bool) -> None:
     assert [(e["cs_nsec"], e["wd_nsec"], e["skew_ns"]) for e in checks] == [
         (base + skew, base, skew)
     ]
+    assert checks[0] == {
+        "t_ns": 0,
+        "kind": "watchdog_check",
+        "kernel": "L0",
+        "cpu": 0,
+        "cs": "cs",
+        "wd": "wd",
+        "cs_nsec": base + skew,
+        "wd_nsec": base,
+        "skew_ns": skew,
+    }
     if unstable:
         assert not cs.flags & (CLOCK_SOURCE_WATCHDOG | CLOCK_SOURCE_VALID_FOR_HRES)
+        levels = [e["level"] for e in k.world.events if e["kind"] == "printk"]
+        assert levels[-3:] == ["warn"] * 3
+        assert [e for e in k.world.events if e["kind"] == "clocksource_unstable"] == [
+            {"t_ns": 0, "kind": "clocksource_unstable", "kernel": "L0", "cs": "cs"}
+        ]
         texts = [e["text"] for e in k.world.events if e["kind"] == "printk"]
         assert texts[-3:] == [
             "clocksource: timekeeping watchdog on CPU0: Marking clocksource 'cs' as unstable "
@@ -817,10 +896,10 @@ def test_watchdog_threshold_edges(skew: int, unstable: bool) -> None:
 def test_watchdog_converts_each_side_with_its_own_mult_shift() -> None:
     # cs: 3/2 ns per cycle; wd: 5/4 ns per cycle (clocksource_cyc2ns: (delta * mult) >> shift)
     k, cs, wd = wd_kernel(cs_mult=3, cs_shift=1, wd_mult=5, wd_shift=2)
-    cs_d = 2 * (400_000_000 + WATCHDOG_THRESHOLD) // 3 + 1  # cs_nsec just above wd + threshold
+    cs_d = 2 * (400_000_000 + THRESHOLD) // 3 + 1  # cs_nsec just above wd + threshold
     wd_d = 4 * 400_000_000 // 5
     assert (wd_d * 5) >> 2 == 400_000_000
-    assert (cs_d * 3) >> 1 == 400_000_000 + WATCHDOG_THRESHOLD + 1
+    assert (cs_d * 3) >> 1 == 400_000_000 + THRESHOLD + 1
     two_checks(k, cs, wd, cs_d, wd_d)
     assert cs.flags & CLOCK_SOURCE_UNSTABLE
     k2, cs2, wd2 = wd_kernel(cs_mult=3, cs_shift=1, wd_mult=5, wd_shift=2)
@@ -1146,6 +1225,27 @@ def test_watchdog_flags_exact_through_a_good_and_a_bad_check() -> None:
     assert cs.flags == cv | CLOCK_SOURCE_UNSTABLE
 
 
+def test_watchdog_marks_every_skewed_source_in_one_pass() -> None:
+    k, cs, wd = wd_kernel()
+    cs2 = ManualCs(k, "cs2", rating=50, flags=CLOCK_SOURCE_IS_CONTINUOUS | CLOCK_SOURCE_MUST_VERIFY)
+    k.clocksource_register(cs2)
+    cs.value, cs2.value, wd.value = 1000, 2000, 5000
+    k.watchdog.clocksource_watchdog()
+    cs.value, cs2.value, wd.value = 1000 + 10**9, 2000 + 10**9, 5000
+    k.watchdog.clocksource_watchdog()
+    assert cs.unstable and cs2.unstable
+    assert k.counters["watchdog.unstable"] == 2
+    assert (cs2.cs_last, cs2.wd_last) == (2000 + 10**9, 5000)
+
+
+def test_clocksource_repr() -> None:
+    k = bare_kernel()
+    cs = ManualCs(k, "m", rating=7, mask=0xFF, mult=3, shift=1, vclock_mode=VCLOCK_TSC)
+    assert repr(cs) == (
+        "ManualCs(name='m', rating=7, mask=0xff, mult=3, shift=1, flags=0x1, vclock_mode=1)"
+    )
+
+
 def test_watchdog_two_watched_sources() -> None:
     """Every source on the list is visited: an unstable or a just-initialised one is skipped
     with ``continue``, not the end of the pass."""
@@ -1178,3 +1278,101 @@ def test_guest_tsc_watched_by_kvmclock_stays_stable() -> None:
     # booted at 1 ms: passes at 0.501 s (initialises), 1.001, 1.501, 2.001, 2.501 s
     assert k.counters["watchdog.ok"] == 4 and k.counters["watchdog.unstable"] == 0
     assert not k.clocksources["tsc"].unstable
+
+
+def test_notifier_default_priority_is_zero() -> None:
+    log: list[str] = []
+    ch = NotifierChain()
+    ch.register(_cb(log, "default"))
+    ch.register(_cb(log, "one"), 1)
+    ch.register(_cb(log, "zero"), 0)
+    ch.call()
+    assert log == ["one", "default", "zero"]
+
+
+def test_notifier_defaults() -> None:
+    got: list[tuple[int, Any]] = []
+    ch = NotifierChain()
+    assert ch.name == "" and ch.calls == 0
+    ch.register(lambda a, d: got.append((a, d)) or NOTIFY_DONE)
+    ch.call()
+    assert got == [(0, None)]  # action 0, data NULL
+    bad = NotifierChain("b")
+    bad.register(lambda a, d: False)
+    with pytest.raises(TypeError, match="returned bool"):
+        bad.call()
+
+
+def test_notifier_bound_method_identity() -> None:
+    class Listener:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def notify(self, action: int, data: Any) -> int:
+            self.calls += 1
+            return NOTIFY_DONE
+
+    a, b = Listener(), Listener()
+    log: list[str] = []
+    plain = _cb(log, "plain")
+    ch = NotifierChain()
+    ch.register(a.notify)
+    assert a.notify in ch and b.notify not in ch and plain not in ch
+    ch.register(b.notify)  # another object's method is another callback
+    ch.register(plain)
+    with pytest.raises(ValueError, match="not registered"):
+        ch.unregister(_cb(log, "other"))
+    ch.unregister(b.notify)
+    ch.call()
+    assert (a.calls, b.calls, log) == (1, 0, ["plain"])
+
+
+def test_notifier_error_messages_name_the_type() -> None:
+    ch = NotifierChain()
+    with pytest.raises(TypeError, match="got int"):
+        ch.register(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got str"):
+        ch.register(lambda a, d: 0, "1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got float"):
+        ch.call(1.0)  # type: ignore[arg-type]
+
+
+def test_watchdog_non_continuous_watched_source_never_valid_for_hres() -> None:
+    k = bare_kernel()
+    wd = ManualCs(k, "wd", rating=250)
+    cs = ManualCs(k, "cs", rating=300, flags=CLOCK_SOURCE_MUST_VERIFY)
+    k.clocksource_register(wd)
+    k.clocksource_register(cs)
+    two_checks(k, cs, wd, 100, 100)
+    assert k.counters["watchdog.ok"] == 1
+    assert cs.flags == CLOCK_SOURCE_MUST_VERIFY | CLOCK_SOURCE_WATCHDOG
+
+
+def test_watchdog_work_can_be_scheduled_again_after_it_ran() -> None:
+    k, cs, wd = wd_kernel()
+    two_checks(k, cs, wd, 10**9, 0)
+    k.world.run_until(0)
+    assert k.world.pending() == 0
+    other = ManualCs(k, "other", rating=10, flags=CLOCK_SOURCE_MUST_VERIFY)
+    k.clocksource_register(other)
+    other.mark_unstable()
+    assert k.world.pending() == 1
+
+
+def test_watchdog_work_switches_on_cpu0() -> None:
+    """The switch after marking runs change_clocksource through stop_machine on the first online
+    CPU: timekeeping_forward_now reads the old TSC there, not on the CPU that marked it."""
+    w = World(0)
+    khz = 2_000_000
+    ahead = khz * 80  # CPU1 80 ms ahead: the watchdog on CPU1 marks the tsc at t = 1 s
+    cpus = [
+        PhysicalCpu(w, 0, khz, boot_offset=10**9),
+        PhysicalCpu(w, 1, khz, boot_offset=10**9 + ahead),
+    ]
+    k = Kernel(PhysicalMachine(w, cpus), "gtod")
+    k.boot()
+    tsc = k.clocksources["tsc"]
+    w.run_until(NSEC)
+    assert k.timekeeper.clock.name == "hpet"
+    # NTP-free: mono = ((tsc0(t) - tsc0(0)) * mult) >> shift, read at the switch on CPU0
+    assert k.timekeeper.ktime_get_ns() == ((cpus[0].tsc_at(NSEC) - 10**9) * tsc.mult) >> tsc.shift

@@ -661,6 +661,14 @@ def parse_hex(text: str) -> list[bytes]:
 
 def _split_records(chunks: list[bytes], kind: str) -> list[tuple[str, bytes]]:
     """Cut the input into (kind, 32- or 12-byte record) pieces."""
+    pieces = _cut_records(chunks, kind)
+    for i, (k, raw) in enumerate(pieces):
+        if k == "pvclock":
+            _check_tsc_shift(int.from_bytes(raw[28:29], "little", signed=True), f"record {i}")
+    return pieces
+
+
+def _cut_records(chunks: list[bytes], kind: str) -> list[tuple[str, bytes]]:
     sizes = {"pvclock": PVCLOCK_SIZE, "wallclock": WALL_CLOCK_SIZE}
     if kind == "auto" and len(chunks) > 1 and all(len(c) in sizes.values() for c in chunks):
         return [("pvclock" if len(c) == PVCLOCK_SIZE else "wallclock", c) for c in chunks]
@@ -679,11 +687,7 @@ def _split_records(chunks: list[bytes], kind: str) -> list[tuple[str, bytes]]:
     size = sizes[kind]
     if n % size:
         raise UsageError(f"decode: {n} bytes is not a multiple of {size} ({kind} records)")
-    pieces = [(kind, data[i : i + size]) for i in range(0, n, size)]
-    for i, (k, raw) in enumerate(pieces):
-        if k == "pvclock":
-            _check_tsc_shift(int.from_bytes(raw[28:29], "little", signed=True), f"record {i}")
-    return pieces
+    return [(kind, data[i : i + size]) for i in range(0, n, size)]
 
 
 # pvclock_scale_delta shifts a u64 by tsc_shift: 64 or more either way is undefined in C, and
