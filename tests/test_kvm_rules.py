@@ -95,6 +95,12 @@ def boot_ns(host: Kernel, cpu: int) -> int:
     return host.run_on_cpu(cpu, host.timekeeper.ktime_get_boot_ns)
 
 
+def raw_base_ns(host: Kernel, cpu: int) -> int:
+    """Host CLOCK_MONOTONIC_RAW + offs_boot on ``cpu`` now (the 5.5+ kvmclock base)."""
+    tk = host.timekeeper
+    return host.run_on_cpu(cpu, tk.ktime_get_raw_ns) + tk.offs_boot
+
+
 def real_ns(host: Kernel, cpu: int) -> int:
     return host.run_on_cpu(cpu, host.timekeeper.ktime_get_real_ns)
 
@@ -1328,7 +1334,8 @@ def test_create_vm_defaults_and_names() -> None:
     vm = m.create_vm()
     assert vm.name == "L1"
     assert vm.kvmclock_offset == -n
-    assert vm.machine.features == {"kvmclock", "kvmclock_stable_bit", "constant_tsc", "nonstop_tsc"}
+    # QEMU's default CPU: no invariant TSC ("nonstop_tsc" is opt-in, like QEMU's invtsc)
+    assert vm.machine.features == {"kvmclock", "kvmclock_stable_bit", "constant_tsc"}
     assert len(vm.machine.memory) == 1 << 16
     assert vm.machine.level == 1
     assert vm in m.vm_list and not m.kvm_lock.locked
@@ -1546,7 +1553,7 @@ def test_set_clock_argument_messages() -> None:
 def test_set_clock_realtime_without_masterclock_on_unstable_host() -> None:
     """Masterclock off because the host clock does not qualify: the base is the host boot ns
     now, not the stale master_kernel_ns of the last qualifying recompute."""
-    host = make_host()
+    host = make_host("upstream")  # KVM_CLOCK_REALTIME: Linux 5.16+
     vm = make_vm(host, 1)
     enter(vm, 0)
     stale = vm.master_kernel_ns
@@ -1555,7 +1562,7 @@ def test_set_clock_realtime_without_masterclock_on_unstable_host() -> None:
     enter(vm, 0)
     assert not vm.use_master_clock and vm.master_kernel_ns == stale
     cpu = kvm_of(host).ioctl_cpu
-    now_real, n = real_ns(host, cpu), boot_ns(host, cpu)
+    now_real, n = real_ns(host, cpu), raw_base_ns(host, cpu)
     vm.set_clock(10**12, KVM_CLOCK_REALTIME, now_real)
     assert vm.kvmclock_offset == 10**12 - n
 
@@ -1741,11 +1748,11 @@ def test_pvclock_stable_timeline_counts_written_records_only() -> None:
 def test_set_clock_realtime_flag_default_realtime_is_zero() -> None:
     """realtime defaults to 0: with KVM_CLOCK_REALTIME the clock advances by all of host
     realtime (now_real - 0)."""
-    host = make_host()
+    host = make_host("upstream")  # KVM_CLOCK_REALTIME: Linux 5.16+
     vm = make_vm(host, 1)
-    vm.machine.wrmsr(0, MSR_KVM_SYSTEM_TIME, 1)  # masterclock off: base = boot ns
+    vm.machine.wrmsr(0, MSR_KVM_SYSTEM_TIME, 1)  # masterclock off: base = raw + boot offset
     cpu = kvm_of(host).ioctl_cpu
-    now_real, n = real_ns(host, cpu), boot_ns(host, cpu)
+    now_real, n = real_ns(host, cpu), raw_base_ns(host, cpu)
     vm.set_clock(1000, KVM_CLOCK_REALTIME)
     assert vm.kvmclock_offset == 1000 + now_real - n
 
