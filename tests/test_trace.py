@@ -440,3 +440,29 @@ def test_model_trace_rows_are_the_formatters_text(profile: str) -> None:
         else:
             again = T.fields_pvclock_update(**d)
         assert again == fields, (event, fields)
+
+
+@pytest.mark.parametrize("profile", ["gtod", "upstream"])
+def test_pvclock_trace_placement_by_profile_and_summary(profile: str) -> None:
+    """4.13 traces the odd version it stored before the final one, 6.x the final even one;
+    the summary infers the placement (auto) and flags only versions of the other parity."""
+    from kvmclock.sim import run_scenario
+    from kvmclock.sim.scenarios import format_trace_lines
+
+    run = run_scenario("nested", profile, duration_s=0.2, trace=True)
+    text = "\n".join(format_trace_lines(run)) + "\n"
+    res = T.parse_text(text)
+    versions = [r.data["version"] for r in res.records
+                if r.event == "kvm_pvclock_update" and r.data is not None]
+    assert versions
+    odd = profile == "gtod"
+    assert all(bool(v & 1) is odd for v in versions)
+    auto = T.summarize(res)
+    assert auto["pvclock_trace_version"] == ("odd" if odd else "final")
+    assert not [a for a in auto["anomalies"] if a["kind"] in ("odd_version", "even_version")]
+    wrong = T.summarize(res, pvclock_trace_version="final" if odd else "odd")
+    kinds = {a["kind"] for a in wrong["anomalies"]}
+    assert kinds >= {"odd_version" if odd else "even_version"}
+    assert len([a for a in wrong["anomalies"] if a["kind"].endswith("_version")]) == len(versions)
+    with pytest.raises(ValueError, match="pvclock_trace_version must be one of"):
+        T.summarize(res, pvclock_trace_version="even")

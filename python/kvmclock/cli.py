@@ -870,7 +870,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         result = parse_bytes(data)
     except TraceParseError as exc:
         raise UsageError(f"trace: {name}: {exc}") from exc
-    summary = summarize(result, group=args.group)
+    summary = summarize(result, group=args.group,
+                        pvclock_trace_version=args.pvclock_trace_version)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return EXIT_OK
 
@@ -1088,6 +1089,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--group", choices=["auto", "pid", "one"], default="auto",
                    help="what one VM process is: auto = tgid column, else level column, else "
                    "pid; pid = each task; one = all events one VM")
+    s.add_argument("--pvclock-trace-version", choices=["auto", "odd", "final"], default="auto",
+                   help="where the kernel traced kvm_pvclock_update: odd = before the final "
+                   "version store (4.13), final = after it (today); auto = odd when every "
+                   "traced version is odd")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_trace)
 

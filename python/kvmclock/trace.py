@@ -754,15 +754,39 @@ def _process_key(rec: TraceRecord, group: str) -> str:
     return f"L{rec.level}:{ident}" if rec.level is not None else str(ident)
 
 
-def summarize(result: ParseResult, group: str = "auto") -> dict[str, Any]:
+PVCLOCK_TRACE_VERSIONS = ("auto", "odd", "final")
+
+
+def summarize(
+    result: ParseResult, group: str = "auto", pvclock_trace_version: str = "auto"
+) -> dict[str, Any]:
     """Per VM process and vCPU: masterclock transitions, TSC generations (a kvm_track_tsc with
     offsetmatched 0 opens one: ``__kvm_synchronize_tsc`` resets nr_vcpus_matched_tsc on an
     unmatched write), TSC offsets (u64 and s64 view), pvclock updates with the kvmclock at each
     record's tsc_timestamp and the step a guest sees at the update, and anomalies. ``group``
-    chooses what counts as one VM process (see :func:`_process_key`)."""
+    chooses what counts as one VM process (see :func:`_process_key`).
+
+    ``pvclock_trace_version``: where the kernel traced ``kvm_pvclock_update``. ``odd``: before
+    the final version store, so every traced version is odd (4.13 ``kvm_setup_pvclock_page``);
+    ``final``: after it, so every one is even (today's ``kvm_setup_guest_pvclock``); ``auto``:
+    ``odd`` when every traced version is odd, else ``final``. A version of the other parity is
+    an anomaly. The choice is in the summary's ``pvclock_trace_version``."""
     if group not in GROUPINGS:
         raise ValueError(f"group must be one of {list(GROUPINGS)}, got {group!r}")
+    if pvclock_trace_version not in PVCLOCK_TRACE_VERSIONS:
+        raise ValueError(
+            f"pvclock_trace_version must be one of {list(PVCLOCK_TRACE_VERSIONS)}, "
+            f"got {pvclock_trace_version!r}"
+        )
     records = result.records
+    placement = pvclock_trace_version
+    if placement == "auto":
+        versions = [
+            r.data["version"]
+            for r in records
+            if r.event == "kvm_pvclock_update" and r.data is not None
+        ]
+        placement = "odd" if versions and all(v & 1 for v in versions) else "final"
     by_event = Counter(r.event for r in records)
     units = {("s" if r.t_ns is not None else "counter") for r in records}
     unit = None if not units else (units.pop() if len(units) == 1 else "mixed")
@@ -913,14 +937,19 @@ def summarize(result: ParseResult, group: str = "auto") -> dict[str, Any]:
                                 "at the update (both records stable: no last_value clamp)",
                             }
                         )
-            if record["version"] & 1:
+            if bool(record["version"] & 1) != (placement == "odd"):
                 anomalies.append(
                     {
-                        "kind": "odd_version",
+                        "kind": "odd_version" if placement == "final" else "even_version",
                         "vcpu": d["vcpu_id"],
                         **where,
-                        "detail": f"traced version {record['version']} is odd "
-                        "(kvm_setup_guest_pvclock traces the final, even version)",
+                        "detail": f"traced version {record['version']} is "
+                        + (
+                            "odd (kvm_setup_guest_pvclock traces the final, even version)"
+                            if placement == "final"
+                            else "even (4.13 kvm_setup_pvclock_page traces the odd version "
+                            "it stored before the final one)"
+                        ),
                     }
                 )
             v["pvclock_updates"] += 1
@@ -940,6 +969,7 @@ def summarize(result: ParseResult, group: str = "auto") -> dict[str, Any]:
         "total_lines": result.total_lines,
         "timestamp_unit": unit,
         "formats": dict(sorted(formats.items())),
+        "pvclock_trace_version": placement,
         "by_event": dict(sorted(by_event.items())),
         "masterclock": masterclock,
         "vcpus": dict(sorted(top_vcpus.items(), key=lambda kv: int(kv[0]))),
