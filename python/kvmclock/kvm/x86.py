@@ -1,16 +1,20 @@
-"""KVM's x86 clock logic (arch/x86/kvm/x86.c, v4.13 of July 2017 plus the v2 series).
+"""KVM's x86 clock logic (arch/x86/kvm/x86.c: v4.13 of July 2017, the 2017 series, and 6.18).
 
 ``KvmModule`` is KVM loaded into one ``Kernel`` (``vm_list``, ``kvm_lock``, the notifier KVM
 registers in ``kvm_arch_init``); ``Kvm`` is one VM (``struct kvm_arch`` clock fields by their
-kernel names); ``Vcpu`` is one vCPU (``struct kvm_vcpu_arch`` clock fields).  Two profiles:
+kernel names); ``Vcpu`` is one vCPU (``struct kvm_vcpu_arch`` clock fields).  What the code does
+is decided by the switches of the host kernel's profile (``self.cfg``); the two designs of
+where KVM reads its host clock (switch ``kvm_host_clock``) are:
 
-* ``gtod``: the 2017 base of the series (and the shape upstream still has): KVM keeps a
-  shadow ``pvclock_gtod_data`` refreshed by ``pvclock_gtod_notify`` on every timekeeping
-  update; masterclock only when the shadow vclock mode is TSC; traces print ``hostclock tsc``.
-* ``series``: patch 09 (the seed) with 10 and 11: KVM asks the timekeeper directly
-  (``get_tk_seq``, ``get_tk_mono_clock_mode``, ``ktime_get_boot_ns_with_cycles``), listens to
-  the clocksource change chain (``process_clocksource_change``), TSC or a stable pvclock
-  counts as stable; traces print ``hostclock stable 1``.
+* ``pvclock_gtod_copy`` (profiles ``gtod`` and ``upstream``: the shape 6.18 still has): KVM
+  keeps a shadow ``pvclock_gtod_data`` refreshed by ``pvclock_gtod_notify`` on every
+  timekeeping update; masterclock only when the shadow vclock mode is TSC; traces print
+  ``hostclock tsc``.
+* ``timekeeper`` (profile ``series``): patch 09 (the seed) with 10 and 11: KVM asks the
+  timekeeper directly (``get_tk_seq``, ``get_tk_mono_clock_mode``,
+  ``ktime_get_boot_ns_with_cycles``), listens to the clocksource change chain
+  (``process_clocksource_change``), TSC or a stable pvclock counts as stable; traces print
+  ``hostclock stable 1``.
 
 Where 2017 and today differ, a switch of :mod:`kvmclock.profiles` picks the behaviour (clock
 side: ``kvmclock_base``, ``masterclock_sync``, ``kvm_clock_realtime``, ``wall_clock``,
@@ -25,7 +29,7 @@ Everything runs synchronously in simulated time: "kernel code on a CPU" means in
 ``kernel.run_on_cpu(cpu, fn)``; ``rdtsc()`` is the TSC of ``kernel.current_cpu``.
 
 Where the model departs from the kernel it claims (v4.13 arch/x86/kvm/x86.c, plus the series
-in profile ``series``), and why:
+in profile ``series``, 6.18 in profile ``upstream``), and why:
 
 * PVCLOCK_GUEST_STOPPED only on the kvmclock copy (6.15, "PV clock changes"): no switch.
   The model writes only the kvmclock copy (no Hyper-V TSC page, no Xen copies) and
@@ -81,8 +85,10 @@ in profile ``series``), and why:
 * ``kvm_arch_init_vm`` takes ``masterclock_lock`` around the first masterclock computation;
   the kernel calls ``pvclock_update_vm_gtod_copy`` unlocked (no vCPU exists yet).  Only the
   lock's acquisition count can tell.
-* Not modelled: the Hyper-V TSC page (``kvm_hv_setup_tsc_page``), Xen shared info, the
-  guest's wall clock record.
+* Not modelled: the Hyper-V TSC page (``kvm_hv_setup_tsc_page``) and the HVCLOCK host
+  clock mode (4.16+: an L1 on Hyper-V giving its guests masterclock), Xen shared info and its
+  pvclock copies, the protected-TSC guests of 6.16+ (TDX, SNP Secure TSC), the host PM
+  notifier that pauses guests on suspend (5.14+).
 """
 
 from __future__ import annotations
