@@ -309,7 +309,7 @@ mod tests {
     }
 
     /// The ranges `par_ranges` hands to `f`, sorted, and whether the first ran on the caller.
-    fn ranges_of(n: usize, threads: usize) -> (Vec<std::ops::Range<usize>>, bool) {
+    fn ranges_of(n: usize, threads: usize) -> (Vec<(usize, usize)>, bool) {
         let seen = std::sync::Mutex::new(Vec::new());
         let me = std::thread::current().id();
         par_ranges(n, threads, &|r: std::ops::Range<usize>| {
@@ -318,19 +318,22 @@ mod tests {
         let mut v = seen.into_inner().unwrap();
         v.sort_by_key(|(r, _)| (r.start, r.end));
         let first_on_caller = v[0].1 == me;
-        (v.into_iter().map(|(r, _)| r).collect(), first_on_caller)
+        (
+            v.into_iter().map(|(r, _)| (r.start, r.end)).collect(),
+            first_on_caller,
+        )
     }
 
     #[test]
     fn par_ranges_partition() {
         // chunk = ceil(n / threads); ranges [0, chunk), [chunk, 2*chunk), ... cut at n, each
         // exactly once, the first on the calling thread.
-        assert_eq!(ranges_of(10, 3), (vec![0..4, 4..8, 8..10], true)); // chunk 4
-        assert_eq!(ranges_of(8, 2), (vec![0..4, 4..8], true)); // n a multiple of chunk
-        assert_eq!(ranges_of(9, 4), (vec![0..3, 3..6, 6..9], true)); // chunk 3, 3 ranges
-        assert_eq!(ranges_of(5, 1), (vec![0..5], true));
-        assert_eq!(ranges_of(5, 0), (vec![0..5], true)); // 0 threads: serial, no div by 0
-        assert_eq!(ranges_of(0, 3), (vec![0..0], true));
+        assert_eq!(ranges_of(10, 3), (vec![(0, 4), (4, 8), (8, 10)], true)); // chunk 4
+        assert_eq!(ranges_of(8, 2), (vec![(0, 4), (4, 8)], true)); // n a multiple of chunk
+        assert_eq!(ranges_of(9, 4), (vec![(0, 3), (3, 6), (6, 9)], true)); // chunk 3, 3 ranges
+        assert_eq!(ranges_of(5, 1), (vec![(0, 5)], true));
+        assert_eq!(ranges_of(5, 0), (vec![(0, 5)], true)); // 0 threads: serial, no div by 0
+        assert_eq!(ranges_of(0, 3), (vec![(0, 0)], true));
     }
 
     proptest! {

@@ -114,7 +114,13 @@ mod tests {
         assert_eq!(check_range("x", -63, -63, 63), Ok(-63));
         assert_eq!(check_range("x", 63, -63, 63), Ok(63));
         assert_eq!(check_range("x", 5, -63, 63), Ok(5));
-        assert_eq!(check_range("x", -64, -63, 63).unwrap_err().kind, ErrorKind::Value);
-        assert_eq!(check_range("x", 64, -63, 63).unwrap_err().kind, ErrorKind::Value);
+        assert_eq!(
+            check_range("x", -64, -63, 63).unwrap_err().kind,
+            ErrorKind::Value
+        );
+        assert_eq!(
+            check_range("x", 64, -63, 63).unwrap_err().kind,
+            ErrorKind::Value
+        );
     }
 }

@@ -526,14 +526,15 @@ mod tests {
                 s.spawn(|| {
                     let mut prev = 0;
                     for _ in 0..20_000 {
-                        let (b, _) = rec.read::<(), _>(u64::MAX, || Ok(0)).unwrap();
+                        let (b, _) = rec.read::<(), _>(DEFAULT_MAX_RETRIES, || Ok(0)).unwrap();
                         // body fields are from one publish
                         assert_eq!(b.system_time, b.tsc_timestamp * 1000);
                         assert_eq!(b.version as u64, b.tsc_timestamp * 2);
-                        let ns =
-                            unsafe { clock.read::<(), _>(&rec, u64::MAX, || Ok(b.tsc_timestamp)) }
-                                .unwrap()
-                                .0;
+                        let ns = unsafe {
+                            clock.read::<(), _>(&rec, DEFAULT_MAX_RETRIES, || Ok(b.tsc_timestamp))
+                        }
+                        .unwrap()
+                        .0;
                         let _ = ns;
                         let lv = clock.last_value();
                         assert!(lv >= prev);
@@ -575,7 +576,11 @@ mod tests {
         // pvclock-abi.h: PVCLOCK_TSC_STABLE_BIT (1 << 0), PVCLOCK_GUEST_STOPPED (1 << 1),
         // PVCLOCK_COUNTS_FROM_ZERO (1 << 2)
         assert_eq!(
-            [PVCLOCK_TSC_STABLE_BIT, PVCLOCK_GUEST_STOPPED, PVCLOCK_COUNTS_FROM_ZERO],
+            [
+                PVCLOCK_TSC_STABLE_BIT,
+                PVCLOCK_GUEST_STOPPED,
+                PVCLOCK_COUNTS_FROM_ZERO
+            ],
             [1, 2, 4]
         );
     }
@@ -621,7 +626,10 @@ mod tests {
         assert_eq!(clock.clamp(7, PVCLOCK_TSC_STABLE_BIT), 100);
         // both carry the bit: the raw value, backwards allowed, last_value untouched
         let clock = PvclockClock::new(PVCLOCK_TSC_STABLE_BIT, 100);
-        assert_eq!(clock.clamp(7, PVCLOCK_TSC_STABLE_BIT | PVCLOCK_GUEST_STOPPED), 7);
+        assert_eq!(
+            clock.clamp(7, PVCLOCK_TSC_STABLE_BIT | PVCLOCK_GUEST_STOPPED),
+            7
+        );
         assert_eq!(clock.last_value(), 100);
         // other flag bits do not count as the stable bit
         assert_eq!(clock.clamp(7, PVCLOCK_GUEST_STOPPED), 100);

@@ -157,6 +157,7 @@ pub fn kvmclock_ns(max_retries: u64) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pvclock::DEFAULT_MAX_RETRIES;
 
     #[test]
     fn parse_maps() {
@@ -181,7 +182,10 @@ mod tests {
                     7000-8000 r--p 00000000 00:00 0 [vvar_vclock]\n";
         // zero-length and reversed ranges are not mappings; the first real one wins
         assert_eq!(find_mapping(maps, VVAR_VCLOCK), Some((0x6000, 0x6001)));
-        assert_eq!(find_mapping("zz-1000 r--p 0 0:0 0 [vvar_vclock]\n", VVAR_VCLOCK), None);
+        assert_eq!(
+            find_mapping("zz-1000 r--p 0 0:0 0 [vvar_vclock]\n", VVAR_VCLOCK),
+            None
+        );
     }
 
     #[test]
@@ -218,14 +222,48 @@ mod tests {
         assert_ne!(base, libc::MAP_FAILED);
         let base = base as usize;
         // SAFETY: the second page of our own mapping.
-        assert_eq!(unsafe { libc::mprotect((base + PAGE) as *mut libc::c_void, PAGE, libc::PROT_NONE) }, 0);
+        assert_eq!(
+            unsafe { libc::mprotect((base + PAGE) as *mut libc::c_void, PAGE, libc::PROT_NONE) },
+            0
+        );
         let bad = probe_in_child(base + PAGE).unwrap_err();
         assert_eq!(bad.kind, ErrorKind::Os(libc::EIO));
-        assert!(bad.message.contains(&format!("signal {}", libc::SIGSEGV)), "{}", bad.message);
+        assert!(
+            bad.message.contains(&format!("signal {}", libc::SIGSEGV)),
+            "{}",
+            bad.message
+        );
         assert!(probe_in_child(base + PAGE - RECORD_SIZE).is_ok());
         assert!(probe_in_child(base).is_ok());
         // SAFETY: unmapping our own mapping.
-        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, 2 * PAGE) }, 0);
+        assert_eq!(
+            unsafe { libc::munmap(base as *mut libc::c_void, 2 * PAGE) },
+            0
+        );
+    }
+
+    #[test]
+    fn real_read_when_available() {
+        // Only where this machine's pvclock page is readable (a KVM guest whose vDSO has used
+        // it); elsewhere `probe_never_crashes` covers the clean error.
+        let Ok(addr) = page_address() else { return };
+        assert!(addr != 0 && addr % 4096 == 0, "{addr:#x}");
+        // located once, then cached
+        assert_eq!(page_address().unwrap(), addr);
+        // the stamp is the TSC of the successful iteration: between two ordered reads around it
+        let t0 = crate::tsc::rdtsc_ordered().unwrap();
+        let (rec, stamp) = read(DEFAULT_MAX_RETRIES).unwrap();
+        let t1 = crate::tsc::rdtsc_ordered().unwrap();
+        assert!(t0 <= stamp && stamp <= t1, "{t0} {stamp} {t1}");
+        // a stable (even) version and a real scale, as KVM always publishes
+        assert_eq!(rec.version & 1, 0);
+        assert_ne!(rec.tsc_to_system_mul, 0);
+        // kvmclock_ns is __pvclock_read_cycles of a fresh read: within 1 s of this record's
+        // value at its stamp (the two reads are microseconds apart).
+        let ns = kvmclock_ns(DEFAULT_MAX_RETRIES).unwrap();
+        let then = rec.read_cycles(stamp).unwrap();
+        assert!(ns.abs_diff(then) < 1_000_000_000, "{ns} vs {then}");
+        assert!(ns > 1_000, "{ns}");
     }
 
     #[test]

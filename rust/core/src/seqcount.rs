@@ -155,8 +155,8 @@ mod tests {
 
     #[test]
     fn read_begin_waits_for_the_writer() {
-        // odd when the reader starts; the writer ends its section after 50 ms: a reader with
-        // an effectively unbounded poll budget sees the new even value, never an error.
+        // odd when the reader starts; the writer ends its section after 50 ms: a reader that
+        // keeps polling sees the new even value.
         let s = SeqCount::new(10);
         s.write_begin().unwrap();
         std::thread::scope(|sc| {
@@ -164,12 +164,17 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 s.write_end().unwrap();
             });
-            assert_eq!(s.read_begin(Some(u64::MAX)).unwrap(), 12);
+            // 10**7 polls (yielding after the first 128) outlast the 50 ms by far, and end
+            // the test in seconds if the section never ends
+            assert_eq!(s.read_begin(Some(10_000_000)).unwrap(), 12);
         });
         // a budget of n polls on a section that never ends: an error, not a hang
         s.write_begin().unwrap();
         for max in [0, 1, 5] {
-            assert_eq!(s.read_begin(Some(max)).unwrap_err().kind, ErrorKind::SeqCount);
+            assert_eq!(
+                s.read_begin(Some(max)).unwrap_err().kind,
+                ErrorKind::SeqCount
+            );
         }
     }
 
@@ -189,8 +194,10 @@ mod tests {
             });
             sc.spawn(|| {
                 for _ in 0..50_000 {
-                    loop {
-                        let st = s.read_begin(None).unwrap();
+                    // bounded, so that a broken retry test fails instead of hanging
+                    for attempt in 0.. {
+                        assert!(attempt < 1_000_000, "read section retried forever");
+                        let st = s.read_begin(Some(1_000_000)).unwrap();
                         let x = a.load(Ordering::Relaxed);
                         let y = b.load(Ordering::Relaxed);
                         if !s.read_retry(st) {

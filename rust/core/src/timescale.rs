@@ -164,6 +164,53 @@ mod tests {
     }
 
     #[test]
+    fn endless_loop_inputs_named() {
+        // The three inputs for which the kernel loops forever are refused up front, with the
+        // argument and its excluded values in the message (not by the later tps32 == 0 guard).
+        for s in [0u64, 1 << 63] {
+            let e = get_time_scale(s, 1_000_000_000).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Value);
+            assert!(
+                e.message.starts_with("scaled_hz must not be 0 or 2**63"),
+                "{}",
+                e.message
+            );
+        }
+        let e = get_time_scale(1_000_000_000, 0).unwrap_err();
+        assert!(
+            e.message.starts_with("base_hz must be non-zero"),
+            "{}",
+            e.message
+        );
+        // neighbours of 2**63 are fine: 2**63 - 1 and 2**63 + 1 over base 1
+        // 2**63+1 over 1: loop 2 halves scaled 32 times (to 2**31), doubles tps32 31 times (to
+        // 2**31), then halves scaled once more because tps32's top bit is set (shift 64):
+        // mult = (2**30 << 32) / 2**31 = 2**31
+        assert_eq!(get_time_scale((1 << 63) + 1, 1).unwrap(), (64, 1 << 31));
+        // 2**63-1 over 1: loop 2 halves scaled 32 times (to 2**31 - 1, shift 32), then doubles
+        // tps32 from 1 to 2**31 (shift 63), where 2**31 <= 2**31 - 1 fails: mult =
+        // ((2**31 - 1) << 32) / 2**31 = 2**32 - 2
+        assert_eq!(
+            get_time_scale((1 << 63) - 1, 1).unwrap(),
+            (63, u32::MAX - 1)
+        );
+    }
+
+    #[test]
+    fn integer_ratios_exact() {
+        // scaled = n, base = 1 with n < 2**31: loop 1 never runs (1 <= 2n), loop 2 only
+        // doubles tps32 (scaled has no high bits and tps32 stays below 2**31) until 2**k > n,
+        // i.e. k = bit length of n; then mult = (n << 32) / 2**k = n * 2**(32 - k), exact.
+        // E.g. n = 3: tps32 1 -> 2 -> 4, shift 2, mult 3 * 2**30 = 3221225472.
+        assert_eq!(get_time_scale(3, 1).unwrap(), (2, 3221225472));
+        for n in (1u64..=4096).chain([(1 << 31) - 1, 1_000_000_007]) {
+            let k = 64 - n.leading_zeros();
+            let expect = (k as i8, (n << (32 - k)) as u32);
+            assert_eq!(get_time_scale(n, 1).unwrap(), expect, "n={n}");
+        }
+    }
+
+    #[test]
     fn div_frac_faults() {
         assert_eq!(div_frac(0, 0).unwrap_err().kind, ErrorKind::ZeroDivision);
         assert_eq!(div_frac(3, 3).unwrap_err().kind, ErrorKind::Overflow);
