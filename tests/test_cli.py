@@ -469,7 +469,7 @@ def test_exit_1_only_for_a_relation_that_did_not_hold(capsys: pytest.CaptureFixt
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from kvmclock.real import capture, verify
 
-    result = {"ok": False, "relations": []}
+    result: dict[str, Any] = {"ok": False, "relations": [], "profile": {"name": "upstream"}}
     monkeypatch.setattr(capture, "real_run", lambda _trace: (None, "no trace"))
     monkeypatch.setattr(verify, "verify_run", lambda *_a, **_k: result)
     code, out, err = _main(capsys, "verify", "--json")
@@ -478,6 +478,19 @@ def test_exit_1_only_for_a_relation_that_did_not_hold(capsys: pytest.CaptureFixt
     result["ok"] = True
     code, out, err = _main(capsys, "verify", "--json")
     assert code == 0, err
+    # several profiles: one capture judged under each, and the ones it matches named
+    def judged(_real: Any, **kw: Any) -> dict[str, Any]:
+        name = kw["profile"].name
+        return {"ok": name == "upstream", "relations": [],
+                "profile": {"name": name, "kernel": kw["profile"].kernel}}
+
+    monkeypatch.setattr(verify, "verify_run", judged)
+    monkeypatch.setattr(verify, "format_verify", lambda r: f"report {r['profile']['name']}")
+    code, out, err = _main(capsys, "verify", "--profile", "gtod,upstream")
+    assert code == 1, err
+    assert out.rstrip().endswith("this capture matches: upstream")
+    code, out, err = _main(capsys, "verify", "--profile", "gtod,series", "--json")
+    assert code == 1 and json.loads(out)["matching"] == []
 
 
 def test_exit_2_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

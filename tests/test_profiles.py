@@ -259,3 +259,13 @@ def test_docs_table_matches_the_profiles() -> None:
             show(PROFILES[p][name]) for p in PROFILES
         ], name
         assert m.group(2).strip() == s.since, name
+
+
+def test_set_to_the_profiles_own_value_is_not_a_flip() -> None:
+    u = PROFILES["upstream"]
+    same = u.with_(pvclock_gtod_chain=True, masterclock_request="toggle_or_new_generation")
+    assert same.name == "upstream" and same.changed == () and same.values == u.values
+    back = u.with_(user_set_tsc=False).with_(user_set_tsc=True)
+    assert back.name == "upstream" and back.changed == ()
+    with pytest.raises(ValueError, match="--set user_set_tsc given twice"):
+        parse_assignments(["user_set_tsc=off", "user_set_tsc=on"])

@@ -238,9 +238,17 @@ def test_host_report_explains_this_machine() -> None:
         assert "unavailable" in text
     if not rep["kvm"]["available"]:
         assert rep["kvm"]["reason"] in text
-    assert rep["masterclock_prediction"]["gtod"]["masterclock"] == (
-        rep["clocksource"]["current"] == "tsc"
+    pred = rep["masterclock_prediction"]
+    assert set(pred) == {"gtod", "series", "upstream"}
+    on_tsc = rep["clocksource"]["current"] == "tsc"
+    assert pred["gtod"]["masterclock"] == pred["upstream"]["masterclock"] == on_tsc
+    stable_kvmclock = (
+        rep["clocksource"]["current"] == "kvm-clock"
+        and bool(rep["guest_pvclock"].get("available"))
+        and bool(rep["guest_pvclock"]["record"]["flags"] & 1)
     )
+    assert pred["series"]["masterclock"] == (on_tsc or stable_kvmclock)
+    assert "(upstream)" in text
 
 
 def _trace_reason() -> str | None:

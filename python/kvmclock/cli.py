@@ -895,8 +895,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError(f"verify: unknown scenario {unknown[0]!r}; choose: clock-relations")
     real, trace_status = real_run(None)  # one real capture, judged under every profile
     results = [verify_run(real, trace_status=trace_status, profile=p) for p in profiles]
+    matching = [r["profile"]["name"] for r in results if r.get("ok")]
     if args.json:
-        doc: Any = results[0] if len(results) == 1 else {"runs": results}
+        doc: Any = results[0] if len(results) == 1 else {"runs": results, "matching": matching}
         print(json.dumps(doc, indent=2, default=str))
     else:
         print("\n\n".join(
@@ -904,6 +905,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
              if len(results) > 1 else "") + format_verify(r)
             for r in results
         ))
+        if len(results) > 1:
+            print("\nthis capture matches: " + (", ".join(matching) if matching else
+                                                 "none of the profiles"))
     return EXIT_OK if all(r.get("ok") for r in results) else EXIT_FAILED
 
 
@@ -941,7 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="kvmclock",
         description="An executable, bit-exact model of the Linux x86 KVM clock.",
-        epilog="example:\n  kvmclock simulate            # nested scenario, gtod vs series\n"
+        epilog="example:\n  kvmclock simulate        # nested scenario: gtod, series, upstream\n"
         "  kvmclock simulate --json run.json --plot run.png\n"
         "\nexit codes:\n"
         "  0    ok (a livelock the model detects is a result: reported, exit 0)\n"
@@ -959,15 +963,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser(
-        "simulate", help="run a scenario under the gtod and series profiles",
-        description="Run a built-in scenario (default: nested) under both profiles side by "
+        "simulate", help="run a scenario under the gtod, series and upstream profiles",
+        description="Run a built-in scenario (default: nested) under the profiles side by "
         "side and print, per profile and level, the clocksource, masterclock, pvclock stable "
         "bit, counters, skew and the key moments.",
         epilog="examples:\n  kvmclock simulate\n"
         "  kvmclock simulate --scenario nested --profile series --seed 3 --json -\n"
         "  kvmclock simulate --trace sim.txt --perfetto sim.json --plot sim.png\n"
         "  kvmclock simulate --duration 3 --vcpus 2 --param l2_vcpus=1\n"
-        "with --profile both, --trace PATH writes PATH-gtod and PATH-series files.",
+        "with several profiles, --trace PATH writes PATH-gtod, PATH-series, ... files.",
         formatter_class=fmt,
     )
     s.add_argument("--scenario", default="nested", help="scenario name (kvmclock scenarios)")

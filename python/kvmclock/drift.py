@@ -230,8 +230,9 @@ def guest_tsc(
         if not cfg.tiny_ratio_clamp:
             raise DriftInputError(
                 f"guest_khz={guest} on a {host} kHz host scales the record frequency to 0 kHz: "
-                f"profile {cfg.name} (Linux {cfg.kernel}, before the 6.16 clamp) loops forever "
-                "in kvm_get_time_scale; profile upstream takes 1 kHz"
+                f"profile {cfg.name} (Linux {cfg.kernel}) has no tiny-ratio clamp "
+                "(tiny_ratio_clamp=off; the clamp came in 6.16) and loops forever in "
+                "kvm_get_time_scale; with the clamp on (profile upstream) it takes 1 kHz"
             )
         tgt = 1
     return GuestTsc(host, guest, cap.name, "scaled", cap.frac_bits, ratio, tgt)

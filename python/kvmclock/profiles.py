@@ -379,8 +379,14 @@ class Profile:
             SWITCHES[n].check(v)
         vals = dict(self.values)
         vals.update(changes)
-        changed = tuple(dict.fromkeys([*self.changed, *changes]))
         base = self.name.split("[", 1)[0]
+        # the name records only what differs from the built-in profile it came from
+        origin = PROFILES.get(base)
+        changed = tuple(
+            n
+            for n in dict.fromkeys([*self.changed, *changes])
+            if origin is None or vals[n] != origin[n]
+        )
         label = ",".join(f"{n}={_show(vals[n])}" for n in changed)
         return Profile(
             name=f"{base}[{label}]" if changed else base,
@@ -539,6 +545,8 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, SwitchVal
             raise ValueError(f"--set {item!r}: expected SWITCH=VALUE")
         if name not in SWITCHES:
             raise ValueError(_unknown_switch(name))
+        if name in out:
+            raise ValueError(f"--set {name} given twice; give each switch once")
         out[name] = SWITCHES[name].parse(text)
     return out
 

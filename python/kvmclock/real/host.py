@@ -231,24 +231,31 @@ def _scale_match(rec: Any, khz: int) -> bool:
 
 
 def masterclock_prediction(cs: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
-    """What KVM here would decide (x86.c pvclock_update_vm_gtod_copy: vCPUs matched AND the
-    host clocksource qualifies): gtod needs VDSO_CLOCKMODE_TSC (host clocksource tsc); series
-    (patch 11) also accepts a stable pvclock (kvm-clock with PVCLOCK_TSC_STABLE_BIT)."""
+    """What KVM here would decide under each profile (x86.c pvclock_update_vm_gtod_copy: vCPUs
+    matched AND the host clocksource qualifies): a tsc host clocksource (VDSO_CLOCKMODE_TSC)
+    always qualifies; a kvm-clock one whose record carries PVCLOCK_TSC_STABLE_BIT only under
+    switch ``stable_pvclock_host`` (the series' patch 11). ``{profile: {"masterclock",
+    "why"}}``."""
+    from kvmclock.profiles import PROFILES
+
     cur = cs.get("current")
     stable_pv = bool(record.get("available") and record["record"]["flags"] & 1)
-    gtod = cur == "tsc"
-    series = cur == "tsc" or (cur == "kvm-clock" and stable_pv)
-    return {
-        "gtod": {
-            "masterclock": gtod,
-            "why": f"host clocksource is {cur!r}; gtod needs 'tsc' (VDSO_CLOCKMODE_TSC)",
-        },
-        "series": {
-            "masterclock": series,
-            "why": f"host clocksource is {cur!r}; series accepts 'tsc' or a stable kvm-clock"
-            f" (this machine's record stable bit: {int(stable_pv)})",
-        },
-    }
+    out: dict[str, Any] = {}
+    for name, cfg in PROFILES.items():
+        if cfg.stable_pvclock_host:
+            ok = cur == "tsc" or (cur == "kvm-clock" and stable_pv)
+            why = (
+                f"host clocksource is {cur!r}; {name} (stable_pvclock_host=on) accepts 'tsc' or "
+                f"a stable kvm-clock (this machine's record stable bit: {int(stable_pv)})"
+            )
+        else:
+            ok = cur == "tsc"
+            why = (
+                f"host clocksource is {cur!r}; {name} (Linux {cfg.kernel}, "
+                "stable_pvclock_host=off) needs 'tsc' (VDSO_CLOCKMODE_TSC)"
+            )
+        out[name] = {"masterclock": ok, "why": why}
+    return out
 
 
 def host_report(sample_s: float = SAMPLE_S) -> dict[str, Any]:
