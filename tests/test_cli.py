@@ -1,6 +1,6 @@
 """The ``kvmclock`` command through its real entry points (``python -m kvmclock`` in a
 subprocess, and the ``kvmclock`` console script when installed), plus the simulate renderers
-on a run dict built from the SPEC.md section 5 schema."""
+on a run dict built from the documented run schema."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def test_real_commands_exit_codes(cmd: str) -> None:
 
 
 # ---------------------------------------------------------------------------- simulate renderers
-# A run dict built from the schema of SPEC.md section 5 (and the issue): not a model result.
+# A run dict built from the documented run schema: not a model result.
 
 
 def schema_run(profile: str) -> dict[str, Any]:
@@ -427,7 +427,7 @@ def test_simulate_params_and_trace_per_profile(tmp_path: Any) -> None:
 
 
 def test_simulate_headline_of_spec_section_6() -> None:
-    """The README's main command shows SPEC.md section 6's headline: under gtod L2 never gets
+    """The README's main command shows the nested scenario's headline: under gtod L2 never gets
     the stable bit; under series it has it, then loses it when L0's TSC goes bad."""
     p = run("simulate", "--json", "-")
     assert p.returncode == 0, p.stderr

@@ -1,6 +1,6 @@
 """Bad input to the native core: a clear Python exception that names the argument.
 
-SPEC.md section 3: wrong types raise TypeError; values outside the kernel type's range raise
+The native contract: wrong types raise TypeError; values outside the kernel type's range raise
 OverflowError or ValueError; inputs the kernel cannot take raise ValueError (endless loop,
 undefined shift), ZeroDivisionError (division by zero) or OverflowError (quotient overflow).
 Nothing may panic into Python.
@@ -116,7 +116,7 @@ def test_out_of_range_names_argument(name: str, arg: str) -> None:
         ("clocksource_cyc2ns", {"cycles": 1, "mult": 1, "shift": 2**32 - 1}, "shift"),
         ("scale_tsc", {"tsc": 1, "ratio": 1, "frac_bits": 128}, "frac_bits"),
         ("tsc_scaling_ratio", {"user_tsc_khz": 1, "tsc_khz": 1, "frac_bits": 64}, "frac_bits"),
-        # kvm_get_time_scale never returns for these (kernel-math.md hazard 1)
+        # kvm_get_time_scale never returns for these (zero, or too large, frequencies)
         ("get_time_scale", {"scaled_hz": 0, "base_hz": 10**9}, "scaled_hz"),
         ("get_time_scale", {"scaled_hz": 2**63, "base_hz": 10**9}, "scaled_hz"),
         ("get_time_scale", {"scaled_hz": 10**9, "base_hz": 0}, "base_hz"),

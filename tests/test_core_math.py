@@ -1,6 +1,6 @@
 """Native core math vs the independent kernel reference (tests/reference/kernel_math.py).
 
-Every SPEC.md section 3 scalar function is compared with the big-integer transcription of its
+Every scalar function of the native contract is compared with the big-integer transcription of its
 kernel source over the full input ranges (hypothesis), on a grid of edge values, and on real
 TSC rates. Calls use keyword names, as callers outside the project do. When the reference
 raises (the kernel would spin or fault), the native function must raise the same class.
@@ -105,7 +105,7 @@ def test_math64_edge_grid() -> None:
 
 
 def test_mul_s64_u64_shr_rounds_toward_zero() -> None:
-    # kernel-math.md hazard 9: sign-magnitude, -3 * 1 >> 1 is -1 (not -2 as an arithmetic shift).
+    # sign-magnitude, -3 * 1 >> 1 is -1 (not -2 as an arithmetic shift).
     assert kvmclock.mul_s64_u64_shr(a=-3, b=1, shift=1) == (-1) & U64_MAX
     # abs(S64_MIN) wraps back to 2**63, the right magnitude.
     assert kvmclock.mul_s64_u64_shr(a=-(2**63), b=1, shift=0) == 2**63
@@ -184,7 +184,7 @@ def test_get_time_scale_edge_grid() -> None:
 
 
 def test_get_time_scale_known_values() -> None:
-    # The real-host pair (kernel-math.md section 3) and the extreme shift 64.
+    # A real host pair and the extreme shift 64.
     assert kvmclock.get_time_scale(scaled_hz=10**9, base_hz=2_100_000_000) == (-1, 4090445043)
     assert kvmclock.get_time_scale(scaled_hz=2_100_000_000, base_hz=10**9) == (2, 2254857830)
     assert kvmclock.get_time_scale(scaled_hz=2**63 + 1, base_hz=1) == (64, 2**31)
@@ -264,7 +264,7 @@ def test_tsc_scaling_ratio(user_tsc_khz: int, tsc_khz: int, frac_bits: int) -> N
 def test_tsc_scaling_ratio_vendor_constants() -> None:
     for user, host, frac in itertools.product(U32_EDGES, U32_EDGES, [0, 1, 32, 48, 62, 63]):
         assert_matches("tsc_scaling_ratio", user_tsc_khz=user, tsc_khz=host, frac_bits=frac)
-    # kernel-math.md hazard 3: a 1 kHz guest on a 2.1 GHz VMX host
+    # a 1 kHz guest on a 2.1 GHz VMX host
     assert kvmclock.tsc_scaling_ratio(user_tsc_khz=1, tsc_khz=2_100_000, frac_bits=48) == (
         134035703
     )

@@ -1,6 +1,6 @@
 """Impossible simulation parameters (issue 7) are rejected by ``kvmclock.sim.run_scenario``
 before anything runs, with a ValueError subclass (``kvmclock.errors.ScenarioError``) whose
-message names the argument and the valid choices or range (docs/ARCHITECTURE.md, SPEC §4/§5).
+message names the argument and the valid choices or range (docs/ARCHITECTURE.md).
 
 "Before anything runs" is checked by replacing the simulation object the scenarios build
 (``kvmclock.sim.Sim``) with one that fails the test if it is ever constructed.

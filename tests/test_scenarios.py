@@ -1,4 +1,4 @@
-"""Built-in scenarios (SPEC §6): the headline in ``nested``, the others, the run dict schema."""
+"""Built-in scenarios: the headline in ``nested``, the others, the run dict schema."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def test_every_relation_rule_holds_on_the_model(model: verify.ScenarioRun) -> No
 
 
 def test_relations_hold_under_the_series_profile_too() -> None:
-    # A stable TSC host qualifies for masterclock under both profiles (SPEC §2).
+    # A stable TSC host qualifies for masterclock under every profile.
     run = verify.replay_model(_real(), profile="series")
     for name, (held, detail) in verify.check_relations(run).items():
         assert held, (name, detail)

@@ -3,7 +3,7 @@
 The native core (``kvmclock._native``, Rust) provides the kernel's clock arithmetic
 (arch/x86/kvm/x86.c, include/linux/math64.h, arch/x86/include/asm/pvclock.h,
 kernel/time/clocksource.c), the pvclock ABI records and their lock-free readers/writer, and
-a SeqCount; this package re-exports all of it (SPEC.md section 3).
+a SeqCount; this package re-exports all of it.
 """
 
 from __future__ import annotations

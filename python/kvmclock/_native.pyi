@@ -1,4 +1,4 @@
-"""Type stubs of kvmclock._native (Rust, PyO3): SPEC.md section 3 and the native contract of
+"""Type stubs of kvmclock._native (Rust, PyO3): the native contract of
 docs/ARCHITECTURE.md."""
 
 from collections.abc import Callable

@@ -1,4 +1,4 @@
-"""A kernel booted on a machine (SPEC §2): clocksources, timekeeper, watchdog, notifier chains.
+"""A kernel booted on a machine: clocksources, timekeeper, watchdog, notifier chains.
 
 ``Kernel(machine, profile)`` models the time subsystem of one Linux kernel at one level:
 level 0 on a ``PhysicalMachine``, level N on a VM that KVM at level N-1 provides.  Kernel code

@@ -1,9 +1,9 @@
-"""Independent big-integer reference of the kernel clock math behind SPEC.md section 3.
+"""Independent big-integer reference of the kernel clock math behind the native contract.
 
 Written from the kernel's C semantics (torvalds/linux), not from the Rust core: every value is
 a Python int and every place where C arithmetic wraps is masked explicitly (``& MASK64``,
 ``& MASK32``). Where the kernel would spin forever or fault, the reference raises the
-exception class SPEC.md prescribes: endless loop or undefined shift -> ValueError, division by
+exception class the package promises: endless loop or undefined shift -> ValueError, division by
 zero -> ZeroDivisionError, quotient that does not fit -> OverflowError. This module must never
 import kvmclock: it is what the tests compare kvmclock against.
 """

@@ -1,4 +1,4 @@
-"""A VM is a Machine (SPEC §2): KVM turns a kernel into machines for the next level.
+"""A VM is a Machine: KVM turns a kernel into machines for the next level.
 
 ``VirtualMachine`` implements the ``kvmclock.machine.base.Machine`` protocol for one ``Kvm``:
 its CPUs are vCPU-backed (``read_tsc`` = ``kvm_scale_tsc(host TSC of the host CPU the vCPU

@@ -51,7 +51,7 @@ class Counter(Protocol):
 
 @runtime_checkable
 class Machine(Protocol):
-    """Hardware a kernel boots on (SPEC §2).
+    """Hardware a kernel boots on.
 
     Optional extension used by ``Kernel`` when present: ``read_persistent_clock_ns() -> int``
     (the RTC / ``read_persistent_clock64`` wall time in ns); absent means 0 (1970-01-01).

@@ -1,4 +1,4 @@
-"""Simulated true time and a deterministic event queue (SPEC §2 "World").
+"""Simulated true time and a deterministic event queue ("World").
 
 Time is an integer number of nanoseconds.  Events run in (time, insertion sequence) order, so
 two events scheduled for the same instant run in the order they were scheduled.  The only

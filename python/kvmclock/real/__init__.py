@@ -1,4 +1,4 @@
-"""This computer: the TSC, its KVM guest pvclock record, and /dev/kvm (SPEC §4 ``kvmclock.real``).
+"""This computer: the TSC, its KVM guest pvclock record, and /dev/kvm (``kvmclock.real``).
 
 The record is vCPU 0's ``pvclock_vcpu_time_info`` at the start of ``[vvar_vclock]`` (Linux >=
 6.13, arch/x86/entry/vdso/vma.c); it is read by the native, version-retry reader
@@ -67,7 +67,7 @@ def _kvmclock_ns_checked() -> int:
 
 def _select_kvmclock_ns() -> Callable[[], int]:
     # Fast path: when the page is there, hand out the native function itself (no Python frame
-    # per call: SPEC §8 wants this read no slower than time.clock_gettime_ns).
+    # per call: this read is meant to be no slower than time.clock_gettime_ns).
     if guest_record_available():
         try:
             _k.kvmclock_ns()

@@ -1,5 +1,5 @@
 """Text output of ``kvmclock simulate``: a side-by-side table per profile and level, a headline
-derived from the runs (SPEC.md section 6), and the key moments as a short timeline."""
+derived from the runs, and the key moments as a short timeline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Simulation: built-in scenarios (SPEC §6), metrics, ``run_scenario`` (SPEC §5 JSON)."""
+"""Simulation: built-in scenarios, metrics, ``run_scenario`` (one run as a JSON-able dict)."""
 
 from kvmclock.sim.metrics import LevelStats, Recorder, guest_read
 from kvmclock.sim.scenarios import SCENARIOS, Scenario, Sim, format_trace_lines, run_scenario

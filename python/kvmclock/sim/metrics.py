@@ -1,4 +1,4 @@
-"""Per-level metrics of a simulation run (SPEC §5 JSON; series-and-upstream.md §7.3).
+"""Per-level metrics of a simulation run (the run JSON; the three KVM clock definitions A/B/C).
 
 Definitions (what the numbers mean, precisely):
 

@@ -1,4 +1,4 @@
-"""Built-in scenarios (SPEC §6) and ``run_scenario`` (one run in the SPEC §5 JSON shape).
+"""Built-in scenarios and ``run_scenario`` (one run as the dict ``simulate --json`` prints).
 
 Every scenario builds the stack in simulated time from a seed: a ``PhysicalMachine`` with a
 ``Kernel`` (level 0) and KVM, VMs whose vCPUs are started once (QEMU starting the vCPU

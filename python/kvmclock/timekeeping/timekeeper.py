@@ -229,7 +229,7 @@ class Timekeeper:
         self.ktime_sec = seconds
         # v4.13 (after "time: Clean up CLOCK_MONOTONIC_RAW time handling", 2017): the raw
         # sub-second part lives in tkr_raw.xtime_nsec and is added by every read, so the base
-        # is whole seconds only.  (reference/series-and-upstream.md §10.2 shows the pre-fix form.)
+        # is whole seconds only (kernels before that fix added it into the base).
         self.tkr_raw.base = self.raw_sec * NSEC_PER_SEC
 
     def timekeeping_update(self, action: int) -> None:

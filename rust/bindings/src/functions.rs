@@ -1,4 +1,4 @@
-//! Module-level functions of `kvmclock._native` (SPEC.md section 3 and the ARCHITECTURE.md
+//! Module-level functions of `kvmclock._native` (the native contract and the ARCHITECTURE.md
 //! native contract).
 
 use std::convert::Infallible;

@@ -55,7 +55,7 @@ pub fn get_time_scale(scaled_hz: u64, base_hz: u64) -> Result<(i8, u32)> {
     }
     let mut tps32 = tps64 as u32;
     if tps32 == 0 {
-        // Unreachable after the checks above (kernel-math.md: only those three inputs).
+        // Unreachable after the checks above (the kernel loops only on those three inputs).
         return Err(CoreError::value(format!(
             "scaled_hz={scaled_hz}, base_hz={base_hz}: kvm_get_time_scale would never return"
         )));
