@@ -297,6 +297,11 @@ def test_wall_clock_msr(value: str, msr: int) -> None:
     vm.machine.run_on_cpu(0, lambda: None)
     ntp_slew(host, 2000)  # realtime now runs ~300 ppm faster than kvmclock
     host.world.run_until(host.world.now_ns + S)
+    # a host suspend of 3 s: boottime = realtime - (offs_real - offs_boot) moves, so
+    # getboottime64 is offs_real - offs_boot, not offs_real (or + offs_boot)
+    on_cpu(host, 0, lambda: host.timekeeper.inject_sleeptime(3 * S))
+    assert host.timekeeper.offs_boot == 3 * S
+    host.world.run_until(host.world.now_ns + S // 10)
     gpa = 0x800
     vm.machine.memory[gpa : gpa + 4] = (7).to_bytes(4, "little")  # odd junk: 7 -> 8 -> 9 -> 10
     vm.machine.wrmsr(0, msr, gpa)
