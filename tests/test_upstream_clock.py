@@ -238,10 +238,12 @@ def test_get_clock_without_masterclock(profile: str) -> None:
     assert (data.clock, data.flags, data.realtime, data.host_tsc) == (want, 0, 0, 0)
 
 
+@pytest.mark.parametrize("sync", ["seqcount", "spinlock"])
 @pytest.mark.parametrize("master", [True, False])
 @pytest.mark.parametrize("late_ns", [2 * S, 1, 0, -1])
-def test_set_clock_realtime_upstream(master: bool, late_ns: int) -> None:
-    host = make_host("upstream")
+def test_set_clock_realtime_upstream(master: bool, late_ns: int, sync: str) -> None:
+    # spinlock: 5.16's KVM_CLOCK_REALTIME before the pvclock_sc seqcount (same result)
+    host = make_host(with_("upstream", masterclock_sync=sync))
     vm = make_vm(host, 1, old_kvmclock=not master)
     vm.machine.run_on_cpu(0, lambda: None)
     host.world.run_until(host.world.now_ns + 55 * MS)
@@ -255,7 +257,11 @@ def test_set_clock_realtime_upstream(master: bool, late_ns: int) -> None:
     if master:
         assert (vm.master_kernel_ns, vm.master_cycle_now) == (base, h)
     assert vm.kvmclock_offset == want - base
-    assert not vm.tsc_write_lock.locked and vm.pvclock_sc.sequence % 2 == 0
+    assert not vm.tsc_write_lock.locked and not vm.masterclock_lock.locked
+    assert vm.pvclock_sc.sequence % 2 == 0
+    from kvmclock.kvm.requests import KVM_REQ_CLOCK_UPDATE
+
+    assert vm.vcpus[0].kvm_test_request(KVM_REQ_CLOCK_UPDATE)  # every vCPU re-reads
     vm.machine.run_on_cpu(0, lambda: None)
     assert vm.vcpus[0].hv_clock.system_time == want
 
