@@ -311,6 +311,10 @@ def test_tsc_offset_attr_get_and_set_exact_match() -> None:
     assert vm.nr_vcpus_matched_tsc == 0
     assert vm.vcpus[1].tsc_offset == vm.cur_tsc_offset == (off + 1) & U64
     assert vm.cur_tsc_write == vm.last_tsc_write == (h + off + 1) & U64
+    # the generation is stamped with the kvmclock base now: CLOCK_MONOTONIC_RAW + offs_boot
+    tk = k.timekeeper
+    ns_now = k.run_on_cpu(vm.vcpus[1].affinity, tk.ktime_get_raw_ns) + tk.offs_boot
+    assert vm.cur_tsc_nsec == vm.last_tsc_nsec == vm.vcpus[1].this_tsc_nsec == ns_now
     assert guest_tsc(vm, 1) == (h + off + 1) & U64
     assert vm.get_tsc_offset(1) == (off + 1) & U64
     with pytest.raises(ValueError, match="offset"):
