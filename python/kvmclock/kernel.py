@@ -400,7 +400,17 @@ class Kernel:
         self.watchdog.watchdog_kthread()
         self.clocksource_select()
 
+    @property
+    def machine_running(self) -> bool:
+        """Whether the machine under this kernel executes now (``Machine.running``; a machine
+        without that attribute always runs).  A tick or timer due while it does not run is
+        lost, as a periodic timer's expiries while a CPU is stopped collapse into none."""
+        return bool(getattr(self.machine, "running", True))
+
     def _tick(self) -> None:
+        if not self.machine_running:
+            self.counters["ticks_not_running"] += 1
+            return
         self.run_on_cpu(self.tick_cpu, self._do_tick)
 
     def _do_tick(self) -> None:

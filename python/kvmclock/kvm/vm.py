@@ -163,6 +163,13 @@ class VirtualMachine:
         # (earlier nested VMX/SVM did not expose TSC scaling to L1).
         module = kvm.module
         self.tsc_scaling: str = module.tsc_scaling if module.cfg.nested_tsc_scaling else "none"
+        self.paused = False
+        """True while the VMM keeps every vCPU out of KVM_RUN (a paused or saved VM)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether guest code executes now: not paused, and the host machine runs."""
+        return not self.paused and bool(getattr(self.host_machine, "running", True))
 
     @property
     def cpus(self) -> Sequence[VcpuCpu]:

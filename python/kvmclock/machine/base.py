@@ -54,7 +54,10 @@ class Machine(Protocol):
     """Hardware a kernel boots on.
 
     Optional extension used by ``Kernel`` when present: ``read_persistent_clock_ns() -> int``
-    (the RTC / ``read_persistent_clock64`` wall time in ns); absent means 0 (1970-01-01).
+    (the RTC / ``read_persistent_clock64`` wall time in ns); absent means 0 (1970-01-01);
+    ``running -> bool``: False while the machine executes nothing (a suspended host, a paused
+    VM or a VM whose host is suspended); absent means always running.  Timers of a kernel on a
+    machine that is not running do not fire (the tick, the watchdog), and nothing samples it.
     """
 
     world: World

@@ -288,6 +288,13 @@ class PhysicalMachine:
             else _check_int("rtc_epoch_ns", rtc_epoch_ns, 0)
         )
         self.running_cpu: int | None = None
+        self.suspended = False
+        """True between a system suspend and its resume: no CPU runs (see ``running``)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether the CPUs execute now (False while the machine is suspended)."""
+        return not self.suspended
 
     def read_persistent_clock_ns(self) -> int:
         """CMOS RTC (``mach_get_cmos_time``): wall time with one-second resolution."""

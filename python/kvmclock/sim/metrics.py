@@ -157,6 +157,8 @@ class Recorder:
         for k in self.kernels:
             if k.level == 0 or "kvm-clock" not in k.clocksources or k.pvclock is None:
                 continue
+            if not k.machine_running:
+                continue
             st = self.stats[k.level]
             raws: list[int] = []
             stable = True

@@ -180,6 +180,8 @@ class ClocksourceWatchdog:
     # -- the timer ------------------------------------------------------------------------------
     def _timer_fn(self) -> None:
         k = self.kernel
+        if not k.machine_running:
+            return
         cpu = self.next_cpu
         self.next_cpu = (cpu + 1) % len(k.machine.cpus)  # cpumask_next, wrapping to the first
         k.run_on_cpu(cpu, self.clocksource_watchdog)
