@@ -30,6 +30,7 @@ from kvmclock.machine.world import World
 from kvmclock.profiles import Profile, SwitchValue, resolve_profile
 from kvmclock.sim.metrics import Recorder
 from kvmclock.timekeeping.clocksource import MSR_KVM_SYSTEM_TIME_NEW
+from kvmclock.vmm import Vmm
 
 __all__ = ["SCENARIOS", "Scenario", "Sim", "format_trace_lines", "run_scenario"]
 
@@ -112,14 +113,11 @@ class Sim:
     ) -> tuple[Kvm, Kernel]:
         """A VM of ``vcpus`` on ``host`` (vCPU i on host CPU i mod n), its vCPUs started, and a
         guest kernel booted on it (kvm-clock), optionally running KVM itself."""
-        assert host.kvm is not None
         level = host.level + 1
-        vm = host.kvm.create_vm(name=f"L{level}", tsc_khz=tsc_khz)
-        for _ in range(vcpus):
-            vm.create_vcpu()
-        for i in range(vcpus):
-            vm.machine.run_on_cpu(i, lambda: None)
+        vmm = Vmm(host, name=f"L{level}", vcpus=vcpus, tsc_khz=tsc_khz)
+        vm = vmm.vm
         g = Kernel(vm.machine, self.profile, name=f"L{level}", hz=self.hz)
+        vmm.guest = g
         g.boot()
         self.kernels.append(g)
         if kvm:
