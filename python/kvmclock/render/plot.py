@@ -16,9 +16,36 @@ class PlotUnavailable(ImportError):
     """matplotlib is not installed."""
 
 
+def _mark_lifecycle(run: Run, axes: Sequence[Any]) -> None:
+    """Shade each lifecycle record's stopped interval (``started_ns`` .. ``t_ns``) on every
+    axis and label it once, on the top axis, with the VM, the action and the REALTIME jump."""
+    for rec in run.get("lifecycle") or []:
+        a = int(rec.get("started_ns") or rec.get("t_ns") or 0) / 1e9
+        b = int(rec.get("t_ns") or 0) / 1e9
+        for ax in axes:
+            ax.axvspan(a, max(a, b), color="tab:gray", alpha=0.25, linewidth=0)
+            ax.axvline(b, color="tab:red", linewidth=0.8)
+        jump = rec.get("realtime_jump_ns")
+        label = f"{rec.get('vm')} {rec.get('action')}"
+        if isinstance(jump, int) and not isinstance(jump, bool):
+            label += f"\nREALTIME {jump / 1e9:+.3f} s"
+        axes[0].annotate(
+            label,
+            xy=(b, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize="x-small",
+            color="tab:red",
+        )
+
+
 def write_plot(runs: Sequence[Run], path: str, title: str = "") -> None:
     """Two rows per profile column: the cross-vCPU skew samples (ns) per guest level, and the
-    stable bit (step lines, one per level) over time in seconds."""
+    stable bit (step lines, one per level) over time in seconds; each lifecycle record (pause,
+    restore, migration, host suspend) shades the interval its guest did not run and is
+    labelled with the REALTIME jump it left."""
     try:
         matplotlib = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
@@ -61,6 +88,7 @@ def write_plot(runs: Sequence[Run], path: str, title: str = "") -> None:
         ax_bit.set_yticklabels(labels)
         ax_bit.set_ylim(-0.25, max(1.25, 1.5 * nlev - 0.25))
         ax_bit.set_title("pvclock stable bit per guest level")
+        _mark_lifecycle(run, (ax_skew, ax_bit))
         ax_bit.set_xlabel("simulated time (s)")
     if title:
         fig.suptitle(title)

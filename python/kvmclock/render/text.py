@@ -229,6 +229,71 @@ def moments_timeline(runs: Sequence[Run], limit: int = 30) -> list[str]:
     return out
 
 
+def fmt_signed_ns(ns: int | None) -> str:
+    """A signed duration in ns as seconds with nanosecond digits (``+60.000000000 s``), or as
+    ns below one microsecond (``-3 ns``); ``-`` for None."""
+    if ns is None:
+        return "-"
+    if abs(ns) < 1_000:
+        return f"{ns:+d} ns"
+    sign = "-" if ns < 0 else "+"
+    sec, rem = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{sec}.{rem:09d} s"
+
+
+def _back(ns: object, on: object) -> str:
+    """``on`` right after, else when it came back (``ns`` after the record's time)."""
+    if on:
+        return "on"
+    if isinstance(ns, bool) or not isinstance(ns, int):
+        return "off (not back within the run)"
+    return f"off, back after {fmt_time(ns)}"
+
+
+def lifecycle_lines(runs: Sequence[Run]) -> list[str]:
+    """One block per lifecycle record of every run: what ended the stop (resume, restore,
+    migrate, host_suspend), the recipe, the downtime, the guest's CLOCK_MONOTONIC and
+    CLOCK_REALTIME against a guest that never stopped (signed: negative = behind) and how far
+    each moved while the guest did not run, masterclock and the stable bit after it (and when
+    they came back), the cross-vCPU skew after it, and the kernel rule that decided."""
+    out: list[str] = []
+    for run in runs:
+        for rec in run.get("lifecycle") or []:
+            recipe = rec.get("recipe")
+            how = f" ({recipe})" if recipe else ""
+            host = rec.get("host")
+            where = f" on host {host}" if host else ""
+            out.append(
+                f"{run['profile']}: {rec.get('vm')} {rec.get('action')}{how}{where} at "
+                f"{fmt_time(rec.get('t_ns'))}, guest stopped "
+                f"{fmt_time(rec.get('downtime_ns'))}"
+            )
+            out.append(
+                f"  vs a guest that never stopped: MONOTONIC "
+                f"{fmt_signed_ns(rec.get('monotonic_jump_ns'))}, REALTIME "
+                f"{fmt_signed_ns(rec.get('realtime_jump_ns'))}; moved while stopped: "
+                f"MONOTONIC {fmt_signed_ns(rec.get('monotonic_step_ns'))}, REALTIME "
+                f"{fmt_signed_ns(rec.get('realtime_step_ns'))}"
+            )
+            seen = rec.get("guest_stopped_seen")
+            stopped = (
+                ""
+                if seen is None
+                else f"; PVCLOCK_GUEST_STOPPED {'seen' if seen else 'never seen'} by the guest"
+            )
+            mc = _back(rec.get("masterclock_back_ns"), rec.get("masterclock_after"))
+            out.append(
+                f"  masterclock {mc}"
+                f", stable bit {_back(rec.get('stable_back_ns'), rec.get('stable_after'))}"
+                f", cross-vCPU skew {_num(rec.get('cross_vcpu_skew_ns'), ' ns')}"
+                f", guest clocksource {rec.get('guest_clocksource') or '-'}{stopped}"
+            )
+            reason = rec.get("reason")
+            if reason:
+                out.append(f"  why: {reason}")
+    return out
+
+
 def render_simulation(
     scenario: str,
     description: str | None,
@@ -250,6 +315,11 @@ def render_simulation(
     out.append("")
     out.append("Headline:")
     out.extend("  " + h for h in headline(runs))
+    life = lifecycle_lines(runs)
+    if life:
+        out.append("")
+        out.append("Lifecycle (per VM, against a guest that never stopped; negative = behind):")
+        out.extend("  " + line for line in life)
     moments = moments_timeline(runs, moments_limit)
     if moments:
         out.append("")
