@@ -55,8 +55,7 @@ def test_fmt_signed_ns(ns: int | None, text: str) -> None:
 def test_lifecycle_lines_name_every_field() -> None:
     lines = lifecycle_lines([_run([REC])])
     assert lines[0] == (
-        "upstream: vm0 restore (firecracker) on host h1 at 61.000000 s, guest stopped "
-        "60.000000 s"
+        "upstream: vm0 restore (firecracker) on host h1 at 61.000000 s, guest stopped 60.000000 s"
     )
     assert "MONOTONIC -60.000000000 s, REALTIME -60.000000007 s" in lines[1]
     assert "moved while stopped: MONOTONIC +0 ns, REALTIME +7 ns" in lines[1]
