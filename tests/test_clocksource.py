@@ -155,7 +155,11 @@ def test_tsc_read_stamp_is_counter_on_current_cpu() -> None:
 
 def test_kvmclock_boot_msrs_mode_and_stamp() -> None:
     w, vm, k = booted_guest()
-    assert vm.msrs == [(0, MSR_KVM_SYSTEM_TIME_NEW, 0 | 1), (1, MSR_KVM_SYSTEM_TIME_NEW, 64 | 1)]
+    assert vm.msrs == [
+        (0, MSR_KVM_SYSTEM_TIME_NEW, 0 | 1),
+        (1, MSR_KVM_SYSTEM_TIME_NEW, 64 | 1),
+        (0, 0x4B564D00, 4096 - 16),  # MSR_KVM_WALL_CLOCK_NEW: the last 16-byte slot
+    ]
     kc = k.clocksources["kvm-clock"]
     assert kc.rating == 400 and kc.vclock_mode == VCLOCK_PVCLOCK
     assert (kc.mult, kc.shift) == expected_mult_shift(U64, 1, 10**9)

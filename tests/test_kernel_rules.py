@@ -316,6 +316,9 @@ def test_kvmclock_msrs_at_pvti_gpa_and_memory_edge() -> None:
     assert vm.msrs == [
         (0, MSR_KVM_SYSTEM_TIME_NEW, (4096 - 128) | 1),
         (1, MSR_KVM_SYSTEM_TIME_NEW, (4096 - 64) | 1),
+        # kvm_get_wallclock: the records fill the top of memory, so the 12-byte wall clock
+        # takes the 16-byte slot just below them
+        (0, 0x4B564D00, 4096 - 128 - 16),
     ]
     k2 = Kernel(FakeVm(World(1), ncpus=2), "gtod", pvti_gpa=4096 - 127)
     with pytest.raises(ValueError, match="too small"):
@@ -498,8 +501,11 @@ def test_boot_log_and_guest_without_rtc() -> None:
     assert boot["clocksource"] == "kvm-clock" and boot["level"] == 1
     assert boot["tsc"] == [c.read_tsc() for c in vm.cpus]
     assert k.boot_ns == 1_000_000
-    # no persistent clock on this machine: wall time starts at 0 = the monotonic start
-    assert k.timekeeper.ktime_get_real_ns() == k.timekeeper.ktime_get_ns()
+    # a kvmclock guest reads its wall time through MSR_KVM_WALL_CLOCK_NEW; this fake VM has
+    # no KVM writing the struct (all zero), so the wall time at boot is the kvm-clock reading
+    # itself (pvclock_read_wallclock adds "time since system boot"): the published
+    # system_time 1 ms, the TSC has not moved since
+    assert k.timekeeper.ktime_get_real_ns() - k.timekeeper.ktime_get_ns() == 1_000_000
 
 
 def test_register_helpers_default_priority_and_unregister() -> None:
@@ -669,4 +675,4 @@ def test_kvmclock_msrs_are_written_on_their_cpu() -> None:
         vm.publish(cpu, STABLE)
     k = Kernel(vm, "gtod", name="L1")
     k.boot()
-    assert [c for c, _m, _v in vm.msrs] == [0, 1, 2]
+    assert [c for c, _m, _v in vm.msrs] == [0, 1, 2, 0]  # the last: the wall clock on CPU 0

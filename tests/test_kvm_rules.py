@@ -425,9 +425,9 @@ def test_masterclock_each_conjunct(profile: str) -> None:
     assert not recompute()
     vm.nr_vcpus_matched_tsc = 1
     assert recompute()
-    m.backwards_tsc_observed = True
+    vm.backwards_tsc_observed = True
     assert not recompute()
-    m.backwards_tsc_observed = False
+    vm.backwards_tsc_observed = False
     assert recompute()
     vm.boot_vcpu_runs_old_kvmclock = True
     assert not recompute()

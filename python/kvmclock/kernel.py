@@ -41,9 +41,27 @@ if TYPE_CHECKING:
     from kvmclock.kvm.x86 import KvmModule
     from kvmclock.machine.world import Periodic
 
-__all__ = ["PROFILES", "Kernel"]
+__all__ = [
+    "PM_HIBERNATION_PREPARE",
+    "PM_POST_HIBERNATION",
+    "PM_POST_SUSPEND",
+    "PM_SUSPEND_PREPARE",
+    "PROFILES",
+    "RESUME_TSC_CYCLES",
+    "Kernel",
+]
 
 U64_MASK = (1 << 64) - 1
+NSEC_PER_SEC = 1_000_000_000
+MSR_KVM_WALL_CLOCK_NEW = 0x4B564D00  # arch/x86/include/uapi/asm/kvm_para.h
+# include/linux/suspend.h: the PM notifier chain's events
+PM_HIBERNATION_PREPARE = 0x0001
+PM_POST_HIBERNATION = 0x0002
+PM_SUSPEND_PREPARE = 0x0003
+PM_POST_SUSPEND = 0x0004
+#: ``Kernel.pm_resume``'s default TSC value at wake-up (cycles): the firmware reset the TSC
+#: and ran for a while (about 25 ms at 2 GHz) before the kernel's resume path reads it.
+RESUME_TSC_CYCLES = 50_000_000
 PLATFORM_RATINGS = {"hpet": 250, "acpi_pm": 200}  # clocksource_hpet, clocksource_acpi_pm
 
 
@@ -109,6 +127,10 @@ class Kernel:
         self.curr_clocksource: Clocksource | None = None
         self.pvclock_gtod_chain = NotifierChain("pvclock_gtod_chain")
         self.clocksource_changes_chain = NotifierChain("clocksource_changes_chain")
+        self.pm_chain = NotifierChain("pm_chain_head")
+        """The PM notifier chain (kernel/power/main.c ``pm_chain_head``): PM_SUSPEND_PREPARE
+        before a system suspend, PM_POST_SUSPEND after it (``register_pm_notifier``)."""
+        self.pm_suspended = False
         self.timekeeper = Timekeeper(self)
         self.watchdog = ClocksourceWatchdog(self)
         self.kvm: KvmModule | None = None
@@ -376,8 +398,7 @@ class Kernel:
         # timekeeping_init: read_persistent_clock64 + clocksource_default_clock() (jiffies)
         jiffies = JiffiesClocksource(self)
         self.clocksource_register(jiffies)
-        read_rtc = getattr(m, "read_persistent_clock_ns", None)
-        now = int(read_rtc()) if callable(read_rtc) else 0
+        now = self.read_persistent_clock_ns()
         self.timekeeper.timekeeping_init(jiffies, now)
         self.curr_clocksource = jiffies
         # tsc_init / init_tsc_clocksource: clocksource_register_khz(&clocksource_tsc, tsc_khz)
@@ -400,6 +421,153 @@ class Kernel:
         self.watchdog.watchdog_kthread()
         self.clocksource_select()
 
+    # -- the persistent clock -----------------------------------------------------------------
+    def wall_clock_gpa(self) -> int:
+        """Guest-physical address of the kernel's ``struct pvclock_wall_clock wall_clock``
+        (arch/x86/kernel/kvmclock.c, a static variable of its own, 12 bytes): the last
+        16-byte slot of guest memory, or, when the pvclock records (``pvti_offset``) reach
+        it, the 16-byte slot just below ``pvti_gpa``.  ValueError when neither exists."""
+        mem = len(self.machine.memory)
+        recs_end = self.pvti_offset(len(self.machine.cpus))
+        top = (mem - _k.PVCLOCK_WALL_CLOCK_SIZE) & ~15
+        if top >= 0 and top >= recs_end:
+            return top
+        below = (self.pvti_gpa - _k.PVCLOCK_WALL_CLOCK_SIZE) & ~15
+        if below >= 0 and self.pvti_gpa >= _k.PVCLOCK_WALL_CLOCK_SIZE:
+            return below
+        raise ValueError(
+            f"machine memory ({mem} bytes) has no room for the pvclock wall clock "
+            f"({_k.PVCLOCK_WALL_CLOCK_SIZE} bytes) beside {len(self.machine.cpus)} pvclock "
+            f"records at pvti_gpa={self.pvti_gpa:#x}"
+        )
+
+    def _kvm_get_wallclock(self) -> int:
+        """``kvm_get_wallclock`` (arch/x86/kernel/kvmclock.c, ``x86_platform.get_wallclock``
+        on a kvmclock guest) on the current CPU: wrmsr(MSR_KVM_WALL_CLOCK_NEW, gpa of
+        ``wall_clock``), which makes KVM write the VM's epoch there
+        (``kvm_write_wall_clock``), then ``pvclock_read_wallclock`` (arch/x86/kernel/pvclock.c):
+        sec/nsec under the version check, plus ``pvclock_clocksource_read`` of this CPU's
+        record (the shared ``last_value`` clamp), u64 ns since 1970."""
+        gpa = self.wall_clock_gpa()
+        self.machine.wrmsr(self.current_cpu, MSR_KVM_WALL_CLOCK_NEW, gpa)
+        mem = self.machine.memory
+        raw = bytes(mem[gpa : gpa + _k.PVCLOCK_WALL_CLOCK_SIZE])
+        wc = _k.PvclockWallClock.from_bytes(raw)
+        if int(wc.version) & 1:
+            raise RuntimeError(
+                f"{self.name}: pvclock_read_wallclock: wall clock version {wc.version} is odd "
+                "(a writer never finished; the guest would spin)"
+            )
+        pv = self.pvclock
+        if pv is None:
+            raise RuntimeError("kvm_get_wallclock before kvmclock_init (kernel.pvclock is None)")
+        cpu = self.current_cpu
+        since_boot = int(
+            pv.read_with_stamp(mem, self.machine.cpus[cpu].read_tsc, self.pvti_offset(cpu))[0]
+        )
+        return (since_boot + int(wc.sec) * NSEC_PER_SEC + int(wc.nsec)) & U64_MASK
+
+    def read_persistent_clock_ns(self) -> int:
+        """``read_persistent_clock64`` (ns since 1970): on a machine with "kvmclock" the
+        paravirt wall clock (``kvm_get_wallclock``, which ``kvmclock_init`` installs as
+        ``x86_platform.get_wallclock``); else the machine's RTC (``mach_get_cmos_time``:
+        ``read_persistent_clock_ns``, whole seconds) when it has one; else 0 (1970)."""
+        if "kvmclock" in self.machine.features:
+            return self._kvm_get_wallclock()
+        read_rtc = getattr(self.machine, "read_persistent_clock_ns", None)
+        return int(read_rtc()) if callable(read_rtc) else 0
+
+    # -- system suspend (kernel/power/suspend.c) --------------------------------------------
+    def _check_can_suspend(self, what: str) -> None:
+        m = self.machine
+        if self.level != 0 or not callable(getattr(m, "suspend", None)):
+            raise ValueError(
+                f"{what} on kernel {self.name} (level {self.level}): a VM does not suspend its "
+                "host; pause it (only a level-0 kernel on a PhysicalMachine suspends)"
+            )
+        if not self.booted:
+            raise ValueError(f"{what} on kernel {self.name} before boot()")
+
+    def _syscore_ops(self) -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
+        """The registered ``syscore_ops`` in registration order (drivers/base/syscore.c
+        ``syscore_ops_list``): timekeeping's (device_initcall, at boot) then KVM's
+        (``kvm_init`` registers ``kvm_syscore_ops`` when the module loads)."""
+        tk = self.timekeeper
+        ops: list[tuple[str, Callable[[], None], Callable[[], None]]] = [
+            ("timekeeping", tk.timekeeping_suspend, tk.timekeeping_resume)
+        ]
+        if self.kvm is not None:
+            ops.append(("kvm", self.kvm.kvm_suspend, self.kvm.kvm_resume))
+        return ops
+
+    def pm_suspend(self) -> None:
+        """``pm_suspend(PM_SUSPEND_MEM)`` now (kernel/power/suspend.c ``enter_state``), in the
+        kernel's order:
+
+        1. ``suspend_prepare``: ``pm_notifier_call_chain_robust(PM_SUSPEND_PREPARE, ..)`` on
+           ``pm_chain`` (KVM's per-VM notifier under switch ``pm_notifier``), then
+           ``suspend_freeze_processes``: every vCPU thread inside KVM_RUN (a VM that is not
+           paused) leaves it (``KvmModule.kvm_freeze_vcpu_threads``: last_host_tsc now);
+        2. ``suspend_devices_and_enter`` -> ``suspend_enter``: (devices: no clock effect)
+           ``pm_sleep_disable_secondary_cpus``, ``syscore_suspend`` (the registered ops in
+           reverse order: KVM's ``kvm_suspend``, then ``timekeeping_suspend``);
+        3. the platform enters S3: ``PhysicalMachine.suspend``.
+
+        ValueError on a guest kernel ("a VM does not suspend its host; pause it") or before
+        boot; RuntimeError when already suspended.  4.13 and 6.18 run the same sequence
+        (the PM notifier exists only with the switch)."""
+        self._check_can_suspend("pm_suspend")
+        if self.pm_suspended:
+            raise RuntimeError(f"pm_suspend on kernel {self.name}: already suspended")
+        self.world.log("pm_suspend", kernel=self.name)
+        self.pm_chain.call(PM_SUSPEND_PREPARE, None)
+        if self.kvm is not None:
+            self.kvm.kvm_freeze_vcpu_threads()
+
+        def syscore_suspend() -> None:
+            for _name, suspend, _resume in reversed(self._syscore_ops()):
+                suspend()
+
+        self.run_on_cpu(0, syscore_suspend)
+        self.pm_suspended = True
+        machine_suspend = getattr(self.machine, "suspend")  # noqa: B009 (checked above)
+        machine_suspend()
+
+    def pm_resume(self, tsc_cycles: int = RESUME_TSC_CYCLES) -> None:
+        """Wake up from the suspend of :meth:`pm_suspend` now: the machine resumes with every
+        TSC at ``tsc_cycles`` (``PhysicalMachine.resume``), then the rest of
+        ``suspend_enter`` and ``enter_state`` in the kernel's order:
+
+        1. ``syscore_resume`` on the boot CPU (registered order): ``timekeeping_resume``
+           (sleep time from the RTC, the clocksource watchdog reset), then KVM's
+           ``kvm_resume`` (``kvm_arch_enable_virtualization_cpu``: the backwards-TSC check);
+        2. ``pm_sleep_enable_secondary_cpus``: each secondary CPU comes online and KVM's
+           hotplug callback enables virtualization on it (``kvm_online_cpu``; 4.13
+           ``kvm_starting_cpu``), running the same check on that CPU;
+        3. ``suspend_finish``: tasks thaw, ``pm_notifier_call_chain(PM_POST_SUSPEND)``.
+
+        RuntimeError without a preceding :meth:`pm_suspend`; ValueError on a guest kernel."""
+        self._check_can_suspend("pm_resume")
+        if not self.pm_suspended:
+            raise RuntimeError(
+                f"pm_resume on kernel {self.name} without pm_suspend (the machine is running)"
+            )
+        machine_resume = getattr(self.machine, "resume")  # noqa: B009 (checked above)
+        machine_resume(tsc_cycles)
+        self.pm_suspended = False
+
+        def syscore_resume() -> None:
+            for _name, _suspend, resume in self._syscore_ops():
+                resume()
+
+        self.run_on_cpu(0, syscore_resume)
+        kvm = self.kvm
+        if kvm is not None:
+            for cpu in range(1, len(self.machine.cpus)):
+                self.run_on_cpu(cpu, kvm.kvm_online_cpu)
+        self.pm_chain.call(PM_POST_SUSPEND, None)
+        self.world.log("pm_resume", kernel=self.name, tsc=tsc_cycles)
+
     @property
     def machine_running(self) -> bool:
         """Whether the machine under this kernel executes now (``Machine.running``; a machine
@@ -420,6 +588,39 @@ class Kernel:
         self.jiffies_64 = (self.jiffies_64 + 1) & U64_MASK
         self.counters["ticks"] += 1
         self.timekeeper.update_wall_time()
+
+    def move_to_machine(self, machine: Machine) -> None:
+        """The machine under this kernel is now ``machine`` (a VMM restored the VM elsewhere:
+        same memory, same vCPU count, maybe another host).  Only the binding changes: clock
+        reads go to the new machine's CPUs and memory, and each emulated platform counter
+        clocksource (hpet, acpi_pm) reads the new machine's counter of the same name.  Nothing
+        else in the kernel changes: the guest does not know it moved.  ``ValueError`` for a
+        machine of another level or vCPU count, one lacking a counter in use, or a kernel
+        whose KVM runs VMs (moving a nested hypervisor is not modelled)."""
+        if machine.level != self.level:
+            raise ValueError(
+                f"machine level {machine.level} != kernel {self.name} level {self.level}"
+            )
+        if len(machine.cpus) != len(self.machine.cpus):
+            raise ValueError(
+                f"machine has {len(machine.cpus)} CPUs, kernel {self.name} runs on "
+                f"{len(self.machine.cpus)}"
+            )
+        if self.kvm is not None and self.kvm.vm_list:
+            raise ValueError(
+                f"kernel {self.name} runs VMs of its own; moving a nested hypervisor is not "
+                "modelled"
+            )
+        rebind = [cs for cs in self.clocksources.values() if isinstance(cs, CounterClocksource)]
+        for cs in rebind:
+            if cs.counter.name not in machine.platform_counters:
+                raise ValueError(
+                    f"machine lacks platform counter {cs.counter.name!r} used by kernel "
+                    f"{self.name}; it has {sorted(machine.platform_counters)}"
+                )
+        for cs in rebind:
+            cs.counter = machine.platform_counters[cs.counter.name]
+        self.machine = machine
 
     # -- KVM --------------------------------------------------------------------------------------
     def load_kvm(self) -> KvmModule:

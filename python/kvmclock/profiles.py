@@ -242,6 +242,16 @@ SWITCHES: Mapping[str, Switch] = _switches(
         "kvm_get_wall_clock_epoch",
         "arch/x86/kvm/x86.c kvm_write_wall_clock",
     ),
+    # -- KVM: host suspend -----------------------------------------------------------------------
+    Switch(
+        "pm_notifier",
+        ONOFF,
+        "on host suspend (PM_SUSPEND_PREPARE) KVM's per-VM PM notifier marks every kvmclock "
+        "vCPU paused, so PVCLOCK_GUEST_STOPPED reaches the guest at its next entry",
+        "5.14",
+        "7d62874f69d7 (with 2fdef3a2ae01, the generic kvm_pm_notifier)",
+        "arch/x86/kvm/x86.c kvm_arch_pm_notifier",
+    ),
     # -- the guest kernel -----------------------------------------------------------------------
     Switch(
         "kvmclock_rating",
@@ -427,6 +437,7 @@ _GTOD: dict[str, SwitchValue] = {
     "nested_tsc_scaling": False,
     "tiny_ratio_clamp": False,
     "wall_clock": "boottime",
+    "pm_notifier": False,
     "trace_format": "hostclock_symbol",
     "kvmclock_rating": "always_400",
     "clocksource_watchdog": "4.13",
@@ -454,6 +465,7 @@ _UPSTREAM: dict[str, SwitchValue] = {
     "nested_tsc_scaling": True,
     "tiny_ratio_clamp": True,
     "wall_clock": "single_tsc_read",
+    "pm_notifier": True,
     "pvclock_trace_version": "final",
     "kvmclock_rating": "299_if_invariant_tsc",
     "clocksource_watchdog": "6.18",

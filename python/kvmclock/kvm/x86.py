@@ -20,8 +20,8 @@ Where 2017 and today differ, a switch of :mod:`kvmclock.profiles` picks the beha
 side: ``kvmclock_base``, ``masterclock_sync``, ``kvm_clock_realtime``, ``wall_clock``,
 ``trace_format``, ``pvclock_trace_version``; TSC side: ``guest_tsc_write_syncs``,
 ``user_set_tsc``, ``masterclock_request``, ``vcpu_tsc_offset_attr``, ``vm_tsc_khz``,
-``tiny_ratio_clamp``, ``nested_tsc_scaling``); elsewhere 2017 is followed
-(``backwards_tsc_observed`` global); each choice is noted next to the code.  The host's
+``tiny_ratio_clamp``, ``nested_tsc_scaling``; host suspend: ``pm_notifier``); elsewhere
+2017 is followed; each choice is noted next to the code.  The host's
 TSC-scaling hardware (``vmx``, ``svm``, ``none``) is a property of the machine
 (``PhysicalMachine(tsc_scaling=...)``), not of the profile.
 
@@ -41,14 +41,11 @@ in profile ``series``, 6.18 in profile ``upstream``), and why:
   set (equal at boot here) and by the sub-nanosecond truncation of each read (at most 1 ns);
   the rate difference the kernel has (NTP slews mono, never raw) appears only when something
   changes ``tkr_mono.mult`` (tests do, as ``timekeeping_apply_adjustment`` would).
-* No ``kvm_arch_hardware_enable`` (CPU hotplug, resume from suspend): the backwards-TSC
-  check against every vCPU's ``last_host_tsc`` there is missing, so
-  ``backwards_tsc_observed`` (a field, read by the masterclock rule) is never set,
-  ``Vcpu.tsc_offset_adjustment`` is never non-zero and ``last_tsc_nsec``/``last_tsc_write``
-  are never zeroed by it.  The ``tsc_offset_adjustment`` branch of ``kvm_arch_vcpu_load``
-  is therefore dead; it also adds the adjustment unscaled where the kernel's
-  ``adjust_tsc_offset_host`` scales it with ``kvm_scale_tsc``.  The only backwards-TSC path
-  modelled is the one in ``kvm_arch_vcpu_load`` (a vCPU moving to a CPU whose TSC is behind).
+* ``kvm_arch_enable_virtualization_cpu`` runs only on a host resume (``Kernel.pm_resume``:
+  the syscore resume on the boot CPU, then each secondary CPU coming online); no CPU is
+  ever hot-unplugged otherwise, and the vendor enable/disable has no clock effect.  The
+  suspend freezes each running VM's vCPU threads at one instant
+  (``kvm_freeze_vcpu_threads``); the kernel's freezer reaches them one after another.
 * ``KVM_SET_TSC_KHZ`` (both ioctls) tests ``khz >= max_guest_tsc_khz`` only with TSC scaling
   hardware, as since about 5.9, in every profile; v4.13 tested it always, and without
   scaling hardware (``max_guest_tsc_khz`` 0) refused every value.  A ratio that does not fit
@@ -87,8 +84,8 @@ in profile ``series``, 6.18 in profile ``upstream``), and why:
   lock's acquisition count can tell.
 * Not modelled: the Hyper-V TSC page (``kvm_hv_setup_tsc_page``) and the HVCLOCK host
   clock mode (4.16+: an L1 on Hyper-V giving its guests masterclock), Xen shared info and its
-  pvclock copies, the protected-TSC guests of 6.16+ (TDX, SNP Secure TSC), the host PM
-  notifier that pauses guests on suspend (5.14+).
+  pvclock copies, the protected-TSC guests of 6.16+ (TDX, SNP Secure TSC), steal time
+  (including the suspend-time accounting proposed for it).
 """
 
 from __future__ import annotations
@@ -145,6 +142,7 @@ __all__ = [
     "PvclockGtodData",
     "SpinLock",
     "TimeScaleLivelock",
+    "TscDecision",
     "Vcpu",
 ]
 
@@ -354,6 +352,27 @@ class KvmClockData:
     host_tsc: int = 0
 
 
+@dataclass(frozen=True)
+class TscDecision:
+    """One decision of KVM's TSC synchronisation or masterclock logic, for reports.
+
+    ``t_ns`` true time; ``vcpu_id`` the vCPU whose write or entry decided (None for a
+    VM-wide masterclock update); ``where`` the x86.c function (``kvm_synchronize_tsc``,
+    ``kvm_arch_tsc_set_attr``, ``kvm_track_tsc_matching``, ``pvclock_update_vm_gtod_copy``);
+    ``rule`` a short key (``first-write``, ``window-match``, ``outside-window``,
+    ``zero-write``, ``user-set-tsc-first``, ``khz-differs``, ``no-khz``,
+    ``attr-exact-match``, ``attr-mismatch``, ``track``, ``masterclock-on``,
+    ``masterclock-off``); ``text`` one sentence naming the rule.  Kept in
+    ``Kvm.tsc_decisions``; no trace or moment changes.
+    """
+
+    t_ns: int
+    vcpu_id: int | None
+    where: str
+    rule: str
+    text: str
+
+
 # --------------------------------------------------------------------------------------------
 # vCPU
 # --------------------------------------------------------------------------------------------
@@ -469,6 +488,11 @@ class Kvm:
         self.master_kernel_ns = 0
         self.master_cycle_now = 0
         self.boot_vcpu_runs_old_kvmclock = False
+        # kvm->arch.backwards_tsc_observed: per VM in 4.13 and 6.18 (a global static bool
+        # only before 4.5); set for every VM by kvm_arch_enable_virtualization_cpu when a
+        # host TSC went backwards (suspend/resume), never cleared
+        self.backwards_tsc_observed = False
+        self.pm_notifier: Callable[[int, Any], int] | None = None  # kvm->pm_notifier (5.14+)
         self.tsc_write_lock = SpinLock(f"{name}.tsc_write_lock")
         # the seed (patch 09) renamed pvclock_gtod_sync_lock when it dropped the shadow copy
         lock_name = (
@@ -490,6 +514,9 @@ class Kvm:
         self.counters: collections.Counter[str] = collections.Counter()
         self.masterclock_timeline: list[list[Any]] = []
         self.pvclock_stable_timeline: list[list[Any]] = []
+        #: the decision log of the TSC-sync and masterclock rules (:class:`TscDecision`)
+        self.tsc_decisions: list[TscDecision] = []
+        self.destroyed = False
         from kvmclock.kvm.vm import VirtualMachine
 
         self.machine: VirtualMachine = VirtualMachine(
@@ -501,11 +528,6 @@ class Kvm:
     def pvclock_gtod_sync_lock(self) -> SpinLock:
         """The 2017 name of ``masterclock_lock`` (the seed patch renamed it)."""
         return self.masterclock_lock
-
-    @property
-    def backwards_tsc_observed(self) -> bool:
-        """2017: a global static bool (``backwards_tsc_observed`` in x86.c), per-VM since."""
-        return self.module.backwards_tsc_observed
 
     @property
     def kernel(self) -> Kernel:
@@ -710,6 +732,51 @@ class Kvm:
             vcpu_id, lambda: m.kvm_set_msr_common(vcpu, msr, data, host_initiated=True)
         )
 
+    def get_msr(self, vcpu_id: int, msr: int) -> int:
+        """Userspace ``KVM_GET_MSRS`` of one clock MSR on vCPU ``vcpu_id`` (x86.c
+        ``do_get_msr`` -> ``kvm_get_msr_common``, host-initiated, inside ``vcpu_ioctl``).
+
+        MSR_IA32_TSC: ``kvm_scale_tsc(rdtsc(), l1 ratio) + l1_tsc_offset`` (u64 cycles) on
+        the vCPU thread's host CPU: a host-initiated read always returns L1's TSC (5.x+ and
+        6.18; 4.13 read ``tsc_offset`` and the vCPU ratio, the same values here since no
+        nested TSC state is modelled).  MSR_KVM_SYSTEM_TIME(_NEW): ``vcpu->arch.time``;
+        MSR_KVM_WALL_CLOCK(_NEW): ``kvm->arch.wall_clock``.  Any other MSR: ``ValueError``.
+        """
+        vcpu = self._vcpu(vcpu_id)
+        m = self.module
+        if msr == MSR_IA32_TSC:
+            return self.vcpu_ioctl(vcpu_id, lambda: m.kvm_read_l1_tsc(vcpu, m.rdtsc()))
+        if msr in (MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW):
+            return self.vcpu_ioctl(vcpu_id, lambda: vcpu.time)
+        if msr in (MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW):
+            return self.vcpu_ioctl(vcpu_id, lambda: self.wall_clock)
+        raise ValueError(
+            f"msr={msr!r} not modelled for KVM_GET_MSRS (clock MSRs: MSR_IA32_TSC "
+            f"{MSR_IA32_TSC:#x}, MSR_KVM_SYSTEM_TIME(_NEW) {MSR_KVM_SYSTEM_TIME:#x}/"
+            f"{MSR_KVM_SYSTEM_TIME_NEW:#x}, MSR_KVM_WALL_CLOCK(_NEW) {MSR_KVM_WALL_CLOCK:#x}/"
+            f"{MSR_KVM_WALL_CLOCK_NEW:#x})"
+        )
+
+    def destroy(self) -> None:
+        """The VMM closes the VM's file descriptors (``kvm_destroy_vm``): off ``vm_list``
+        under ``kvm_lock``, the delayed works (``kvmclock_sync_work``, the update work)
+        cancelled as ``kvm_arch_sync_events`` does, the machine stopped for good."""
+        if self.destroyed:
+            raise ValueError(f"VM {self.name} already destroyed")
+        m = self.module
+        m.kvm_lock.acquire("destroy_vm")
+        try:
+            m.vm_list.remove(self)
+            m.kvm_destroy_pm_notifier(self)
+        finally:
+            m.kvm_lock.release("destroy_vm")
+        if self._sync_work is not None:
+            self._sync_work.cancel()
+            self._sync_work = None
+        self.destroyed = True
+        self.machine.paused = True
+        m.moment(f"{self.name}: VM destroyed")
+
     def kvmclock_ctrl(self, vcpu_id: int) -> None:
         """``KVM_KVMCLOCK_CTRL`` on vCPU ``vcpu_id``: ``kvm_set_guest_paused`` inside
         ``vcpu_ioctl``; ``ValueError`` (the kernel's -EINVAL) when kvmclock is not enabled."""
@@ -913,7 +980,6 @@ class KvmModule:
         self.trace_records: list[tuple[int, int, str, int, int, str, str]] = []
         self.trace_enabled = True
         self.moments: list[list[Any]] = []
-        self.backwards_tsc_observed = False  # global static bool in 2017
         self.kvm_guest_has_master_clock = 0  # atomic_t (gtod)
         self.pvclock_gtod_data = PvclockGtodData()
         self._next_pid = 1000 * (kernel.level + 1)
@@ -1060,6 +1126,8 @@ class KvmModule:
         self.kernel.run_on_cpu(self.ioctl_cpu, init)
         self.kvm_lock.acquire("create_vm")
         self.vm_list.append(kvm)
+        if self.cfg.pm_notifier:
+            self.kvm_init_pm_notifier(kvm)
         self.kvm_lock.release("create_vm")
         self.moment(f"{vm_name}: VM created")
         return kvm
@@ -1185,6 +1253,8 @@ class KvmModule:
             ns = self.get_kvmclock_base_ns()
             elapsed = (ns - kvm.last_tsc_nsec) & U64_MASK
             synchronizing = False
+            window = False
+            tsc_exp = 0
             if vcpu.virtual_tsc_khz:
                 if self.cfg.user_set_tsc:
                     window = data != 0 and kvm.user_set_tsc
@@ -1199,6 +1269,7 @@ class KvmModule:
                         data < ((tsc_exp + tsc_hz) & U64_MASK)
                         and ((data + tsc_hz) & U64_MASK) > tsc_exp
                     )
+            why = self._sync_rule(vcpu, data, synchronizing, window, tsc_exp, user_value is None)
             matched = False
             if synchronizing and vcpu.virtual_tsc_khz == kvm.last_tsc_khz:
                 if not self.kernel.check_tsc_unstable():
@@ -1217,9 +1288,90 @@ class KvmModule:
                 user_set=user_value is not None and host_initiated,
                 guest_write=not host_initiated,
             )
+            self._decide(vcpu, "kvm_synchronize_tsc", *why(matched))
         finally:
             kvm.tsc_write_lock.release(owner)
         self._count_matched_and_track(vcpu, matched, already_matched)
+
+    def _decide(
+        self, vcpu: Vcpu | None, where: str, rule: str, text: str, kvm: Kvm | None = None
+    ) -> None:
+        """Append one :class:`TscDecision` to the VM's decision log (nothing else changes)."""
+        target = vcpu.kvm if vcpu is not None else kvm
+        assert target is not None
+        target.tsc_decisions.append(
+            TscDecision(
+                self.world.now_ns, None if vcpu is None else vcpu.vcpu_id, where, rule, text
+            )
+        )
+
+    def _sync_rule(
+        self,
+        vcpu: Vcpu,
+        data: int,
+        synchronizing: bool,
+        window: bool,
+        tsc_exp: int,
+        creation: bool = False,
+    ) -> Callable[[bool], tuple[str, str]]:
+        """The rule key and sentence of one ``kvm_synchronize_tsc`` decision, built from the
+        values read before the write (``last_tsc_khz``, ``user_set_tsc``) once it is known
+        whether the write matched."""
+        kvm = vcpu.kvm
+        who = (
+            f"vCPU {vcpu.vcpu_id}'s creation-time TSC write of 0"
+            if creation
+            else f"vCPU {vcpu.vcpu_id}'s TSC write of {data}"
+        )
+        khz = vcpu.virtual_tsc_khz
+        last_khz = kvm.last_tsc_khz
+        user_set_before = kvm.user_set_tsc
+        dist = ""
+        if window and khz:
+            diff = _s64(data - tsc_exp)
+            ns = abs(diff) * 1_000_000 // khz
+            dist = (
+                f"{ns / NSEC_PER_SEC:.9f} s {'ahead of' if diff >= 0 else 'behind'} the "
+                "last write extrapolated by the elapsed kvmclock-base time"
+            )
+
+        def sentence(matched: bool) -> tuple[str, str]:
+            gen = kvm.cur_tsc_generation
+            if not khz:
+                return "no-khz", (
+                    f"{who} opened generation {gen}: the vCPU has no TSC frequency, "
+                    "so it cannot synchronise"
+                )
+            if synchronizing and not matched and not last_khz:
+                return "first-write", f"{who} opened generation {gen}: the VM's first TSC write"
+            if synchronizing and not matched:
+                return "khz-differs", (
+                    f"{who} opened generation {gen}: it lies within the window but its "
+                    f"{khz} kHz differs from the last write's {last_khz} kHz"
+                )
+            if matched and not window:
+                rule = (
+                    "6.7 user_set_tsc rule: a zero write always synchronises"
+                    if self.cfg.user_set_tsc
+                    else "a host-initiated zero write synchronises"
+                )
+                return "zero-write", f"{who} joined generation {gen} ({rule})"
+            if matched:
+                return "window-match", (
+                    f"{who} joined generation {gen}: {dist}, inside the 1 s window"
+                )
+            if self.cfg.user_set_tsc and data != 0 and not user_set_before:
+                return "user-set-tsc-first", (
+                    f"{who} opened generation {gen}: the first userspace TSC write never "
+                    "synchronises with the creation-time values (6.7 user_set_tsc rule)"
+                )
+            if window:
+                return "outside-window", (
+                    f"{who} opened generation {gen}: {dist}, outside the 1 s window"
+                )
+            return "guest-write", f"{who} (a guest write) opened generation {gen}"
+
+        return sentence
 
     def _kvm_synchronize_tsc_locked(
         self,
@@ -1294,11 +1446,37 @@ class KvmModule:
                 and kvm.last_tsc_khz == vcpu.virtual_tsc_khz
                 and kvm.last_tsc_offset == offset
             )
+            last_offset, last_khz = kvm.last_tsc_offset, kvm.last_tsc_khz
             tsc = (self.kvm_scale_tsc(vcpu, self.rdtsc()) + offset) & U64_MASK
             ns = self.get_kvmclock_base_ns()
             already_matched = self._kvm_synchronize_tsc_locked(
                 vcpu, offset, tsc, ns, matched, user_set=True
             )
+            who = f"vCPU {vcpu.vcpu_id}'s KVM_VCPU_TSC_OFFSET of {offset}"
+            gen = kvm.cur_tsc_generation
+            if matched:
+                self._decide(
+                    vcpu,
+                    "kvm_arch_tsc_set_attr",
+                    "attr-exact-match",
+                    f"{who} equals the last written offset: joined generation {gen} "
+                    "(the attribute matches only an exactly equal offset)",
+                )
+            else:
+                khz_note = (
+                    f"its {vcpu.virtual_tsc_khz} kHz differs from the last write's "
+                    f"{last_khz} kHz"
+                    if last_khz != vcpu.virtual_tsc_khz
+                    else f"it differs from the last written offset {last_offset} by "
+                    f"{_s64(offset - last_offset)} cycles"
+                )
+                self._decide(
+                    vcpu,
+                    "kvm_arch_tsc_set_attr",
+                    "attr-mismatch",
+                    f"{who} opened generation {gen}: {khz_note} (the attribute matches "
+                    "only an exactly equal offset)",
+                )
         finally:
             kvm.tsc_write_lock.release(owner)
         self._count_matched_and_track(vcpu, matched, already_matched)
@@ -1326,6 +1504,17 @@ class KvmModule:
             request = kvm.use_master_clock or (qualifies and vcpus_matched)
         if request:
             vcpu.kvm_make_request(KVM_REQ_MASTERCLOCK_UPDATE)
+        self._decide(
+            vcpu,
+            "kvm_track_tsc_matching",
+            "track",
+            f"kvm_track_tsc after vCPU {vcpu.vcpu_id}: offsetmatched "
+            f"{kvm.nr_vcpus_matched_tsc} of {kvm.online_vcpus} online vCPUs (all matched "
+            f"means nr_vcpus_matched_tsc + 1 == online_vcpus: "
+            f"{'yes' if vcpus_matched else 'no'}), host clock "
+            f"{'qualifies' if qualifies else 'does not qualify'}; masterclock update "
+            f"{'requested' if request else 'not requested'}",
+        )
         host_clock, host_clock_stable = _host_clock_args(self.cfg.trace_format, host)
         self.trace(
             "kvm_track_tsc",
@@ -1548,6 +1737,7 @@ class KvmModule:
         )
         self.counters["masterclock_updates"] += 1
         kvm.counters["masterclock_updates"] += 1
+        self._masterclock_decision(kvm, host_ok, vcpus_matched)
         if self.cfg.kvm_host_clock == "pvclock_gtod_copy":
             if kvm.use_master_clock:
                 self.kvm_guest_has_master_clock = 1
@@ -1566,6 +1756,45 @@ class KvmModule:
             ),
         )
         kvm._record_masterclock()
+
+    def _masterclock_decision(self, kvm: Kvm, host_ok: bool, vcpus_matched: bool) -> None:
+        """Log why ``update_masterclock`` turned masterclock on or off (the four terms of
+        ``use_master_clock`` in the kernel's order)."""
+        if kvm.use_master_clock:
+            self._decide(
+                None,
+                "pvclock_update_vm_gtod_copy",
+                "masterclock-on",
+                f"VM {kvm.name}: masterclock on: host clocksource is TSC and all "
+                f"{kvm.online_vcpus} vCPUs matched (offsetmatched {kvm.nr_vcpus_matched_tsc})",
+                kvm,
+            )
+            return
+        why = []
+        if not host_ok:
+            if self.cfg.kvm_host_clock == "timekeeper":
+                why.append("the host clocksource is not stable (not TSC)")
+            else:
+                why.append(
+                    "the host clocksource is not TSC (vclock mode "
+                    f"{self.pvclock_gtod_data.vclock_mode})"
+                )
+        if not vcpus_matched:
+            why.append(
+                f"vCPUs not matched (offsetmatched {kvm.nr_vcpus_matched_tsc}, "
+                f"{kvm.online_vcpus} online: nr_vcpus_matched_tsc + 1 != online_vcpus)"
+            )
+        if kvm.backwards_tsc_observed:
+            why.append("backwards_tsc_observed is set")
+        if kvm.boot_vcpu_runs_old_kvmclock:
+            why.append("the boot vCPU runs the old kvmclock MSR")
+        self._decide(
+            None,
+            "pvclock_update_vm_gtod_copy",
+            "masterclock-off",
+            f"VM {kvm.name}: masterclock off: " + "; ".join(why),
+            kvm,
+        )
 
     def kvm_gen_update_masterclock(self, kvm: Kvm, owner: str) -> None:
         """``kvm_gen_update_masterclock`` (4.13): lock; MCLOCK_INPROGRESS on all vCPUs (no
@@ -2009,12 +2238,23 @@ class KvmModule:
         vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
 
     # -- load / put / entry ------------------------------------------------------------------------
+    def adjust_tsc_offset_host(self, vcpu: Vcpu, adjustment: int) -> None:
+        """x86.c ``adjust_tsc_offset_host`` (4.13 and 6.18): the host-cycle ``adjustment``
+        (an s64) scaled to guest cycles with the vCPU's (L1) ratio, ``kvm_scale_tsc((u64)
+        adjustment, ratio)`` (the kernel WARNs on a negative one with a ratio), then
+        ``adjust_tsc_offset_guest``: ``kvm_vcpu_write_tsc_offset(l1_tsc_offset + scaled)``."""
+        scaled = self.kvm_scale_tsc(vcpu, adjustment & U64_MASK)
+        if vcpu.tsc_scaling_ratio != self.default_tsc_scaling_ratio and adjustment < 0:
+            self.counters["warn.adjust_tsc_offset_host_negative"] += 1
+        self.kvm_vcpu_write_tsc_offset(vcpu, vcpu.l1_tsc_offset + scaled)
+
     def kvm_arch_vcpu_load(self, vcpu: Vcpu, cpu: int) -> None:
         """``kvm_arch_vcpu_load``: apply ``tsc_offset_adjustment``; on a pCPU change or an
         unstable TSC: backwards TSC -> ``mark_tsc_unstable``; unstable -> re-offset from
         ``last_guest_tsc`` + catch-up; GLOBAL_CLOCK_UPDATE unless masterclock (or first load)."""
         if vcpu.tsc_offset_adjustment:
-            self.kvm_vcpu_write_tsc_offset(vcpu, vcpu.tsc_offset + vcpu.tsc_offset_adjustment)
+            # "Apply any externally detected TSC adjustments (due to suspend)"
+            self.adjust_tsc_offset_host(vcpu, vcpu.tsc_offset_adjustment)
             vcpu.tsc_offset_adjustment = 0
             vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
         k = self.kernel
@@ -2040,6 +2280,133 @@ class KvmModule:
     def kvm_arch_vcpu_put(self, vcpu: Vcpu) -> None:
         """``kvm_arch_vcpu_put``: ``last_host_tsc = rdtsc()``."""
         vcpu.last_host_tsc = self.rdtsc()
+
+    # -- host suspend / resume: syscore ops, CPU hotplug, the PM notifier --------------------------
+    def kvm_arch_enable_virtualization_cpu(self) -> None:
+        """x86.c ``kvm_arch_enable_virtualization_cpu`` (6.12+; ``kvm_arch_hardware_enable``
+        in 4.13, the same clock code) on ``kernel.current_cpu``, after the vendor enable:
+
+        ``local_tsc = rdtsc()``; ``stable = !check_tsc_unstable()``; over every vCPU of every
+        VM: unstable -> CLOCK_UPDATE for the vCPUs last loaded on this CPU; stable and
+        ``last_host_tsc > local_tsc`` -> ``backwards_tsc`` with ``max_tsc`` the largest
+        ``last_host_tsc``.  If backwards: ``delta_cyc = max_tsc - local_tsc`` (u64) and for
+        every VM ``backwards_tsc_observed = true`` (per VM: masterclock is off for good), for
+        every vCPU ``tsc_offset_adjustment += delta_cyc`` (applied, scaled, at its next
+        ``kvm_arch_vcpu_load``), ``last_host_tsc = local_tsc`` and MASTERCLOCK_UPDATE, and
+        ``last_tsc_nsec = last_tsc_write = 0`` ("We have to disable TSC offset matching").
+        Runs on each CPU as it enables virtualization; after the first CPU no
+        ``last_host_tsc`` is above the reset TSC, so the adjustment is made once."""
+        k = self.kernel
+        cpu = k.current_cpu
+        local_tsc = self.rdtsc()
+        stable = not k.check_tsc_unstable()
+        backwards_tsc = False
+        max_tsc = 0
+        for kvm in self.vm_list:
+            for vcpu in kvm.vcpus:
+                if not stable and vcpu.cpu == cpu:
+                    vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
+                if stable and vcpu.last_host_tsc > local_tsc:
+                    backwards_tsc = True
+                    max_tsc = max(max_tsc, vcpu.last_host_tsc)
+        self.counters["enable_virtualization_cpu"] += 1
+        if not backwards_tsc:
+            return
+        delta_cyc = (max_tsc - local_tsc) & U64_MASK
+        self.counters["backwards_tsc_resume"] += 1
+        for kvm in self.vm_list:
+            kvm.backwards_tsc_observed = True
+            for vcpu in kvm.vcpus:
+                vcpu.tsc_offset_adjustment = _s64(vcpu.tsc_offset_adjustment + delta_cyc)
+                vcpu.last_host_tsc = local_tsc
+                vcpu.kvm_make_request(KVM_REQ_MASTERCLOCK_UPDATE)
+            kvm.last_tsc_nsec = 0
+            kvm.last_tsc_write = 0
+            self.moment(
+                f"{kvm.name}: host TSC went backwards by {delta_cyc} cycles (CPU {cpu}): "
+                "backwards_tsc_observed, tsc_offset_adjustment on every vCPU"
+            )
+
+    def kvm_arch_disable_virtualization_cpu(self) -> None:
+        """x86.c ``kvm_arch_disable_virtualization_cpu`` (``kvm_arch_hardware_disable``):
+        the vendor disable and the user-return MSRs; nothing of the clock."""
+        self.counters["disable_virtualization_cpu"] += 1
+
+    def kvm_suspend(self) -> None:
+        """kvm_main.c ``kvm_suspend`` (``kvm_syscore_ops.suspend``, boot CPU, secondaries
+        already offline): with ``kvm_usage_count`` (4.13: VMs exist; 6.18: also
+        ``enable_virt_at_load``) disable virtualization on this CPU."""
+        self.kvm_arch_disable_virtualization_cpu()
+
+    def kvm_resume(self) -> None:
+        """kvm_main.c ``kvm_resume`` (``kvm_syscore_ops.resume``, on the boot CPU after
+        ``timekeeping_resume``): ``kvm_enable_virtualization_cpu`` ->
+        :meth:`kvm_arch_enable_virtualization_cpu` (4.13: ``hardware_enable_nolock`` ->
+        ``kvm_arch_hardware_enable``, only while VMs exist; without VMs the check has nothing
+        to look at, so the two are equal)."""
+        self.kvm_arch_enable_virtualization_cpu()
+
+    def kvm_online_cpu(self) -> None:
+        """kvm_main.c ``kvm_online_cpu`` (CPUHP_AP_KVM_ONLINE; 4.13 ``kvm_starting_cpu``) on a
+        secondary CPU coming back online after the resume:
+        :meth:`kvm_arch_enable_virtualization_cpu` on that CPU."""
+        self.kvm_arch_enable_virtualization_cpu()
+
+    def kvm_freeze_vcpu_threads(self) -> None:
+        """``suspend_freeze_processes`` as KVM sees it: each vCPU thread inside KVM_RUN (a VM
+        whose machine is not paused) is made to leave it, on the host CPU the vCPU is loaded
+        on: the exit's ``last_guest_tsc = kvm_read_l1_tsc(rdtsc())`` (``vcpu_enter_guest``),
+        then ``kvm_arch_vcpu_put`` (``last_host_tsc = rdtsc()``).  A paused VM's threads are
+        already out of KVM_RUN: their values are from when they left."""
+        k = self.kernel
+        for kvm in self.vm_list:
+            if kvm.machine.paused:
+                continue
+            for vcpu in kvm.vcpus:
+                if vcpu.cpu < 0 or vcpu.in_guest:
+                    continue
+
+                def leave(v: Vcpu = vcpu) -> None:
+                    v.last_guest_tsc = self.kvm_read_l1_tsc(v, self.rdtsc())
+                    self.kvm_arch_vcpu_put(v)
+
+                k.run_on_cpu(vcpu.cpu, leave)
+
+    def kvm_arch_suspend_notifier(self, kvm: Kvm) -> int:
+        """x86.c ``kvm_arch_suspend_notifier`` (6.18): ``kvm_set_guest_paused`` on every vCPU,
+        ignoring its -EINVAL for a vCPU without kvmclock ("continuing on is correct and
+        desirable"; 5.14 skipped those vCPUs and took ``kvm->lock``); NOTIFY_DONE."""
+        for vcpu in kvm.vcpus:
+            if vcpu.pv_time_enabled:
+                self.kvm_set_guest_paused(vcpu)
+        return NOTIFY_DONE
+
+    def kvm_arch_pm_notifier(self, kvm: Kvm, state: int) -> int:
+        """x86.c ``kvm_arch_pm_notifier`` (switch ``pm_notifier``, 5.14 7d62874f69d7):
+        PM_HIBERNATION_PREPARE and PM_SUSPEND_PREPARE mark the guest paused
+        (:meth:`kvm_arch_suspend_notifier`); every other event NOTIFY_DONE."""
+        from kvmclock.kernel import PM_HIBERNATION_PREPARE, PM_SUSPEND_PREPARE
+
+        if state in (PM_HIBERNATION_PREPARE, PM_SUSPEND_PREPARE):
+            return self.kvm_arch_suspend_notifier(kvm)
+        return NOTIFY_DONE
+
+    def kvm_init_pm_notifier(self, kvm: Kvm) -> None:
+        """kvm_main.c ``kvm_init_pm_notifier`` (at ``kvm_create_vm``, switch ``pm_notifier``,
+        5.14 2fdef3a2ae01): the VM's ``kvm_pm_notifier_call`` on the host's PM chain with
+        priority INT_MAX ("Suspend KVM before we suspend ftrace, RCU, etc.")."""
+
+        def kvm_pm_notifier_call(state: int, data: Any) -> int:
+            return self.kvm_arch_pm_notifier(kvm, state)
+
+        kvm.pm_notifier = kvm_pm_notifier_call
+        self.kernel.pm_chain.register(kvm_pm_notifier_call, (1 << 31) - 1)
+
+    def kvm_destroy_pm_notifier(self, kvm: Kvm) -> None:
+        """kvm_main.c ``kvm_destroy_pm_notifier`` (at ``kvm_destroy_vm``): unregister."""
+        if kvm.pm_notifier is not None:
+            self.kernel.pm_chain.unregister(kvm.pm_notifier)
+            kvm.pm_notifier = None
 
     def process_requests(self, vcpu: Vcpu) -> None:
         """The request part of ``vcpu_enter_guest`` in the kernel's order, repeated while a

@@ -296,6 +296,34 @@ class PhysicalMachine:
         """Whether the CPUs execute now (False while the machine is suspended)."""
         return not self.suspended
 
+    def suspend(self) -> None:
+        """Enter system sleep (S3, "suspend to RAM") now: every CPU stops (``running`` is
+        False until :meth:`resume`).  The RTC keeps counting (``read_persistent_clock_ns`` is
+        true time based); the TSCs' values while suspended are never read.  What the kernel
+        does before it gets here is ``Kernel.pm_suspend`` (kernel/power/suspend.c)."""
+        if self.suspended:
+            raise RuntimeError("suspend(): the machine is already suspended (resume it first)")
+        self.suspended = True
+        self.world.log("machine_suspend", level=self.level)
+
+    def resume(self, tsc_cycles: int) -> None:
+        """Wake up from system sleep now: the firmware has reset every CPU's TSC, which reads
+        ``tsc_cycles`` (cycles, u64; a small count: the time the firmware ran) on every CPU at
+        this instant and counts on from there at each CPU's rate.
+
+        Done with a per-CPU TSC jump at ``world.now_ns`` of ``tsc_cycles - tsc_at(now)`` (see
+        ``PhysicalCpu.add_tsc_jump``), so every TSC stays an exact function of true time.
+        RuntimeError if the machine is not suspended; ``tsc_cycles`` out of 0..2**64-1 is a
+        ValueError naming it."""
+        _check_int("tsc_cycles", tsc_cycles, 0, U64_MASK)
+        if not self.suspended:
+            raise RuntimeError("resume(): the machine is not suspended (call suspend() first)")
+        now = self.world.now_ns
+        for cpu in self.cpus:
+            cpu.add_tsc_jump(now, tsc_cycles - cpu.tsc_at(now))
+        self.suspended = False
+        self.world.log("machine_resume", level=self.level, tsc=tsc_cycles)
+
     def read_persistent_clock_ns(self) -> int:
         """CMOS RTC (``mach_get_cmos_time``): wall time with one-second resolution."""
         wall = self.rtc_epoch_ns + self.world.now_ns

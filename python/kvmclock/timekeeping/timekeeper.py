@@ -14,6 +14,10 @@ Model choices (documented here and in docs/ARCHITECTURE.md):
   writer between a reader's ``read_begin`` and ``read_retry``; the observable result equals
   the kernel's shadow + memcpy.
 * The vDSO copy (``update_vsyscall``) and the NMI-safe fast timekeepers are not modelled.
+* System suspend: ``timekeeping_suspend`` / ``timekeeping_resume`` (the syscore ops that
+  ``Kernel.pm_suspend`` / ``pm_resume`` run) take the sleep time from the persistent clock
+  (the RTC, whole seconds) with the kernel's drift compensation; the suspend clocksource
+  (CLOCK_SOURCE_SUSPEND_NONSTOP) is consulted but reads below its start after a TSC reset.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from typing import TYPE_CHECKING
 
 import kvmclock as _k
 from kvmclock.errors import LivelockDetected
-from kvmclock.timekeeping.clocksource import Clocksource, clocksource_delta
+from kvmclock.timekeeping.clocksource import (
+    CLOCK_SOURCE_SUSPEND_NONSTOP,
+    Clocksource,
+    clocksource_delta,
+    cycles_to_nsec_safe,
+)
 
 if TYPE_CHECKING:
     from kvmclock.kernel import Kernel
@@ -106,6 +115,16 @@ class Timekeeper:
         self.ntp_tick_length = (NSEC_PER_SEC << NTP_SCALE_SHIFT) // self.hz
         self.interleave: Callable[[], None] | None = None
         self._write_depth = 0
+        # system suspend (timekeeping_suspend / timekeeping_resume)
+        self.suspended = False
+        """``timekeeping_suspended``: between timekeeping_suspend and timekeeping_resume."""
+        self.suspend_time_ns = 0  # timekeeping_suspend_time (ns since 1970)
+        self.old_delta_ns = 0  # timekeeping_suspend's static old_delta (ns)
+        self.persistent_clock_exists = False
+        self.suspend_clocksource: Clocksource | None = None
+        self.suspend_start = 0  # clocksource_start_suspend_timing's suspend_start (cycles)
+        self.last_sleep_ns: int | None = None
+        """The sleep time the last timekeeping_resume injected (ns; None = none injected)."""
 
     # -- small helpers ----------------------------------------------------------------------
     @property
@@ -276,6 +295,8 @@ class Timekeeper:
         offset is accumulated logarithmically (chunks of ``cycle_interval << shift``, shift
         capped by the NTP tick length) exactly as ``logarithmic_accumulation`` does.
         """
+        if self.suspended:  # timekeeping_advance: "Make sure we're fully resumed"
+            return
         mono = self.tkr_mono
         cycles = self.clock.read()[0]
         offset = clocksource_delta(cycles, mono.cycle_last, mono.mask)
@@ -378,6 +399,125 @@ class Timekeeper:
             self._set_wall_to_mono(self.wall_to_monotonic - delta_ns)
             self.offs_boot += delta_ns
             self.timekeeping_update(TK_CLEAR_NTP | TK_MIRROR | TK_CLOCK_WAS_SET)
+
+    # -- system suspend / resume (syscore ops) ----------------------------------------------
+    def _select_suspend_clocksource(self) -> Clocksource | None:
+        """``clocksource_suspend_select``: the best-rated registered clocksource with
+        CLOCK_SOURCE_SUSPEND_NONSTOP (the first registered on equal ratings), None without."""
+        best: Clocksource | None = None
+        for cs in self.kernel.clocksources.values():
+            if not cs.flags & CLOCK_SOURCE_SUSPEND_NONSTOP:
+                continue
+            if best is None or cs.rating > best.rating:
+                best = cs
+        return best
+
+    def timekeeping_suspend(self) -> None:
+        """``timekeeping_suspend`` (kernel/time/timekeeping.c; a syscore suspend op).
+
+        Reads the persistent clock (``Kernel.read_persistent_clock_ns``: the RTC, whole
+        seconds) into ``suspend_time_ns``; forward_now; ``suspended``; starts the suspend
+        timing of the suspend clocksource (``clocksource_start_suspend_timing``: its cycles
+        now, or ``cycle_last`` when it is the current clocksource); with a persistent clock,
+        the drift compensation: ``delta = xtime - suspend_time``, and unless ``delta -
+        old_delta`` is 2 s or more (whole seconds of the normalised timespec),
+        ``suspend_time += delta - old_delta`` (else ``old_delta = delta``); then
+        ``timekeeping_update`` without CLOCK_WAS_SET (the pvclock_gtod chain runs).  The same
+        in 4.13 and 6.18 (``timekeeping_update(tk, TK_MIRROR)`` / ``..._from_shadow(.., 0)``).
+        """
+        if self.suspended:
+            raise RuntimeError(f"{self.kernel.name}: timekeeping_suspend while suspended")
+        k = self.kernel
+        self.suspend_time_ns = k.read_persistent_clock_ns()
+        if self.suspend_time_ns:
+            self.persistent_clock_exists = True
+        with self._write():
+            self._forward_now()
+            self.suspended = True
+            self.last_sleep_ns = None
+            cycle_now = self.tkr_mono.cycle_last
+            # clocksource_start_suspend_timing(curr_clock, cycle_now)
+            scs = self.suspend_clocksource = self._select_suspend_clocksource()
+            if scs is not None:
+                self.suspend_start = cycle_now if scs is self.clock else scs.read()[0]
+            if self.persistent_clock_exists:
+                mono = self.tkr_mono
+                xt = self.xtime_sec * NSEC_PER_SEC + (mono.xtime_nsec >> mono.shift)
+                delta = xt - self.suspend_time_ns
+                delta_delta = delta - self.old_delta_ns
+                if abs(delta_delta // NSEC_PER_SEC) >= 2:  # timespec64 tv_sec (normalised)
+                    self.old_delta_ns = delta
+                else:
+                    self.suspend_time_ns += delta_delta
+            self.timekeeping_update(0)
+        k.world.log("timekeeping_suspend", kernel=k.name, suspend_time_ns=self.suspend_time_ns)
+
+    def _clocksource_stop_suspend_timing(self, cycle_now: int) -> int:
+        """``clocksource_stop_suspend_timing`` (6.18): ns the suspend clocksource counted since
+        ``suspend_start``, 0 unless its reading now is above it (a TSC reset by the firmware
+        reads below: 0, and the persistent clock is used)."""
+        scs = self.suspend_clocksource
+        if scs is None:
+            return 0
+        now = cycle_now if scs is self.clock else scs.read()[0]
+        if now > self.suspend_start:
+            return cycles_to_nsec_safe(scs, self.suspend_start, now)
+        return 0
+
+    def _inject_sleeptime_locked(self, delta_ns: int) -> None:
+        """``__timekeeping_inject_sleeptime``: ``tk_xtime_add``, wall_to_monotonic -= delta,
+        ``tk_update_sleep_time`` (offs_boot += delta).  No forward_now (the callers do it, or,
+        on resume, rebase ``cycle_last`` after)."""
+        sec, nsec = divmod(delta_ns, NSEC_PER_SEC)
+        self.xtime_sec += sec
+        mono = self.tkr_mono
+        mono.xtime_nsec = (mono.xtime_nsec + (nsec << mono.shift)) & U64_MASK
+        self._normalize_xtime()
+        self._set_wall_to_mono(self.wall_to_monotonic - delta_ns)
+        self.offs_boot += delta_ns
+
+    def timekeeping_resume(self) -> None:
+        """``timekeeping_resume`` (kernel/time/timekeeping.c; a syscore resume op, on the boot
+        CPU).
+
+        Reads the persistent clock (``ts_new``), ``clocksource_resume`` (no clocksource of the
+        model has a resume hook; the watchdog reset: ``clocksource_resume_watchdog``), reads
+        the clocksource (``cycle_now``); the sleep time is the suspend clocksource's count
+        (``clocksource_stop_suspend_timing``) if positive, else ``ts_new - suspend_time``
+        when the persistent clock advanced, injected by ``__timekeeping_inject_sleeptime``
+        (realtime and boottime jump by it, monotonic does not); ``cycle_last`` (mono and raw)
+        rebased to ``cycle_now``; ``timekeeping_update(TK_MIRROR | TK_CLOCK_WAS_SET)``.
+
+        4.13 differs only in the first source: it took the *current* clocksource's own
+        cycles since ``cycle_last`` when that clocksource had CLOCK_SOURCE_SUSPEND_NONSTOP and
+        read above ``cycle_last``; 4.19 (39232ed5a179) introduced the separate suspend
+        clocksource.  Both give the persistent clock's sleep time whenever the TSC restarts
+        below its suspend-time value, which is what ``PhysicalMachine.resume`` does.
+        """
+        if not self.suspended:
+            raise RuntimeError(
+                f"{self.kernel.name}: timekeeping_resume without timekeeping_suspend"
+            )
+        k = self.kernel
+        ts_new = k.read_persistent_clock_ns()
+        k.watchdog.clocksource_resume_watchdog()  # clocksource_resume()
+        with self._write():
+            cycle_now = self.clock.read()[0]
+            nsec = self._clocksource_stop_suspend_timing(cycle_now)
+            delta: int | None = None
+            if nsec > 0:
+                delta = nsec
+            elif ts_new > self.suspend_time_ns:
+                delta = ts_new - self.suspend_time_ns
+            if delta is not None:
+                self._inject_sleeptime_locked(delta)
+            self.last_sleep_ns = delta
+            self.tkr_mono.cycle_last = cycle_now
+            self.tkr_raw.cycle_last = cycle_now
+            self.ntp_error = 0
+            self.suspended = False
+            self.timekeeping_update(TK_MIRROR | TK_CLOCK_WAS_SET)
+        k.world.log("timekeeping_resume", kernel=k.name, sleep_ns=delta)
 
     # -- readers ----------------------------------------------------------------------------
     @staticmethod

@@ -32,14 +32,18 @@ retries the clocksource is marked unstable.  An interval (max of cs and wd) over
 judged at 500 us per 0.5 s, 1000 ppm), 31.25 ms without a frequency, 32 ms for jiffies.
 Intervals use ``cycles_to_nsec_safe`` (6.13 negative-motion threshold of 7/8 of the mask).
 
+Both rules: ``clocksource_resume`` (``timekeeping_resume``, a host waking from system sleep)
+calls ``clocksource_resume_watchdog``, which raises ``watchdog_reset_pending``: the next pass
+re-initialises every watched clocksource's last values instead of judging the interval that
+contains the sleep (a TSC reset by the firmware would otherwise read as a huge skew), and
+lowers the count again at its end (:meth:`ClocksourceWatchdog.clocksource_resume_watchdog`).
+
 Simplifications of the 6.18 rule (each invisible in the model unless stated):
 
 * 6.18.0 is modelled; the stable fix c06343be0b4e ("Reduce watchdog readout delay limit",
   6.19-rc, backported to 6.18.y in January 2026) lowers ``md`` to one watchdog margin.
 * Model reads take no time, so ``wd_delay`` and ``wd_seq_delay`` are 0 unless a counter's
   read itself moves (a test counter does); the retry/skip paths exist for such counters.
-* ``watchdog_reset_pending`` (suspend/resume, kgdb) is never set: nothing in the model
-  suspends a kernel.
 * The long-interval path sets ``watchdog_timer.expires = jiffies`` so a late timer does not
   fire back to back; model timers are never late, so the periodic schedule is kept.
 * ``system_state > SYSTEM_SCHEDULING`` (the long-interval warning's gate) is taken as
@@ -126,6 +130,8 @@ class ClocksourceWatchdog:
         self.timer: Periodic | None = None
         self.next_cpu = 0
         self.checks = 0
+        self.reset_pending = 0
+        """``watchdog_reset_pending`` (an atomic_t): resumes not yet followed by a full pass."""
         self._work: Event | None = None
 
     @property
@@ -170,6 +176,13 @@ class ClocksourceWatchdog:
         self.next_cpu = 0
         self.timer = self.kernel.world.every(self.interval_ns, self._timer_fn)
 
+    def clocksource_resume_watchdog(self) -> None:
+        """``clocksource_resume_watchdog`` (from ``clocksource_resume``, 4.13 and 6.18):
+        ``atomic_inc(&watchdog_reset_pending)``.  The next watchdog pass re-initialises the
+        last values of every watched clocksource instead of judging it, and decrements the
+        count when it finishes (``if (reset_pending) atomic_dec(..)``)."""
+        self.reset_pending += 1
+
     def stop(self) -> None:
         """``clocksource_stop_watchdog`` (only when nothing is left to watch)."""
         if self.timer is None or (self.watchdog is not None and self.watchdog_list):
@@ -197,13 +210,14 @@ class ClocksourceWatchdog:
             self.clocksource_watchdog_618(wd)
             return
         self.checks += 1
+        reset_pending = self.reset_pending
         for cs in list(self.watchdog_list):
             if cs.flags & CLOCK_SOURCE_UNSTABLE:
                 self._schedule_work()
                 continue
             csnow = cs.read()[0]
             wdnow = wd.read()[0]
-            if not cs.flags & CLOCK_SOURCE_WATCHDOG:
+            if not cs.flags & CLOCK_SOURCE_WATCHDOG or self.reset_pending:
                 cs.flags |= CLOCK_SOURCE_WATCHDOG
                 cs.wd_last = wdnow
                 cs.cs_last = csnow
@@ -250,6 +264,8 @@ class ClocksourceWatchdog:
                 and wd.flags & CLOCK_SOURCE_IS_CONTINUOUS
             ):
                 cs.flags |= CLOCK_SOURCE_VALID_FOR_HRES
+        if reset_pending:  # a full pass since the resume
+            self.reset_pending -= 1
 
     # -- the 6.18 rule -------------------------------------------------------------------------
     def cs_watchdog_read(self, cs: Clocksource, wd: Clocksource) -> tuple[int, int, int]:
@@ -307,6 +323,7 @@ class ClocksourceWatchdog:
         k = self.kernel
         self.checks += 1
         extra_wait_ns = 0
+        reset_pending = self.reset_pending
         for cs in list(self.watchdog_list):
             if cs.flags & CLOCK_SOURCE_UNSTABLE:
                 if k.finished_booting:
@@ -325,7 +342,7 @@ class ClocksourceWatchdog:
                     other.flags &= ~CLOCK_SOURCE_WATCHDOG
                 extra_wait_ns = EXTRA_WAIT_S * k.hz * tick_nsec(k.hz)  # HZ * 300 jiffies
                 break
-            if not cs.flags & CLOCK_SOURCE_WATCHDOG:
+            if not cs.flags & CLOCK_SOURCE_WATCHDOG or self.reset_pending:
                 cs.flags |= CLOCK_SOURCE_WATCHDOG
                 cs.wd_last = wdnow
                 cs.cs_last = csnow
@@ -375,6 +392,8 @@ class ClocksourceWatchdog:
                     # let the watchdog work reselect: the high-res capable source may win now
                     cs.flags |= CLOCK_SOURCE_RESELECT
                     self._schedule_work()
+        if reset_pending:  # a full pass since the resume
+            self.reset_pending -= 1
         if extra_wait_ns and self.timer is not None:
             # watchdog_timer.expires += WATCHDOG_INTERVAL + extra_wait
             self.timer.cancel()

@@ -5,6 +5,18 @@ starts the vCPU threads, and later pauses them, saves what it needs to rebuild t
 elsewhere, and restores it (each VMM in its own way: the recipes of :mod:`kvmclock.vmm.recipes`).
 """
 
+from kvmclock.vmm import recipes
+from kvmclock.vmm.lifecycle import Lifecycle
+from kvmclock.vmm.recipes import Recipe, RecipeError
+from kvmclock.vmm.snapshot import VcpuSnapshot, VmSnapshot
 from kvmclock.vmm.vmm import Vmm
 
-__all__ = ["Vmm"]
+__all__ = [
+    "Lifecycle",
+    "Recipe",
+    "RecipeError",
+    "VcpuSnapshot",
+    "VmSnapshot",
+    "Vmm",
+    "recipes",
+]
