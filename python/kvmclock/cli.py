@@ -198,6 +198,27 @@ def _scenarios() -> dict[str, Any]:
     return dict(sim.SCENARIOS)
 
 
+def _scenario_file(command: str, name: str) -> Any:
+    """``--scenario``: a built-in scenario's name or the path of a scenario file (.toml).
+    UsageError (one line) for an unknown name or a bad file."""
+    from kvmclock.errors import ScenarioFileError
+    from kvmclock.scenario import load
+
+    scenarios = _scenarios()
+    if name in scenarios:
+        return scenarios[name].file
+    if name.endswith(".toml") or os.sep in name or os.path.isfile(name):
+        try:
+            return load(name)
+        except ScenarioFileError as exc:
+            raise UsageError(f"{command}: {exc}") from None
+    raise UsageError(
+        f"{command}: unknown scenario {name!r}; choose one of: "
+        + ", ".join(sorted(scenarios))
+        + " (or give the path of a .toml scenario file)"
+    )
+
+
 def _scenario_params(scn: Any) -> set[str]:
     params = getattr(scn, "params", None) or {}
     return set(params)
@@ -278,18 +299,21 @@ def _profile_paths(path: str, profiles: Sequence[Any]) -> list[str]:
 DEFAULT_PROFILES = "gtod,series,upstream"
 
 
-def _profiles_arg(args: argparse.Namespace, command: str) -> list[Any]:
-    """``--profile NAME[,NAME...]`` with every ``--set SWITCH=VALUE`` applied: a list of
-    :class:`kvmclock.profiles.Profile`. UsageError names the unknown profile, switch or value
-    and lists the valid ones."""
+def _profiles_arg(
+    args: argparse.Namespace, command: str, default: str = DEFAULT_PROFILES
+) -> list[Any]:
+    """``--profile NAME[,NAME...]`` (``default`` when not given) with every ``--set
+    SWITCH=VALUE`` applied: a list of :class:`kvmclock.profiles.Profile`. UsageError names
+    the unknown profile, switch or value and lists the valid ones."""
     from kvmclock.profiles import PROFILES, parse_assignments, resolve_profile
 
-    names = [n.strip() for n in str(args.profile).split(",")]
+    given = args.profile if args.profile is not None else default
+    names = [n.strip() for n in str(given).split(",")]
     if any(not n for n in names):
-        raise UsageError(f"{command}: --profile {args.profile!r}: empty name; give "
+        raise UsageError(f"{command}: --profile {given!r}: empty name; give "
                          f"NAME[,NAME...] from {', '.join(PROFILES)}")
     if len(set(names)) != len(names):
-        raise UsageError(f"{command}: --profile {args.profile!r} names a profile twice")
+        raise UsageError(f"{command}: --profile {given!r} names a profile twice")
     try:
         changes = parse_assignments(args.set or [])
         return [resolve_profile(n, **changes) for n in names]
@@ -303,19 +327,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from kvmclock.sim.scenarios import _validate as validate_scenario
 
     # everything that can be wrong with the arguments is checked here, before simulating
-    scenarios = _scenarios()
-    if args.scenario not in scenarios:
-        raise UsageError(
-            f"simulate: unknown scenario {args.scenario!r}; choose one of: "
-            + ", ".join(sorted(scenarios))
-        )
-    scn = scenarios[args.scenario]
-    kwargs = _scenario_kwargs(args.scenario, scn, args)
-    profiles = _profiles_arg(args, "simulate")
+    sf = _scenario_file("simulate", args.scenario)
+    name = sf.name
+    kwargs = _scenario_kwargs(name, sf, args)
+    run_spec = sf.model.run
+    file_profiles = (
+        run_spec.profiles if isinstance(run_spec.profiles, str) else ",".join(run_spec.profiles)
+    )
+    profiles = _profiles_arg(args, "simulate", default=file_profiles)
+    if args.seed is None:
+        args.seed = run_spec.seed
     for profile in profiles:
         try:
             # the scenario's own parameter check, the one run_scenario makes first
-            validate_scenario(args.scenario, profile, args.seed, kwargs)
+            validate_scenario(sf, profile, args.seed, kwargs)
         except ScenarioError as exc:
             raise UsageError(f"simulate: {exc}") from exc
     want_trace = bool(args.trace or args.perfetto)
@@ -337,10 +362,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     walls: list[float] = []
     for profile in profiles:
-        with _spinner(f"simulating {args.scenario} ({profile.name})", sys.stderr):
+        with _spinner(f"simulating {name} ({profile.name})", sys.stderr):
             t0 = time.perf_counter()
-            run = sim.run_scenario(args.scenario, profile, seed=args.seed, trace=want_trace,
-                                   **kwargs)
+            run = sim.run_scenario(sf, profile, seed=args.seed, trace=want_trace, **kwargs)
             walls.append(time.perf_counter() - t0)
         runs.append(run)
 
@@ -348,10 +372,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from kvmclock.render.ftrace import trace_text
 
         if args.trace == "-":
-            sys.stdout.write(trace_text(runs[0], args.scenario, args.seed))
+            sys.stdout.write(trace_text(runs[0], name, args.seed))
         else:
             for path, run in zip(_profile_paths(args.trace, profiles), runs, strict=True):
-                _write_file(path, trace_text(run, args.scenario, args.seed))
+                _write_file(path, trace_text(run, name, args.seed))
                 print(f"wrote {path} ({len(run.get('trace') or [])} trace lines)",
                       file=sys.stderr)
     if args.perfetto:
@@ -365,13 +389,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from kvmclock.render.plot import write_plot
 
         try:
-            write_plot(runs, args.plot, title=f"kvmclock simulate {args.scenario} seed {args.seed}")
+            write_plot(runs, args.plot, title=f"kvmclock simulate {name} seed {args.seed}")
         except OSError as exc:
             raise UsageError(f"cannot write {args.plot}: {exc.strerror or exc}") from exc
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         doc = {
-            "scenario": args.scenario,
+            "scenario": name,
             "seed": args.seed,
             "runs": [{k: v for k, v in run.items() if k != "trace"} for run in runs],
         }
@@ -379,13 +403,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.json != "-" and args.trace != "-":
         from kvmclock.render.text import render_simulation
 
-        print(render_simulation(args.scenario, getattr(scn, "description", None), args.seed,
+        print(render_simulation(name, sf.description or None, args.seed,
                                 runs, walls, moments_limit=args.moments))
     return EXIT_OK
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
     scenarios = _scenarios()
+    if args.schema:
+        from kvmclock.scenario import schema_text
+
+        sys.stdout.write(schema_text())
+        return EXIT_OK
+    if args.show is not None:
+        if args.show not in scenarios:
+            raise UsageError(
+                f"scenarios: --show {args.show!r}: no such built-in scenario; choose one of: "
+                + ", ".join(scenarios)
+            )
+        sys.stdout.write(scenarios[args.show].file.text)
+        return EXIT_OK
     if args.json:
         doc = [
             {
@@ -916,9 +953,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _add_profile_args(s: argparse.ArgumentParser, default: str = DEFAULT_PROFILES) -> None:
+def _add_profile_args(s: argparse.ArgumentParser, default: str | None = DEFAULT_PROFILES) -> None:
+    shown = default if default is not None else "the scenario's run.profiles, for the built-ins " \
+        + DEFAULT_PROFILES
     s.add_argument("--profile", default=default, metavar="NAME[,NAME...]",
-                   help=f"profiles to run side by side (default {default}; "
+                   help=f"profiles to run side by side (default {shown}; "
                    "kvmclock profiles lists them)")
     s.add_argument("--set", action="append", metavar="SWITCH=VALUE",
                    help="flip one behaviour switch in every profile run (repeatable; "
@@ -964,19 +1003,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "simulate", help="run a scenario under the gtod, series and upstream profiles",
-        description="Run a built-in scenario (default: nested) under the profiles side by "
-        "side and print, per profile and level, the clocksource, masterclock, pvclock stable "
-        "bit, counters, skew and the key moments.",
+        description="Run a built-in scenario (default: nested) or a scenario file under the "
+        "profiles side by side and print, per profile and level, the clocksource, "
+        "masterclock, pvclock stable bit, counters, skew and the key moments.",
         epilog="examples:\n  kvmclock simulate\n"
         "  kvmclock simulate --scenario nested --profile series --seed 3 --json -\n"
         "  kvmclock simulate --trace sim.txt --perfetto sim.json --plot sim.png\n"
         "  kvmclock simulate --duration 3 --vcpus 2 --param l2_vcpus=1\n"
+        "  kvmclock scenarios --show tsc-sync > my.toml; kvmclock simulate --scenario my.toml\n"
         "with several profiles, --trace PATH writes PATH-gtod, PATH-series, ... files.",
         formatter_class=fmt,
     )
-    s.add_argument("--scenario", default="nested", help="scenario name (kvmclock scenarios)")
-    _add_profile_args(s)
-    s.add_argument("--seed", type=_int_arg("seed", 0, 2**63 - 1), default=0)
+    s.add_argument("--scenario", default="nested", metavar="NAME|PATH.toml",
+                   help="a built-in scenario (kvmclock scenarios) or a scenario file "
+                   "(docs/scenarios.md)")
+    _add_profile_args(s, default=None)
+    s.add_argument("--seed", type=_int_arg("seed", 0, 2**63 - 1), default=None,
+                   help="seed of the run (default: the file's run.seed, 0 for the built-ins)")
     s.add_argument("--duration", type=_duration_arg, metavar="S",
                    help="simulated seconds (scenarios that take it)")
     s.add_argument("--vcpus", type=_int_arg("vcpus", 1, 1024), metavar="N",
@@ -1007,10 +1050,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "scenarios", help="list the built-in scenarios",
-        description="List the built-in scenarios, one line each.",
-        epilog="example:\n  kvmclock scenarios", formatter_class=fmt,
+        description="List the built-in scenarios, one line each; print one's TOML file (a "
+        "starting point for your own: docs/scenarios.md) or the JSON Schema of the format.",
+        epilog="examples:\n  kvmclock scenarios\n"
+        "  kvmclock scenarios --show tsc-sync > my.toml\n"
+        "  kvmclock simulate --scenario my.toml\n"
+        "  kvmclock scenarios --schema > scenario.schema.json", formatter_class=fmt,
     )
-    s.add_argument("--json", action="store_true", help="print JSON")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print JSON")
+    g.add_argument("--show", metavar="NAME", help="print the scenario file of built-in NAME")
+    g.add_argument("--schema", action="store_true",
+                   help="print the JSON Schema of scenario files (for editors)")
     s.set_defaults(func=cmd_scenarios)
 
     s = sub.add_parser(

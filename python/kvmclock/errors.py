@@ -14,6 +14,7 @@ __all__ = [
     "PvclockRetryError",
     "RealResourceUnavailable",
     "ScenarioError",
+    "ScenarioFileError",
     "SeqCountError",
     "TraceParseError",
     "UsageError",
@@ -31,6 +32,24 @@ class UsageError(KvmclockError):
 
 class ScenarioError(KvmclockError, ValueError):
     """An unknown scenario or a bad scenario parameter."""
+
+
+class ScenarioFileError(ScenarioError):
+    """A scenario file (TOML, docs/scenarios.md) that cannot be run.
+
+    The message is one line: the file, where in it (``line N`` for a TOML syntax error, else
+    the key path such as ``timeline[3].vm``), what is wrong and what is allowed.  ``file``,
+    ``key`` (or None) and ``line`` (or None) hold the parts."""
+
+    def __init__(
+        self, file: str, key: str | None, message: str, *, line: int | None = None
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.line = line
+        where = f"line {line}: " if line is not None else ""
+        where += f"{key}: " if key else ""
+        super().__init__(f"{file}: {where}{message}")
 
 
 class TraceParseError(KvmclockError, ValueError):

@@ -141,15 +141,37 @@ class LevelStats:
 
 
 class Recorder:
-    """Samples every guest level at fixed true-time intervals (a World periodic event)."""
+    """Samples every guest kernel at fixed true-time intervals (a World periodic event).
 
-    def __init__(self, kernels: list[Kernel], sample_ns: int) -> None:
+    ``kernels`` is the run's list of kernels (a kernel appended later, a VM created during
+    the run, is sampled from then on).  Counters are kept per kernel (:attr:`by_kernel`, by
+    kernel name); a sample row is ``[t_ns, level, skew_ns, stable]``, with the kernel's name
+    as a fifth element when ``with_names`` (a scenario with several guests at one level).
+    """
+
+    def __init__(self, kernels: list[Kernel], sample_ns: int, *, with_names: bool = False) -> None:
         self.kernels = kernels
         self.world = kernels[0].world
         self.sample_ns = sample_ns
-        self.stats: dict[int, LevelStats] = {k.level: LevelStats(k.level) for k in kernels}
+        self.with_names = with_names
+        self.by_kernel: dict[str, LevelStats] = {k.name: LevelStats(k.level) for k in kernels}
         self.samples: list[list[Any]] = []
         self.handle = self.world.every(sample_ns, self.sample)
+
+    def stats_of(self, kernel: Kernel) -> LevelStats:
+        """The counters of ``kernel`` (created empty for a kernel not seen yet)."""
+        st = self.by_kernel.get(kernel.name)
+        if st is None:
+            st = self.by_kernel[kernel.name] = LevelStats(kernel.level)
+        return st
+
+    @property
+    def stats(self) -> dict[int, LevelStats]:
+        """Counters by level (the first kernel of each level; :attr:`by_kernel` has all)."""
+        out: dict[int, LevelStats] = {}
+        for st in self.by_kernel.values():
+            out.setdefault(st.level, st)
+        return out
 
     def sample(self) -> None:
         """Read every vCPU of every guest kernel now; then the clock definitions of each VM."""
@@ -159,7 +181,7 @@ class Recorder:
                 continue
             if not k.machine_running:
                 continue
-            st = self.stats[k.level]
+            st = self.stats_of(k)
             raws: list[int] = []
             stable = True
             for cpu in range(len(k.machine.cpus)):
@@ -169,7 +191,8 @@ class Recorder:
                 stable = stable and bool(flags & _STABLE)
             skew = max(raws) - min(raws)
             st.max_cross_vcpu_skew_ns = max(st.max_cross_vcpu_skew_ns, skew)
-            self.samples.append([t, k.level, skew, stable])
+            row: list[Any] = [t, k.level, skew, stable]
+            self.samples.append([*row, k.name] if self.with_names else row)
         for k in self.kernels:
             if k.kvm is None:
                 continue
@@ -178,4 +201,4 @@ class Recorder:
                     continue
                 defs = vm.clock_definitions(0)
                 if defs is not None:
-                    self.stats[k.level].record_definitions(*defs)
+                    self.stats_of(k).record_definitions(*defs)

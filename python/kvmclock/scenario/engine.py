@@ -1,0 +1,558 @@
+"""The scenario engine: builds what a resolved scenario (:class:`~kvmclock.scenario.loader.Plan`)
+describes, schedules its timeline on the world, runs it and returns one run dict (the
+``simulate --json`` run: ``kvmclock.sim.run_scenario``).
+
+Order of construction (the built-in scenarios' results depend on it, so it is fixed):
+every ``[[host]]`` at true time 0 in file order (a ``PhysicalMachine`` with its kernel booted
+and KVM loaded; all hosts share the first host's wall-clock epoch), then the VMs without
+``created_at_s`` in file order, the k-th at k ms (the world runs up to that time, then a VMM
+creates the VM and its vCPUs and the guest kernel boots), then sampling starts; VMs with
+``created_at_s`` and the timeline entries are scheduled as world events at their times, VMs
+first.  Nothing reads the host's wall clock: the run is a pure function of (scenario,
+profile, seed, params).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from kvmclock.errors import LivelockDetected, ScenarioError
+from kvmclock.scenario.loader import NSEC_PER_SEC, Plan, Step, fmt_number
+from kvmclock.scenario.model import LIFECYCLE_ACTIONS
+
+if TYPE_CHECKING:
+    from kvmclock.kernel import Kernel
+    from kvmclock.profiles import Profile
+    from kvmclock.sim.scenarios import Sim
+    from kvmclock.vmm import Vmm
+
+__all__ = ["check_recipes", "run_plan"]
+
+
+def check_recipes(plan: Plan, label: str, cfg: Profile) -> None:
+    """Every recipe of the timeline exists with its options and can run under ``cfg`` (a
+    ScenarioFileError naming the entry's recipe key otherwise: e.g. KVM_CLOCK_REALTIME
+    under a profile before Linux 5.16)."""
+    from kvmclock.errors import ScenarioFileError
+
+    specs = [s for s in plan.steps if "recipe" in s.args]
+    if not specs:
+        return
+    from kvmclock.vmm import recipes
+
+    for s in specs:
+        name, options = s.args["recipe"]
+        try:
+            recipes.get(name, **options).check(cfg)
+        except ValueError as exc:
+            raise ScenarioFileError(label, f"{s.key}.recipe", str(exc)) from None
+
+
+def run_plan(
+    plan: Plan,
+    cfg: Profile,
+    seed: int,
+    *,
+    trace: bool,
+    sim_factory: Callable[..., Sim],
+) -> dict[str, Any]:
+    """Run ``plan`` under profile ``cfg`` with ``seed``; the run dict (see
+    :func:`kvmclock.sim.run_scenario`) with ``lifecycle`` (the lifecycle records)."""
+    from kvmclock.kvm.x86 import MasterclockLivelock, TimeScaleLivelock
+
+    sim = sim_factory(
+        cfg,
+        seed,
+        hz=plan.hz,
+        sample_ms=plan.sample_ms,
+        fault=plan.fault,
+        spin_limit=plan.spin_limit,
+    )
+    eng = _Engine(sim, plan)
+    livelock: dict[str, Any] | None = None
+    try:
+        eng.build()
+        eng.schedule()
+        if plan.duration_ns > sim.world.now_ns:
+            sim.world.run_until(plan.duration_ns)
+    except LivelockDetected as exc:
+        kvm_loop = exc if isinstance(exc, (MasterclockLivelock, TimeScaleLivelock)) else None
+        lvl = kvm_loop.level if kvm_loop is not None else -1
+        livelock = {
+            "t_ns": kvm_loop.t_ns if kvm_loop is not None else sim.world.now_ns,
+            "level": lvl,
+            "where": kvm_loop.where if kvm_loop is not None else "timekeeper",
+            "spins": kvm_loop.spins if kvm_loop is not None else 0,
+            "message": str(exc),
+        }
+        sim.moment(
+            lvl,
+            f"LIVELOCK in {livelock['where']} after {livelock['spins']} spins; simulation stopped",
+        )
+    if sim.recorder is None:
+        sim.start_sampling(with_names=plan.shared_levels)
+    lifecycle: list[dict[str, Any]] = []
+    if eng.lifecycle is not None:
+        eng.lifecycle.finish(sim.world.now_ns)
+        lifecycle = list(eng.lifecycle.records)
+    level_of = {k.name: k.level for k in sim.kernels}
+    moments = _moments(sim, level_of)
+    assert sim.recorder is not None
+    run: dict[str, Any] = {
+        "scenario": plan.name,
+        "seed": seed,
+        "profile": cfg.name,
+        "switches": dict(cfg.values),
+        "params": {
+            k: (v if isinstance(v, (int, str)) or v is None else str(v))
+            for k, v in plan.params.items()
+        },
+        "duration_ns": plan.duration_ns,
+        "end_ns": sim.world.now_ns,
+        "levels": [_level_entry(sim, k) for k in sim.kernels],
+        "moments": moments,
+        "samples": sim.recorder.samples,
+        "livelock": livelock,
+        "stats": {
+            "events": sim.world.events_processed,
+            "guest_reads": sum(s.guest_reads for s in sim.recorder.by_kernel.values()),
+        },
+        "lifecycle": lifecycle,
+    }
+    if trace:
+        run["trace"] = [list(r) for r in sim.trace]
+    return run
+
+
+class _Engine:
+    def __init__(self, sim: Sim, plan: Plan) -> None:
+        self.sim = sim
+        self.plan = plan
+        self.kernels: dict[str, Kernel] = {}
+        self.vmms: dict[str, Vmm] = {}
+        self.lifecycle: Any = None
+        if any(s.action in LIFECYCLE_ACTIONS for s in plan.steps):
+            try:
+                from kvmclock.vmm.lifecycle import Lifecycle
+            except ImportError:
+                raise ScenarioError(
+                    f"scenario {plan.name!r}: its lifecycle actions need "
+                    "kvmclock.vmm.lifecycle, which this installation lacks"
+                ) from None
+            self.lifecycle = Lifecycle(sim.world)
+
+    # -- construction ---------------------------------------------------------------------
+    def build(self) -> None:
+        sim, plan = self.sim, self.plan
+        epoch: int | None = None
+        for h in plan.hosts:
+            k = sim.host(
+                name=h.name,
+                cpus=h.cpus,
+                tsc_khz=h.tsc_khz,
+                tsc_skew_cycles=h.tsc_skew_cycles,
+                tsc_scaling=h.tsc_scaling,
+                drift_ppm=h.drift_ppm,
+                hpet=h.hpet,
+                acpi_pm=h.acpi_pm,
+                rtc_epoch_ns=epoch,
+            )
+            if epoch is None:
+                epoch = int(getattr(k.machine, "rtc_epoch_ns", 0))
+            self.kernels[h.name] = k
+        for vm in plan.vms:
+            if vm.at_start:
+                sim.world.run_until(vm.created_ns)
+                self._create(vm.name)
+        sim.start_sampling(with_names=plan.shared_levels)
+
+    def _create(self, name: str) -> None:
+        vm = next(v for v in self.plan.vms if v.name == name)
+        _kvm, g = self.sim.guest(
+            self.kernels[vm.host],
+            name=vm.name,
+            vcpus=vm.vcpus,
+            kvm=vm.kvm,
+            tsc_khz=vm.tsc_khz,
+            features=vm.features,
+            clocksource_override=vm.clocksource,
+        )
+        self.kernels[vm.name] = g
+        self.vmms[vm.name] = self.sim.vmms[-1]
+
+    # -- the timeline ---------------------------------------------------------------------
+    def schedule(self) -> None:
+        sim = self.sim
+        for vm in self.plan.vms:
+            if not vm.at_start:
+                sim.at(vm.created_ns, lambda n=vm.name: self._create(n))  # type: ignore[misc]
+        for step in self.plan.steps:
+            if step.t_ns < sim.world.now_ns:
+                continue  # before the start (only with overridden parameters): skipped
+            getattr(self, f"_do_{step.action}")(step)
+
+    def _vmm(self, name: str) -> Vmm:
+        return self.vmms[name]
+
+    def _level(self, vm: str) -> int:
+        g = self._vmm(vm).guest
+        return g.level if g is not None else 0
+
+    def _moment_at(self, step: Step, level: int, default: str) -> None:
+        self.sim.at(step.t_ns, lambda: self.sim.moment(level, step.note or default))
+
+    def _do_moment(self, step: Step) -> None:
+        a = step.args
+        level = 0
+        sim = self.sim
+
+        def note() -> None:
+            lvl = level
+            if a["vm"] is not None:
+                lvl = self._level(a["vm"])
+            elif a["host"] is not None:
+                lvl = self.kernels[a["host"]].level
+            sim.moment(lvl, step.note or a["text"])
+
+        sim.at(step.t_ns, note)
+
+    def _do_tsc_jump(self, step: Step) -> None:
+        from kvmclock.machine.physical import PhysicalMachine
+
+        a = step.args
+        host = a["host"]
+        machine = cast(PhysicalMachine, self.kernels[host].machine)
+        cpus = list(range(len(machine.cpus))) if a["cpus"] == "all" else a["cpus"]
+        for c in cpus:
+            machine.cpus[c].add_tsc_jump(step.t_ns, a["cycles"])
+        amount = (
+            f"{fmt_number(abs(a['ms']))} ms of cycles"
+            if a["ms"] is not None
+            else f"{abs(a['cycles'])} cycles"
+        )
+        way = "jumps forward by" if a["cycles"] >= 0 else "steps back by"
+        if a["cpus"] == "all":
+            who = "every TSC"
+        elif len(cpus) == 1:
+            who = f"CPU {cpus[0]}'s TSC"
+        else:
+            who = f"the TSCs of CPUs {', '.join(map(str, cpus))}"
+            way = way.replace("jumps", "jump").replace("steps", "step")
+        self._moment_at(step, self.kernels[host].level, f"{host}: {who} {way} {amount}")
+
+    def _do_tsc_write(self, step: Step) -> None:
+        a = step.args
+        sim = self.sim
+
+        def write() -> None:
+            vm = self._vmm(a["vm"]).vm
+            if "value" in a:
+                vm.write_tsc(a["vcpu"], a["value"], host_initiated=a["host_initiated"])
+                text = f"vCPU {a['vcpu']}: TSC write of {a['value']}"
+            else:
+                ref = a["relative_to"]
+
+                def ref_tsc() -> int:
+                    return int(vm.machine.cpus[ref].read_tsc()) + int(a["ahead_cycles"])
+
+                if a["vcpu"] == "all":
+                    for v in vm.vcpus:
+                        if v.vcpu_id != ref:
+                            vm.write_tsc(
+                                v.vcpu_id, ref_tsc(), host_initiated=a["host_initiated"]
+                            )
+                    text = f"every vCPU but {ref}: TSC write of vCPU {ref}'s TSC"
+                else:
+                    vm.write_tsc(a["vcpu"], ref_tsc(), host_initiated=a["host_initiated"])
+                    text = (
+                        f"vCPU {a['vcpu']}: TSC write of vCPU {ref}'s TSC + "
+                        f"{a['ahead_cycles']} cycles"
+                    )
+            if not a["host_initiated"]:
+                text += " (guest-initiated)"
+            sim.moment(self._level(a["vm"]), step.note or text)
+
+        sim.at(step.t_ns, write)
+
+    def _do_vcpu_hotplug(self, step: Step) -> None:
+        from kvmclock.timekeeping.clocksource import MSR_KVM_SYSTEM_TIME_NEW
+
+        a = step.args
+        sim = self.sim
+
+        def hotplug() -> None:
+            vmm = self._vmm(a["vm"])
+            vm = vmm.vm
+            v = vm.create_vcpu()
+            vm.machine.run_on_cpu(v.vcpu_id, lambda: None)
+            g = vmm.guest
+            # the guest's CPU-online path: kvm_register_clock on the new CPU
+            if g is not None and "kvmclock" in vm.machine.features:
+                vm.machine.wrmsr(v.vcpu_id, MSR_KVM_SYSTEM_TIME_NEW, g.pvti_offset(v.vcpu_id) | 1)
+            sim.moment(
+                self._level(a["vm"]),
+                step.note or f"vCPU {v.vcpu_id} hotplugged (host-initiated TSC write of 0)",
+            )
+
+        sim.at(step.t_ns, hotplug)
+
+    def _do_vcpu_migrate(self, step: Step) -> None:
+        a = step.args
+        sim = self.sim
+
+        def migrate() -> None:
+            self._vmm(a["vm"]).vm.migrate_vcpu(a["vcpu"], a["host_cpu"])
+            if step.note:
+                sim.moment(self._level(a["vm"]), step.note)
+
+        sim.at(step.t_ns, migrate)
+
+    def _do_rotate_vcpus(self, step: Step) -> None:
+        a = step.args
+        turn = [0]
+
+        def rotate() -> None:
+            vmm = self._vmm(a["vm"])
+            vm = vmm.vm
+            n = len(vmm.host.machine.cpus)
+            turn[0] += 1
+            for v in vm.vcpus:
+                vm.migrate_vcpu(v.vcpu_id, (v.vcpu_id + turn[0]) % n)
+
+        self.sim.world.every(a["period_ns"], rotate, start_ns=step.t_ns)
+        if step.note:
+            note = step.note
+            self.sim.at(step.t_ns, lambda: self.sim.moment(self._level(a["vm"]), note))
+
+    def _do_set_clock(self, step: Step) -> None:
+        from kvmclock.kvm.x86 import KVM_CLOCK_REALTIME
+
+        a = step.args
+        sim = self.sim
+
+        def set_clock() -> None:
+            vmm = self._vmm(a["vm"])
+            vm = vmm.vm
+            level = self._level(a["vm"])
+            if not a["realtime"]:
+                target = vm.get_clock().clock + a["step_ns"]
+                vm.set_clock(target)
+                vm.machine.run_on_cpu(0, lambda: None)
+                st = vm.vcpus[0].hv_clock.system_time
+                sim.moment(
+                    level,
+                    step.note
+                    or f"KVM_SET_CLOCK flags=0 clock={target}: next system_time={st} "
+                    f"(diff {st - target} ns)",
+                )
+                return
+            host = vmm.host
+            real = host.run_on_cpu(0, host.timekeeper.ktime_get_real_ns)
+            target = vm.get_clock().clock + a["step_ns"]
+            try:
+                vm.set_clock(target, KVM_CLOCK_REALTIME, real - a["lag_ns"])
+            except ValueError as exc:  # a profile without switch kvm_clock_realtime
+                sim.moment(level, f"KVM_SET_CLOCK flags=REALTIME refused: {exc}")
+                return
+            vm.machine.run_on_cpu(0, lambda: None)
+            st = vm.vcpus[0].hv_clock.system_time
+            sim.moment(
+                level,
+                step.note
+                or f"KVM_SET_CLOCK flags=REALTIME realtime {a['lag_text']} s behind: "
+                f"system_time={st} (advanced {st - target} ns)",
+            )
+
+        sim.at(step.t_ns, set_clock)
+
+    def _do_get_clock(self, step: Step) -> None:
+        a = step.args
+        sim = self.sim
+
+        def get() -> None:
+            d = self._vmm(a["vm"]).vm.get_clock()
+            sim.moment(
+                self._level(a["vm"]),
+                step.note
+                or f"KVM_GET_CLOCK clock={d.clock} flags={d.flags:#x} realtime={d.realtime} "
+                f"host_tsc={d.host_tsc}",
+            )
+
+        sim.at(step.t_ns, get)
+
+    def _do_tick_in_read_section(self, step: Step) -> None:
+        a = step.args
+        sim = self.sim
+        host = self.kernels[a["host"]]
+        tk = host.timekeeper
+        writer_cpu = 1 % len(host.machine.cpus)
+
+        def concurrent_tick() -> None:
+            tk.interleave = None  # one shot
+            before = tk.seq.sequence
+            host.run_on_cpu(writer_cpu, tk.update_wall_time)
+            sim.moment(
+                host.level,
+                f"{host.name}: tick on CPU {writer_cpu} inside a tk_core.seq read section "
+                f"(seq {before} -> {tk.seq.sequence})",
+            )
+
+        def trigger() -> None:
+            vm = self._vmm(a["vm"]).vm
+            vm.write_tsc(0, int(vm.machine.cpus[0].read_tsc()))
+            tk.interleave = concurrent_tick
+            try:
+                vm.machine.run_on_cpu(0, lambda: None)
+            finally:
+                tk.interleave = None
+
+        # At an exact tick time, scheduled before the tick's own event: the concurrent tick
+        # does the update (a full cycle_interval has elapsed), the regular one finds nothing.
+        tick = (NSEC_PER_SEC + self.plan.hz // 2) // self.plan.hz
+        sim.at((step.t_ns // tick) * tick, trigger)
+
+    # -- lifecycle (kvmclock.vmm.lifecycle) -----------------------------------------------
+    def _recipe(self, spec: tuple[str, dict[str, Any]]) -> Any:
+        from kvmclock.vmm import recipes
+
+        name, options = spec
+        return recipes.get(name, **options)
+
+    def _host_kernel(self, name: str) -> Kernel:
+        return self.kernels[name]
+
+    def _do_pause(self, step: Step) -> None:
+        a = step.args
+        self.sim.at(
+            step.t_ns,
+            lambda: self.lifecycle.pause(self._vmm(a["vm"]), self._recipe(a["recipe"])),
+        )
+
+    def _do_resume(self, step: Step) -> None:
+        a = step.args
+        self.sim.at(
+            step.t_ns,
+            lambda: self.lifecycle.resume(self._vmm(a["vm"]), self._recipe(a["recipe"])),
+        )
+
+    def _do_snapshot(self, step: Step) -> None:
+        a = step.args
+        self.sim.at(
+            step.t_ns,
+            lambda: self.lifecycle.snapshot(
+                self._vmm(a["vm"]), a["name"], self._recipe(a["recipe"])
+            ),
+        )
+
+    def _do_restore(self, step: Step) -> None:
+        a = step.args
+        self.sim.at(
+            step.t_ns,
+            lambda: self.lifecycle.restore(
+                a["snapshot"],
+                self._vmm(a["vm"]),
+                self._host_kernel(a["host"]),
+                self._recipe(a["recipe"]),
+            ),
+        )
+
+    def _do_migrate(self, step: Step) -> None:
+        a = step.args
+        self.sim.at(
+            step.t_ns,
+            lambda: self.lifecycle.migrate(
+                self._vmm(a["vm"]),
+                self._host_kernel(a["host"]),
+                self._recipe(a["recipe"]),
+                a["downtime_ns"],
+                a["precopy_ns"],
+            ),
+        )
+
+    def _do_host_suspend(self, step: Step) -> None:
+        from kvmclock.kernel import RESUME_TSC_CYCLES
+
+        a = step.args
+
+        def suspend() -> None:
+            host = self._host_kernel(a["host"])
+            on_it = [v for v in self.vmms.values() if v.host is host]
+            cycles = a["tsc_cycles"] if a["tsc_cycles"] is not None else RESUME_TSC_CYCLES
+            self.lifecycle.host_suspend(host, on_it, a["duration_ns"], cycles)
+
+        self.sim.at(step.t_ns, suspend)
+
+
+# --------------------------------------------------------------------------------------------
+# the run dict
+# --------------------------------------------------------------------------------------------
+def _own_vm(sim: Sim, k: Kernel) -> Any:
+    """The KVM VM whose machine ``k`` runs on (None for a host kernel)."""
+    if k.level == 0:
+        return None
+    for other in sim.kernels:
+        if other.kvm is None:
+            continue
+        for vm in other.kvm.vm_list:
+            if vm.machine is k.machine:
+                return vm
+    return None
+
+
+def _level_entry(sim: Sim, k: Kernel) -> dict[str, Any]:
+    own_vm = k.kvm.vm_list[0] if k.kvm is not None and k.kvm.vm_list else None
+    host_vm = _own_vm(sim, k)
+    assert sim.recorder is not None
+    st = sim.recorder.stats_of(k)
+    stable_tl = [list(e) for e in host_vm.pvclock_stable_timeline] if host_vm is not None else []
+    return {
+        "level": k.level,
+        "name": k.name,
+        "clocksource": k.timekeeper.clock.name,
+        "masterclock": own_vm.use_master_clock if own_vm is not None else None,
+        "pvclock_stable": (bool(stable_tl[-1][1]) if stable_tl else False)
+        if host_vm is not None
+        else None,
+        "masterclock_timeline": [list(e) for e in own_vm.masterclock_timeline]
+        if own_vm is not None
+        else [],
+        "pvclock_stable_timeline": stable_tl,
+        "masterclock_updates": k.kvm.counters["masterclock_updates"] if k.kvm is not None else 0,
+        "notifier_calls": k.kvm.counters["notifier_calls"] if k.kvm is not None else 0,
+        "gtod_copies": k.kvm.counters["gtod_copies"] if k.kvm is not None else 0,
+        "guest_backwards": st.guest_backwards,
+        "guest_backwards_stable": st.guest_backwards_stable,
+        "guest_backwards_reanchor": st.guest_backwards_reanchor,
+        "max_reanchor_step_ns": st.max_reanchor_step_ns,
+        "guest_backwards_clamped": st.guest_backwards_clamped,
+        "guest_backwards_unclamped": st.guest_backwards_unclamped,
+        "backwards_events": st.backwards_events,
+        "guest_reads": st.guest_reads,
+        "max_cross_vcpu_skew_ns": st.max_cross_vcpu_skew_ns,
+        "last_value_clamp_hits": st.last_value_clamp_hits,
+        "timekeeping_updates": k.counters["timekeeping_updates"],
+        "tsc_unstable": k.tsc_unstable,
+        "vcpus": len(k.machine.cpus),
+        "kvm_entries": k.kvm.counters["entries"] if k.kvm is not None else 0,
+        "clock_definitions": dict(st.max_abs),
+    }
+
+
+def _moments(sim: Sim, level_of: dict[str, int]) -> list[list[Any]]:
+    """Key moments in execution order: KVM/scenario moments and the clocksource printks."""
+    keys = ("Switched to clocksource", "unstable", "Marking")
+    out: list[list[Any]] = []
+    for ev in sim.world.events:
+        kind = ev.get("kind")
+        if kind == "moment":
+            out.append([ev["t_ns"], ev["level"], str(ev["text"])])
+        elif kind == "printk" and any(s in str(ev.get("text", "")) for s in keys):
+            out.append(
+                [
+                    ev["t_ns"],
+                    level_of.get(str(ev.get("kernel")), 0),
+                    f"{ev.get('kernel')}: {ev.get('text')}",
+                ]
+            )
+    return out

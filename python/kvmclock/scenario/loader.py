@@ -1,0 +1,996 @@
+"""Reading, checking and resolving scenario files (docs/scenarios.md).
+
+:func:`load` / :func:`loads` parse the TOML (stdlib ``tomllib``; ``tomli`` on Python 3.10),
+check its structure with the pydantic models of :mod:`kvmclock.scenario.model`, then resolve
+it with the parameters' defaults (:func:`resolve`, ``strict``) so that every cross check runs
+before anything is simulated: times in order and within ``run.duration_s``, VMs on known
+hosts, actions on VMs that exist at that time, vCPU and host CPU numbers that exist, a
+snapshot taken before it is restored, names used once.  Every problem is one
+:class:`~kvmclock.errors.ScenarioFileError` naming the file, the key path
+(``timeline[3].vm``; the line for a TOML syntax error) and what is allowed.
+
+Parameters given for a run (``--param``, ``run_scenario(**params)``) are checked against the
+declarations in ``[params]`` (:func:`check_params`, the messages of
+:class:`~kvmclock.errors.ScenarioError`), then the file is resolved again with them
+(non-strict: entries are run in time order, an entry whose time falls before the start is
+skipped and one after the end is not reached).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from importlib import resources
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from kvmclock.errors import ScenarioError, ScenarioFileError
+from kvmclock.scenario.expr import ExprError, evaluate, is_expr, to_fraction
+from kvmclock.scenario.model import (
+    ACTION_MODELS,
+    CloudHypervisorRecipe,
+    FirecrackerRecipe,
+    HostSpec,
+    NaiveRecipe,
+    ParamSpec,
+    QemuRecipe,
+    RunSpec,
+    ScenarioModel,
+    VmSpec,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "KTIME_MAX_NS",
+    "Param",
+    "Plan",
+    "ScenarioFile",
+    "Step",
+    "builtin_names",
+    "check_params",
+    "load",
+    "load_builtin",
+    "loads",
+    "resolve",
+]
+
+NSEC_PER_SEC = 1_000_000_000
+NSEC_PER_MSEC = 1_000_000
+# ktime_t is an s64 of ns (include/linux/ktime.h KTIME_MAX): no simulated time lies beyond it.
+KTIME_MAX_NS = (1 << 63) - 1
+U32_MAX = 0xFFFFFFFF
+U64_MAX = (1 << 64) - 1
+MAX_CPUS = 64
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --------------------------------------------------------------------------------------------
+# parameters
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    """A declared parameter: ``default``, ``type`` (int, number, seconds, str, bool), the
+    inclusive ``min``/``max`` (``exclusive_min``: ``> min``), ``choices`` and ``doc``."""
+
+    name: str
+    default: Any
+    type: str
+    min: int | float | None = None
+    max: int | float | None = None
+    exclusive_min: bool = False
+    choices: tuple[str, ...] | None = None
+    doc: str | None = None
+
+    def check(self, v: Any) -> None:
+        """ScenarioError (a ValueError) naming the parameter and what it may be."""
+        key = self.name
+        if self.type == "int":
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ScenarioError(f"{key}={v!r} must be an int")
+            lo = self.min if self.min is not None else "-inf"
+            hi = self.max if self.max is not None else "inf"
+            if (self.min is not None and v < self.min) or (self.max is not None and v > self.max):
+                raise ScenarioError(f"{key}={v} out of range ({lo}..{hi})")
+        elif self.type in ("seconds", "number"):
+            unit = " seconds" if self.type == "seconds" else ""
+            what = "a number of seconds" if self.type == "seconds" else "a number"
+            if isinstance(v, bool) or not isinstance(v, (int, float, str, Fraction)):
+                raise ScenarioError(f"{key}={v!r} must be {what}")
+            try:
+                f = to_fraction(v)
+            except ExprError:
+                raise ScenarioError(f"{key}={v!r} is not {what}") from None
+            low = self.min if self.min is not None else (0 if self.type == "seconds" else None)
+            if low is not None:
+                lo_f = to_fraction(low)
+                if self.exclusive_min and f <= lo_f:
+                    raise ScenarioError(f"{key}={v!r} must be > {low}{unit}")
+                if f < lo_f:
+                    raise ScenarioError(f"{key}={v!r} must be >= {low}{unit}")
+            if self.max is not None and f > to_fraction(self.max):
+                raise ScenarioError(f"{key}={v!r} must be <= {self.max}{unit}")
+            if self.type == "seconds" and int(f * NSEC_PER_SEC) > KTIME_MAX_NS:
+                raise ScenarioError(
+                    f"{key}={v!r} is beyond the kernel's ktime_t range "
+                    f"(at most {KTIME_MAX_NS} ns, about 292 years)"
+                )
+        elif self.type == "str":
+            ok = isinstance(v, str) or (v is None and self.choices is not None)
+            if self.choices is not None:
+                ok = (v is None and "none" in self.choices) or v in self.choices
+                if not ok:
+                    raise ScenarioError(
+                        f"{key}={v!r} invalid; choose one of: {', '.join(self.choices)}"
+                    )
+            elif not ok:
+                raise ScenarioError(f"{key}={v!r} must be a string")
+        elif self.type == "bool" and not isinstance(v, bool):
+            raise ScenarioError(f"{key}={v!r} must be true or false")
+
+
+def _declare(label: str, name: str, decl: Any) -> Param:
+    key = f"params.{name}"
+    if not _IDENT.match(name):
+        raise ScenarioFileError(
+            label, key, "a parameter name is letters, digits and _ (not starting with a digit)"
+        )
+    if isinstance(decl, ParamSpec):
+        d = decl.default
+        typ = decl.type or _infer_type(d)
+        param = Param(
+            name,
+            d,
+            typ,
+            decl.min,
+            decl.max,
+            decl.exclusive_min,
+            tuple(decl.choices) if decl.choices is not None else None,
+            decl.doc,
+        )
+        if decl.choices is not None and typ != "str":
+            raise ScenarioFileError(label, key, "choices are only for type = \"str\"")
+        if (decl.min is not None or decl.max is not None) and typ not in (
+            "int",
+            "number",
+            "seconds",
+        ):
+            raise ScenarioFileError(label, key, "min/max are only for int, number and seconds")
+    else:
+        param = Param(name, decl, _infer_type(decl))
+    if is_expr(param.default):
+        raise ScenarioFileError(label, key, "a parameter's default is a value, not an expression")
+    try:
+        param.check(param.default)
+    except ScenarioError as exc:
+        raise ScenarioFileError(label, f"{key}.default", str(exc)) from None
+    return param
+
+
+def _infer_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "number"
+    return "str"
+
+
+def check_params(
+    scenario: str, decls: Mapping[str, Param], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The parameter values of one run (defaults, then ``given``) in declaration order;
+    ScenarioError for an unknown name (listing the valid ones) or a value out of range."""
+    unknown = sorted(set(given) - set(decls))
+    if unknown:
+        raise ScenarioError(
+            f"scenario {scenario!r} has no parameter {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(decls)) or 'none'}"
+        )
+    p = {name: given.get(name, d.default) for name, d in decls.items()}
+    for name, v in p.items():
+        decls[name].check(v)
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# the loaded file
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScenarioFile:
+    """A checked scenario file: ``label`` (its path, or ``builtin:NAME.toml``), the TOML
+    ``text``, the validated ``model`` and the declared ``params``."""
+
+    label: str
+    text: str
+    model: ScenarioModel
+    params: dict[str, Param]
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def description(self) -> str:
+        return self.model.description
+
+    def defaults(self) -> dict[str, Any]:
+        """Parameter name -> default value."""
+        return {n: p.default for n, p in self.params.items()}
+
+
+def load(path: str) -> ScenarioFile:
+    """Read and check the scenario file at ``path`` (ScenarioFileError if it cannot be read
+    or is not a valid scenario)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ScenarioFileError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ScenarioFileError(str(path), None, "not UTF-8 text (a TOML file is)") from None
+    return loads(text, str(path))
+
+
+def loads(text: str, label: str = "<scenario>") -> ScenarioFile:
+    """Check TOML ``text`` as a scenario file named ``label`` in messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)", msg)
+        line = int(m.group(1)) if m else None
+        if m:
+            msg = f"column {m.group(2)}: {msg[: m.start()] + msg[m.end() :]}"
+        raise ScenarioFileError(label, None, f"TOML syntax error at {msg}", line=line) from None
+    try:
+        model = ScenarioModel.model_validate(data)
+    except ValidationError as exc:
+        key, message = _explain(exc)
+        raise ScenarioFileError(label, key, message) from None
+    params = {name: _declare(label, name, d) for name, d in model.params.items()}
+    sf = ScenarioFile(label, text, model, params)
+    resolve(sf, sf.defaults(), strict=True)
+    return sf
+
+
+_BUILTIN_CACHE: dict[str, ScenarioFile] = {}
+
+
+def builtin_names() -> list[str]:
+    """The built-in scenarios shipped in ``kvmclock/scenario/builtin`` (their order in
+    ``index.txt``)."""
+    pkg = resources.files("kvmclock.scenario") / "builtin"
+    return [
+        ln.strip()
+        for ln in (pkg / "index.txt").read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+
+
+def load_builtin(name: str) -> ScenarioFile:
+    """The built-in scenario ``name`` (KeyError if there is none)."""
+    if name not in _BUILTIN_CACHE:
+        if name not in builtin_names():
+            raise KeyError(name)
+        res = resources.files("kvmclock.scenario") / "builtin" / f"{name}.toml"
+        _BUILTIN_CACHE[name] = loads(res.read_text(encoding="utf-8"), f"builtin:{name}.toml")
+    return _BUILTIN_CACHE[name]
+
+
+# --------------------------------------------------------------------------------------------
+# pydantic errors -> one line
+# --------------------------------------------------------------------------------------------
+_ACTION_BY_TAG: dict[str, type[BaseModel]] = {
+    m.model_fields["action"].annotation.__args__[0]: m  # type: ignore[union-attr]
+    for m in ACTION_MODELS
+}
+_RECIPE_BY_TAG: dict[str, type[BaseModel]] = {
+    "qemu": QemuRecipe,
+    "firecracker": FirecrackerRecipe,
+    "cloud-hypervisor": CloudHypervisorRecipe,
+    "naive": NaiveRecipe,
+}
+_CHILD: dict[tuple[str, str], Any] = {
+    ("ScenarioModel", "run"): RunSpec,
+    ("ScenarioModel", "host"): HostSpec,
+    ("ScenarioModel", "vm"): VmSpec,
+    ("ScenarioModel", "timeline"): "action",
+    ("ScenarioModel", "params"): "params",
+    ("RunSpec", "switches"): "switches",
+}
+_KINDS = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_pattern_mismatch": "an expression string ('=...')",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "dict_type": "a table",
+    "string_too_short": "a non-empty string",
+}
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[list[str], Any]:
+    parts: list[str] = []
+    cur: Any = ScenarioModel
+    for el in loc:
+        if isinstance(el, int):
+            if parts:
+                parts[-1] += f"[{el}]"
+            else:
+                parts.append(f"[{el}]")
+            continue
+        if isinstance(cur, type) and issubclass(cur, BaseModel) and el in cur.model_fields:
+            parts.append(el)
+            nxt = _CHILD.get((cur.__name__, el))
+            if nxt is None and el == "recipe":
+                nxt = "recipe"
+            cur = nxt
+        elif cur == "action" and el in _ACTION_BY_TAG:
+            cur = _ACTION_BY_TAG[el]
+        elif cur == "recipe" and el in _RECIPE_BY_TAG:
+            cur = _RECIPE_BY_TAG[el]
+        elif cur == "params":
+            parts.append(el)
+            cur = "param"
+        elif cur == "param" and el == "ParamSpec":
+            cur = ParamSpec
+        elif cur == "switches":
+            parts.append(el)
+            cur = None
+        # else: a union member's label ('int', 'constrained-str', 'literal[...]', ...)
+    return parts, cur
+
+
+def _allowed(cur: Any) -> str:
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return ", ".join(cur.model_fields)
+    return "none"
+
+
+def _explain(exc: ValidationError) -> tuple[str | None, str]:
+    errors = exc.errors()
+    walked: list[tuple[list[str], Any, Any, str | None]] = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden":
+            parts, cur = _walk(loc[:-1])
+            walked.append((parts, e, cur, str(loc[-1])))
+        else:
+            parts, cur = _walk(loc)
+            walked.append((parts, e, cur, None))
+    first = walked[0][0]
+    group = [w for w in walked if w[0] == first]
+    # a table the user clearly meant (an unknown or missing key in it) is the best message
+    for parts, _e, cur, extra in group:
+        if extra is not None:
+            return ".".join([*parts, extra]), f"unknown key; allowed here: {_allowed(cur)}"
+    for parts, e, _cur, _ in group:
+        if e["type"] == "missing":
+            return ".".join(parts), "missing (a required key)"
+    parts, e, cur, _ = group[0]
+    key: str | None = ".".join(parts) or None
+    ctx = e.get("ctx") or {}
+    if e["type"] == "union_tag_invalid":
+        return (
+            f"{key}.action" if key else "action",
+            f"{ctx.get('tag')!r} unknown; allowed: "
+            + str(ctx.get("expected_tags", "")).replace("'", ""),
+        )
+    if e["type"] == "union_tag_not_found":
+        allowed = ", ".join(_ACTION_BY_TAG)
+        return f"{key}.action" if key else "action", f"missing; one of: {allowed}"
+    if e["type"] == "too_short" and key == "host":
+        return key, "at least one [[host]] table is needed"
+    kinds: list[str] = []
+    for _p, err, _c, _x in group:
+        if err["type"] == "literal_error":
+            k = "one of " + str((err.get("ctx") or {}).get("expected", ""))
+        elif err["type"] == "string_type" and tuple(err["loc"])[-1] == "constrained-str":
+            k = _KINDS["string_pattern_mismatch"]
+        else:
+            k = _KINDS.get(err["type"], err["msg"])
+        if k not in kinds:
+            kinds.append(k)
+    if "a number" in kinds and "an integer" in kinds:
+        kinds.remove("an integer")
+    return key, f"{e['input']!r} is not allowed; expected {' or '.join(kinds)}"
+
+
+# --------------------------------------------------------------------------------------------
+# resolution: expressions -> values, cross checks -> a plan
+# --------------------------------------------------------------------------------------------
+@dataclass
+class HostPlan:
+    name: str
+    cpus: int
+    tsc_khz: int
+    tsc_skew_cycles: int
+    drift_ppm: Fraction
+    tsc_scaling: str
+    hpet: bool
+    acpi_pm: bool
+
+
+@dataclass
+class VmPlan:
+    name: str
+    host: str
+    vcpus: int
+    tsc_khz: int | None
+    kvm: bool
+    created_ns: int
+    at_start: bool
+    features: frozenset[str]
+    clocksource: str | None
+    level: int
+    khz: int  # the guest TSC kHz in effect (requested, else the host machine's)
+
+
+@dataclass
+class Step:
+    """One resolved timeline entry: ``t_ns``, its ``key`` (``timeline[i]``), ``action`` and
+    the resolved ``args``."""
+
+    t_ns: int
+    key: str
+    action: str
+    args: dict[str, Any]
+    note: str | None = None
+
+
+@dataclass
+class Plan:
+    """A scenario with every value known: what the engine builds and runs."""
+
+    name: str
+    params: dict[str, Any]
+    duration_ns: int
+    hz: int
+    sample_ms: int
+    fault: str | None
+    spin_limit: int
+    profiles: list[str]
+    switches: dict[str, Any]
+    seed: int
+    hosts: list[HostPlan]
+    vms: list[VmPlan]
+    start_ns: int
+    steps: list[Step] = field(default_factory=list)
+    shared_levels: bool = False
+
+
+def fmt_number(v: Any) -> str:
+    """A parameter value or exact number as text (``5``, ``0.05``, ``1/3``)."""
+    if isinstance(v, Fraction):
+        if v.denominator == 1:
+            return str(v.numerator)
+        d = v.denominator
+        while d % 2 == 0:
+            d //= 2
+        while d % 5 == 0:
+            d //= 5
+        if d == 1:
+            return format(Decimal(v.numerator) / Decimal(v.denominator), "f")
+        return str(v)
+    return str(v)
+
+
+def _fmt_s(ns: int) -> str:
+    return fmt_number(Fraction(ns, NSEC_PER_SEC)) + " s"
+
+
+class _Resolver:
+    def __init__(self, sf: ScenarioFile, p: Mapping[str, Any], strict: bool) -> None:
+        self.sf = sf
+        self.p = p
+        self.strict = strict
+
+    def err(self, key: str | None, msg: str) -> ScenarioFileError:
+        if not self.strict:
+            msg += " (with the parameters of this run)"
+        return ScenarioFileError(self.sf.label, key, msg)
+
+    def val(self, raw: Any, key: str) -> Any:
+        if is_expr(raw):
+            try:
+                return evaluate(raw, self.p)
+            except ExprError as exc:
+                raise self.err(key, str(exc)) from None
+        return raw
+
+    def show(self, raw: Any, v: Any) -> str:
+        return f"{raw!r} = {fmt_number(v)}" if is_expr(raw) else fmt_number(v)
+
+    def num(self, raw: Any, key: str) -> Fraction:
+        v = self.val(raw, key)
+        try:
+            return to_fraction(v)
+        except ExprError as exc:
+            raise self.err(key, f"{raw!r}: {exc}") from None
+
+    def int_(self, raw: Any, key: str, lo: int | None = None, hi: int | None = None) -> int:
+        f = self.num(raw, key)
+        if f.denominator != 1:
+            raise self.err(key, f"{self.show(raw, f)} is not an integer")
+        v = int(f)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+            raise self.err(key, f"{self.show(raw, v)} out of range ({rng})")
+        return v
+
+    def ns(self, raw: Any, key: str, *, positive: bool = False) -> int:
+        f = self.num(raw, key)
+        ns = int(f * NSEC_PER_SEC)
+        if positive and ns <= 0:
+            raise self.err(key, f"{self.show(raw, f)} s must be > 0 seconds")
+        if ns < 0:
+            raise self.err(key, f"{self.show(raw, f)} s must be >= 0 seconds")
+        if ns > KTIME_MAX_NS:
+            raise self.err(key, f"{self.show(raw, f)} s is beyond the kernel's ktime_t range")
+        return ns
+
+    def str_(self, raw: Any, key: str) -> str:
+        v = self.val(raw, key)
+        if not isinstance(v, str):
+            raise self.err(key, f"{self.show(raw, v)} is not a name")
+        return v
+
+    def recipe(self, raw: Any, key: str) -> tuple[str, dict[str, Any]]:
+        if isinstance(raw, str):
+            return raw, {}
+        opts: dict[str, Any] = {}
+        for k, v in raw.model_dump(exclude={"name"}).items():
+            if v is None:
+                continue
+            if k in ("gap_ms", "vcpu_restore_us"):
+                f = self.num(v, f"{key}.{k}")
+                if f < 0:
+                    raise self.err(f"{key}.{k}", f"{self.show(v, f)} must be >= 0")
+                if k == "vcpu_restore_us" and f.denominator != 1:
+                    raise self.err(f"{key}.{k}", f"{self.show(v, f)} is not an integer")
+                v = int(f) if f.denominator == 1 else float(f)
+            opts[k] = v
+        return str(raw.name), opts
+
+
+def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
+    """The plan of ``sf`` with parameter values ``p`` (already checked).  ``strict`` (the
+    file with its defaults, at load) also refuses entries out of time order, before the start
+    or past ``run.duration_s``; otherwise entries run in time order (stable), one before the
+    start is skipped and one past the end is not reached."""
+    from kvmclock.kvm.x86 import FAULTS
+    from kvmclock.profiles import PROFILES, SWITCHES
+
+    r = _Resolver(sf, p, strict)
+    m = sf.model
+    run = m.run
+    duration_ns = r.ns(run.duration_s, "run.duration_s", positive=True)
+    hz = r.int_(run.hz, "run.hz", 1, 10_000)
+    sample_ms = r.int_(run.sample_ms, "run.sample_ms", 1)
+    spin_limit = r.int_(run.spin_limit, "run.spin_limit", 1)
+    fault_v = r.val(run.fault, "run.fault") if run.fault is not None else None
+    if fault_v not in (None, "none", *FAULTS):
+        raise r.err("run.fault", f"{fault_v!r} invalid; choose one of: none, {', '.join(FAULTS)}")
+    fault = None if fault_v in (None, "none") else str(fault_v)
+    profiles = [run.profiles] if isinstance(run.profiles, str) else list(run.profiles)
+    for i, name in enumerate(profiles):
+        if name not in PROFILES:
+            raise r.err(
+                f"run.profiles[{i}]", f"{name!r} unknown; choose from {', '.join(PROFILES)}"
+            )
+    if not profiles:
+        raise r.err("run.profiles", f"empty; choose from {', '.join(PROFILES)}")
+    for sw, sw_value in run.switches.items():
+        if sw not in SWITCHES:
+            raise r.err(
+                f"run.switches.{sw}", f"unknown switch; valid: {', '.join(SWITCHES)}"
+            )
+        try:
+            SWITCHES[sw].check(sw_value)
+        except ValueError as exc:
+            raise r.err(f"run.switches.{sw}", str(exc)) from None
+
+    names: dict[str, str] = {}
+
+    def unique(name: str, key: str) -> None:
+        if name in names:
+            raise r.err(
+                key, f"name {name!r} already used by {names[name]}; host and VM names are unique"
+            )
+        names[name] = key
+
+    hosts: list[HostPlan] = []
+    for i, h in enumerate(m.host):
+        key = f"host[{i}]"
+        name = r.str_(h.name, f"{key}.name")
+        unique(name, f"{key}.name")
+        khz = r.int_(h.tsc_khz, f"{key}.tsc_khz", 1, U32_MAX)
+        if h.tsc_skew_us is not None and h.tsc_skew_cycles is not None:
+            raise r.err(f"{key}.tsc_skew_cycles", "give tsc_skew_us or tsc_skew_cycles, not both")
+        skew = 0
+        if h.tsc_skew_cycles is not None:
+            skew = r.int_(h.tsc_skew_cycles, f"{key}.tsc_skew_cycles", 0)
+        elif h.tsc_skew_us is not None:
+            us = r.num(h.tsc_skew_us, f"{key}.tsc_skew_us")
+            if us < 0:
+                raise r.err(f"{key}.tsc_skew_us", f"{r.show(h.tsc_skew_us, us)} must be >= 0")
+            skew = int(khz * us // 1000)
+        drift = r.num(h.drift_ppm, f"{key}.drift_ppm")
+        if drift <= -1_000_000:
+            raise r.err(f"{key}.drift_ppm", f"{r.show(h.drift_ppm, drift)} must be > -1000000")
+        hosts.append(
+            HostPlan(
+                name,
+                r.int_(h.cpus, f"{key}.cpus", 1, MAX_CPUS),
+                khz,
+                skew,
+                drift,
+                h.tsc_scaling,
+                h.hpet,
+                h.acpi_pm,
+            )
+        )
+    host_by = {h.name: h for h in hosts}
+
+    vms: list[VmPlan] = []
+    vm_by: dict[str, VmPlan] = {}
+    boot = sum(1 for v in m.vm if v.created_at_s is None)
+    start_ns = boot * NSEC_PER_MSEC
+    k_boot = 0
+    all_vm_names = [v.name for v in m.vm]
+    for i, v in enumerate(m.vm):
+        key = f"vm[{i}]"
+        name = r.str_(v.name, f"{key}.name")
+        unique(name, f"{key}.name")
+        host = r.str_(v.host, f"{key}.host")
+        if host in host_by:
+            level, host_khz = 1, host_by[host].tsc_khz
+            parent_ns = 0
+        elif host in vm_by:
+            pv = vm_by[host]
+            if not pv.kvm:
+                raise r.err(
+                    f"{key}.host",
+                    f"VM {host!r} does not run KVM; set kvm = true on it to nest VMs in it",
+                )
+            level, host_khz, parent_ns = pv.level + 1, pv.khz, pv.created_ns
+        elif host in all_vm_names:
+            raise r.err(f"{key}.host", f"VM {host!r} is defined later; define it before {name!r}")
+        else:
+            allowed = [h.name for h in hosts] + [x.name for x in vms if x.kvm]
+            raise r.err(f"{key}.host", f"unknown host {host!r}; hosts: {', '.join(allowed)}")
+        if v.created_at_s is None:
+            k_boot += 1
+            created = k_boot * NSEC_PER_MSEC
+        else:
+            created = r.ns(v.created_at_s, f"{key}.created_at_s")
+            if created < start_ns:
+                raise r.err(
+                    f"{key}.created_at_s",
+                    f"{_fmt_s(created)} is before the start at {_fmt_s(start_ns)} (the VMs "
+                    "without created_at_s are created first, 1 ms apart)",
+                )
+            if strict and created > duration_ns:
+                raise r.err(
+                    f"{key}.created_at_s",
+                    f"{_fmt_s(created)} is past run.duration_s = {_fmt_s(duration_ns)}",
+                )
+        if created < parent_ns:
+            raise r.err(
+                f"{key}.created_at_s",
+                f"{_fmt_s(created)}: its host VM {host!r} is created only at {_fmt_s(parent_ns)}",
+            )
+        tsc_khz = None if v.tsc_khz is None else r.int_(v.tsc_khz, f"{key}.tsc_khz", 1, U32_MAX)
+        feats = {
+            f
+            for f, on in (
+                ("kvmclock", v.kvmclock),
+                ("kvmclock_stable_bit", v.stable_bit),
+                ("constant_tsc", v.constant_tsc),
+                ("nonstop_tsc", v.invariant_tsc),
+                ("tsc_reliable", v.tsc_reliable),
+                ("hpet", v.hpet),
+                ("acpi_pm", v.acpi_pm),
+            )
+            if on
+        }
+        need = {"kvm-clock": "kvmclock", "hpet": "hpet", "acpi_pm": "acpi_pm"}.get(
+            v.clocksource or ""
+        )
+        if need is not None and need not in feats:
+            raise r.err(
+                f"{key}.clocksource",
+                f"{v.clocksource!r} needs {need} = true on this VM",
+            )
+        plan = VmPlan(
+            name,
+            host,
+            r.int_(v.vcpus, f"{key}.vcpus", 1, MAX_CPUS),
+            tsc_khz,
+            v.kvm,
+            created,
+            v.created_at_s is None,
+            frozenset(feats),
+            v.clocksource,
+            level,
+            tsc_khz if tsc_khz is not None else host_khz,
+        )
+        vms.append(plan)
+        vm_by[name] = plan
+    levels = [v.level for v in vms]
+    shared = len(levels) != len(set(levels))
+
+    # -- timeline ------------------------------------------------------------------------
+    timed: list[tuple[int, int, Any]] = []
+    prev: tuple[int, str] | None = None
+    for i, a in enumerate(m.timeline):
+        key = f"timeline[{i}]"
+        t = r.ns(a.at_s, f"{key}.at_s")
+        if strict:
+            if t < start_ns:
+                raise r.err(
+                    f"{key}.at_s",
+                    f"{_fmt_s(t)} is before the start at {_fmt_s(start_ns)} (after the VMs "
+                    "without created_at_s, created 1 ms apart)",
+                )
+            if prev is not None and t < prev[0]:
+                raise r.err(
+                    f"{key}.at_s",
+                    f"{_fmt_s(t)} is before {prev[1]}.at_s = {_fmt_s(prev[0])}; "
+                    "entries must be in time order",
+                )
+            if t > duration_ns:
+                raise r.err(
+                    f"{key}.at_s", f"{_fmt_s(t)} is past run.duration_s = {_fmt_s(duration_ns)}"
+                )
+        prev = (t, key)
+        timed.append((t, i, a))
+    timed.sort(key=lambda x: x[0])
+
+    state = _State(r, host_by, vm_by)
+    steps = [state.step(t, f"timeline[{i}]", a) for t, i, a in timed]
+    return Plan(
+        m.name,
+        dict(p),
+        duration_ns,
+        hz,
+        sample_ms,
+        fault,
+        spin_limit,
+        profiles,
+        dict(run.switches),
+        run.seed,
+        hosts,
+        vms,
+        start_ns,
+        steps,
+        shared,
+    )
+
+
+class _State:
+    """What exists at each point of the timeline (walked in time order)."""
+
+    def __init__(
+        self, r: _Resolver, hosts: dict[str, HostPlan], vms: dict[str, VmPlan]
+    ) -> None:
+        self.r = r
+        self.hosts = hosts
+        self.vms = vms
+        self.vcpus = {n: v.vcpus for n, v in vms.items()}
+        self.where = {n: v.host for n, v in vms.items()}
+        self.paused: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.snapshots: dict[str, str] = {}
+
+    def vm(self, raw: Any, key: str, t: int) -> str:
+        r = self.r
+        name = r.str_(raw, key)
+        if name not in self.vms:
+            raise r.err(key, f"unknown VM {name!r}; VMs: {', '.join(self.vms) or 'none'}")
+        created = self.vms[name].created_ns
+        if t < created:
+            raise r.err(
+                key,
+                f"VM {name!r} does not exist yet at {_fmt_s(t)} (created_at_s = "
+                f"{_fmt_s(created)})",
+            )
+        return name
+
+    def host(self, raw: Any, key: str, *, physical: bool = True) -> str:
+        r = self.r
+        name = r.str_(raw, key)
+        if name in self.hosts:
+            return name
+        if not physical and name in self.vms and self.vms[name].kvm:
+            return name
+        allowed = list(self.hosts) + ([n for n, v in self.vms.items() if v.kvm] if not physical
+                                      else [])
+        raise r.err(key, f"unknown host {name!r}; hosts: {', '.join(allowed)}")
+
+    def host_cpus(self, host: str) -> int:
+        return self.hosts[host].cpus if host in self.hosts else self.vcpus[host]
+
+    def movable(self, vm: str, key: str) -> None:
+        inside = [n for n, h in self.where.items() if h == vm]
+        if inside:
+            raise self.r.err(
+                key,
+                f"VM {vm!r} runs VMs of its own ({', '.join(inside)}); moving a nested "
+                "hypervisor is not modelled",
+            )
+
+    def vcpu(self, raw: Any, key: str, vm: str) -> int:
+        n = self.vcpus[vm]
+        v = self.r.int_(raw, key)
+        if not 0 <= v < n:
+            raise self.r.err(key, f"vCPU {v} does not exist; VM {vm!r} has vCPUs 0..{n - 1}")
+        return v
+
+    def step(self, t: int, key: str, a: Any) -> Step:
+        r = self.r
+        kind = a.action
+        args: dict[str, Any] = {}
+        if kind == "tsc_write":
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            if (a.value is None) == (a.relative_to is None):
+                raise r.err(key, "give value or relative_to (with ahead_ms), exactly one")
+            args["vcpu"] = "all" if a.vcpu == "all" else self.vcpu(a.vcpu, f"{key}.vcpu", vm)
+            if a.value is not None:
+                if args["vcpu"] == "all":
+                    raise r.err(f"{key}.vcpu", "'all' writes relative_to's TSC: give relative_to")
+                args["value"] = r.int_(a.value, f"{key}.value", 0, U64_MAX)
+                if a.ahead_ms != 0:
+                    raise r.err(f"{key}.ahead_ms", "only with relative_to")
+            else:
+                args["relative_to"] = self.vcpu(a.relative_to, f"{key}.relative_to", vm)
+                ms = r.num(a.ahead_ms, f"{key}.ahead_ms")
+                cycles = self.vms[vm].khz * ms
+                if cycles.denominator != 1:
+                    raise r.err(
+                        f"{key}.ahead_ms",
+                        f"{r.show(a.ahead_ms, ms)} ms is not a whole number of cycles at "
+                        f"{self.vms[vm].khz} kHz",
+                    )
+                args["ahead_cycles"] = int(cycles)
+            args["host_initiated"] = a.host_initiated
+        elif kind == "vcpu_hotplug":
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            if self.vcpus[vm] >= MAX_CPUS:
+                raise r.err(f"{key}.vm", f"VM {vm!r} already has {MAX_CPUS} vCPUs (the most)")
+            self.vcpus[vm] += 1
+        elif kind == "vcpu_migrate":
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            args["vcpu"] = self.vcpu(a.vcpu, f"{key}.vcpu", vm)
+            args["host_cpu"] = r.int_(
+                a.host_cpu, f"{key}.host_cpu", 0, self.host_cpus(self.where[vm]) - 1
+            )
+        elif kind == "rotate_vcpus":
+            args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            ms = r.num(a.every_ms, f"{key}.every_ms")
+            period = int(ms * NSEC_PER_MSEC)
+            if period <= 0:
+                raise r.err(f"{key}.every_ms", f"{r.show(a.every_ms, ms)} must be > 0 ms")
+            args["period_ns"] = period
+        elif kind == "tsc_jump":
+            host = args["host"] = self.host(a.host, f"{key}.host")
+            n = self.hosts[host].cpus
+            if a.cpus == "all":
+                args["cpus"] = "all"
+            else:
+                cpus = [r.int_(c, f"{key}.cpus[{j}]", 0, n - 1) for j, c in enumerate(a.cpus)]
+                if not cpus or len(set(cpus)) != len(cpus):
+                    raise r.err(f"{key}.cpus", "a non-empty list of distinct host CPUs, or 'all'")
+                args["cpus"] = cpus
+            if (a.cycles is None) == (a.ms is None):
+                raise r.err(key, "give cycles or ms, exactly one")
+            if a.cycles is not None:
+                args["cycles"] = r.int_(a.cycles, f"{key}.cycles")
+                args["ms"] = None
+            else:
+                ms = r.num(a.ms, f"{key}.ms")
+                cycles = self.hosts[host].tsc_khz * ms
+                if cycles.denominator != 1:
+                    raise r.err(f"{key}.ms", f"{r.show(a.ms, ms)} ms is not whole cycles")
+                args["cycles"] = int(cycles)
+                args["ms"] = ms
+        elif kind == "set_clock":
+            args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            args["realtime"] = "realtime" in a.flags
+            step = r.num(a.step_s, f"{key}.step_s")
+            args["step_ns"] = int(step * NSEC_PER_SEC)
+            if a.realtime_lag_s is not None:
+                if not args["realtime"]:
+                    raise r.err(f"{key}.realtime_lag_s", "only with flags = [\"realtime\"]")
+                args["lag_ns"] = r.ns(a.realtime_lag_s, f"{key}.realtime_lag_s")
+                args["lag_text"] = fmt_number(r.val(a.realtime_lag_s, f"{key}.realtime_lag_s"))
+            else:
+                args["lag_ns"] = 0
+                args["lag_text"] = "0"
+        elif kind == "get_clock":
+            args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+        elif kind == "tick_in_read_section":
+            host = args["host"] = self.host(a.host, f"{key}.host")
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            if self.where[vm] != host:
+                raise r.err(f"{key}.vm", f"VM {vm!r} runs on {self.where[vm]!r}, not {host!r}")
+        elif kind == "moment":
+            if a.vm is not None and a.host is not None:
+                raise r.err(key, "give vm or host (the moment's level), not both")
+            args["text"] = a.text
+            args["vm"] = self.vm(a.vm, f"{key}.vm", t) if a.vm is not None else None
+            args["host"] = self.host(a.host, f"{key}.host", physical=False) if a.host else None
+        elif kind == "pause":
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            if vm in self.paused:
+                raise r.err(f"{key}.vm", f"VM {vm!r} is already paused")
+            args["recipe"] = self.paused[vm] = r.recipe(a.recipe, f"{key}.recipe")
+        elif kind == "resume":
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            if vm not in self.paused:
+                raise r.err(f"{key}.vm", f"VM {vm!r} is not paused (pause it first)")
+            paused = self.paused.pop(vm)
+            args["recipe"] = paused if a.recipe is None else r.recipe(a.recipe, f"{key}.recipe")
+        elif kind == "snapshot":
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            name = args["name"] = r.str_(a.name, f"{key}.name")
+            if name in self.snapshots:
+                raise r.err(f"{key}.name", f"snapshot {name!r} already taken; names are unique")
+            self.snapshots[name] = vm
+            args["recipe"] = r.recipe(a.recipe, f"{key}.recipe")
+        elif kind == "restore":
+            name = args["snapshot"] = r.str_(a.snapshot, f"{key}.snapshot")
+            if name not in self.snapshots:
+                raise r.err(
+                    f"{key}.snapshot",
+                    f"no snapshot {name!r} taken before; taken: "
+                    f"{', '.join(self.snapshots) or 'none'}",
+                )
+            vm = args["vm"] = self.snapshots[name]
+            self.movable(vm, f"{key}.snapshot")
+            host = args["host"] = self.host(a.host, f"{key}.host", physical=False)
+            self.where[vm] = host
+            self.paused.pop(vm, None)
+            args["recipe"] = r.recipe(a.recipe, f"{key}.recipe")
+        elif kind == "migrate":
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.movable(vm, f"{key}.vm")
+            host = args["host"] = self.host(a.to_host, f"{key}.to_host", physical=False)
+            self.where[vm] = host
+            args["recipe"] = r.recipe(a.recipe, f"{key}.recipe")
+            ms = r.num(a.downtime_ms, f"{key}.downtime_ms")
+            if ms < 0:
+                raise r.err(f"{key}.downtime_ms", f"{r.show(a.downtime_ms, ms)} must be >= 0")
+            args["downtime_ns"] = int(ms * NSEC_PER_MSEC)
+            args["precopy_ns"] = r.ns(a.precopy_s, f"{key}.precopy_s")
+        elif kind == "host_suspend":
+            args["host"] = self.host(a.host, f"{key}.host")
+            args["duration_ns"] = r.ns(a.duration_s, f"{key}.duration_s", positive=True)
+            args["tsc_cycles"] = (
+                None
+                if a.tsc_after_resume_cycles is None
+                else r.int_(a.tsc_after_resume_cycles, f"{key}.tsc_after_resume_cycles", 0,
+                            U64_MAX)
+            )
+        else:  # pragma: no cover - the model admits no other action
+            raise r.err(f"{key}.action", f"{kind!r} unknown")
+        note = None
+        if a.note is not None:
+            note = re.sub(
+                r"\{([A-Za-z_][A-Za-z0-9_]*)\}",
+                lambda mt: str(r.p[mt.group(1)]) if mt.group(1) in r.p else mt.group(0),
+                a.note,
+            )
+        return Step(t, key, kind, args, note)
