@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
 from kvmclock.render.text import fmt_signed_ns, lifecycle_lines, render_simulation
 
 REC = {
@@ -28,6 +27,10 @@ REC = {
     "guest_stopped_seen": False,
     "guest_clocksource": "kvm-clock",
     "reason": "vCPU 1's TSC write opened generation 2",
+    "rules": [
+        "vCPU 0's TSC write opened generation 2",
+        "KVM_SET_TSC_KHZ 2593992 kHz on a 2594000 kHz host: no scaling",
+    ],
 }
 
 
@@ -64,6 +67,13 @@ def test_lifecycle_lines_name_every_field() -> None:
     assert "cross-vCPU skew 12 ns" in lines[2]
     assert "PVCLOCK_GUEST_STOPPED never seen by the guest" in lines[2]
     assert lines[3] == "  why: vCPU 1's TSC write opened generation 2"
+    # of the rules, only the TSC-frequency one is shown (the reason already names the rest)
+    assert lines[4:] == ["  tsc: KVM_SET_TSC_KHZ 2593992 kHz on a 2594000 kHz host: no scaling"]
+
+
+def test_same_frequency_rule_is_not_shown() -> None:
+    rec = {**REC, "rules": ["KVM_SET_TSC_KHZ 2593992 kHz on a 2593992 kHz host: same frequency"]}
+    assert not any("tsc:" in line for line in lifecycle_lines([_run([rec])]))
 
 
 def test_lifecycle_on_and_unknown_stopped_flag() -> None:

@@ -487,7 +487,11 @@ MULT32, SHIFT32, CI32 = 3 << 30, 32, 5_333_333  # 0.75 ns per cycle, shift 32
 XTI32 = CI32 * MULT32
 
 
-@pytest.mark.parametrize("k_intervals", [1, 2, 3, 511, 512, 513, 1023, 1024, 2500, 12_345])
+# 1 << 40 intervals (a clock ~2**62.3 ns ahead) is 2**31 chunks at the top shift: the model
+# takes them at once and must give the same totals as the kernel's one-chunk loop
+@pytest.mark.parametrize(
+    "k_intervals", [1, 2, 3, 511, 512, 513, 1023, 1024, 2500, 12_345, (1 << 40) + 3]
+)
 @pytest.mark.parametrize("rest", [0, 1, CI32 - 1])
 @pytest.mark.parametrize("rn", [0, 999_999_999])
 def test_logarithmic_accumulation_totals(k_intervals: int, rest: int, rn: int) -> None:

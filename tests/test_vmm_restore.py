@@ -83,7 +83,7 @@ def track_fields(host: Kernel, since_ns: int) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------------
 # (a) cloud-hypervisor: one offset per vCPU (the bug) or one shared offset (the fix)
 # --------------------------------------------------------------------------------------------
-def test_cloud_hypervisor_msr_then_attr_leaves_different_offsets_and_no_masterclock() -> None:
+def test_cloud_hypervisor_per_vcpu_leaves_different_offsets_and_no_masterclock() -> None:
     """Each vCPU created and restored in turn, 50 us apart: vCPU 1's creation write (0)
     joins vCPU 0's generation and makes 0 the last written TSC, so its saved-TSC write
     lands ~17 s of cycles away from it: a new generation, offset = T1 - host TSC 50 us later,
@@ -94,7 +94,7 @@ def test_cloud_hypervisor_msr_then_attr_leaves_different_offsets_and_no_mastercl
     vmm = make_guest(h, "upstream")
     world.run_until(17 * S)
     lc = Lifecycle(world)
-    r = recipes.get("cloud-hypervisor", tsc_offsets="msr-then-attr", vcpu_restore_us=50)
+    r = recipes.get("cloud-hypervisor", tsc_offsets="per-vcpu", vcpu_restore_us=50)
     snap = lc.snapshot(vmm, "s", r)
     assert snap.vcpus[0].tsc == snap.vcpus[1].tsc  # the source had one offset
     assert snap.vcpus[0].tsc_offset == snap.vcpus[1].tsc_offset
@@ -164,7 +164,7 @@ def test_cloud_hypervisor_shared_needs_the_attribute() -> None:
     cfg = PROFILES["upstream"].with_(vcpu_tsc_offset_attr=False)
     with pytest.raises(RecipeError, match=r"KVM_VCPU_TSC_OFFSET.*switch vcpu_tsc_offset_attr"):
         recipes.get("cloud-hypervisor").check(cfg)
-    recipes.get("cloud-hypervisor", tsc_offsets="msr-then-attr").check(cfg)
+    recipes.get("cloud-hypervisor", tsc_offsets="per-vcpu").check(cfg)
 
 
 # --------------------------------------------------------------------------------------------

@@ -399,7 +399,8 @@ class Kernel:
         jiffies = JiffiesClocksource(self)
         self.clocksource_register(jiffies)
         now = self.read_persistent_clock_ns()
-        self.timekeeper.timekeeping_init(jiffies, now)
+        uptime = int(getattr(m, "uptime_ns", 0))
+        self.timekeeper.timekeeping_init(jiffies, now, uptime_ns=uptime)
         self.curr_clocksource = jiffies
         # tsc_init / init_tsc_clocksource: clocksource_register_khz(&clocksource_tsc, tsc_khz)
         tsc_khz = m.cpus[0].tsc_khz if m.cpus else 0

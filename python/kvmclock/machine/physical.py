@@ -237,8 +237,12 @@ class PhysicalMachine:
         features: Iterable[str] | None = None,
         rtc_epoch_ns: int | None = None,
         tsc_scaling: str = "vmx",
+        uptime_ns: int = 0,
     ) -> None:
         self.world = world
+        self.uptime_ns = _check_int("uptime_ns", uptime_ns, 0)
+        """How long the machine has been powered on at true time 0 (its TSCs counted that
+        long at the nominal rate: ``tsc_khz * uptime_ns / 10**6`` cycles more)."""
         _check_int("memory_size", memory_size, 0)
         if tsc_scaling not in TSC_SCALING_KINDS:
             raise ValueError(
@@ -255,8 +259,12 @@ class PhysicalMachine:
                     world,
                     i,
                     tsc_khz,
-                    boot_offset=base_offset
-                    + (rng.randrange(tsc_skew_cycles + 1) if tsc_skew_cycles else 0),
+                    boot_offset=(
+                        base_offset
+                        + uptime_ns * tsc_khz // 1_000_000
+                        + (rng.randrange(tsc_skew_cycles + 1) if tsc_skew_cycles else 0)
+                    )
+                    & U64_MASK,
                     drift_ppm=drift_ppm,
                 )
                 for i in range(cpus)

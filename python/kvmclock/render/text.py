@@ -291,6 +291,9 @@ def lifecycle_lines(runs: Sequence[Run]) -> list[str]:
             reason = rec.get("reason")
             if reason:
                 out.append(f"  why: {reason}")
+            for rule in rec.get("rules") or []:
+                if str(rule).startswith("KVM_SET_TSC_KHZ") and "same frequency" not in str(rule):
+                    out.append(f"  tsc: {rule}")
     return out
 
 

@@ -157,6 +157,7 @@ class _Engine:
                 hpet=h.hpet,
                 acpi_pm=h.acpi_pm,
                 rtc_epoch_ns=epoch,
+                uptime_ns=h.uptime_ns,
             )
             if epoch is None:
                 epoch = int(getattr(k.machine, "rtc_epoch_ns", 0))

@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kvmclock.errors import ScenarioError, ScenarioFileError
+from kvmclock.machine.physical import TSC_SCALING_KINDS
 from kvmclock.scenario.expr import ExprError, evaluate, is_expr, to_fraction
 from kvmclock.scenario.model import (
     ACTION_MODELS,
@@ -422,6 +423,7 @@ class HostPlan:
     tsc_scaling: str
     hpet: bool
     acpi_pm: bool
+    uptime_ns: int = 0
 
 
 @dataclass
@@ -566,6 +568,14 @@ class _Resolver:
         return str(raw.name), opts
 
 
+def _choice(r: _Resolver, raw: Any, key: str, choices: tuple[str, ...]) -> str:
+    """A name that must be one of ``choices`` (given as is or by an expression)."""
+    v = r.str_(raw, key)
+    if v not in choices:
+        raise r.err(key, f"{r.show(raw, v)} is not allowed; choose one of {', '.join(choices)}")
+    return v
+
+
 def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
     """The plan of ``sf`` with parameter values ``p`` (already checked).  ``strict`` (the
     file with its defaults, at load) also refuses entries out of time order, before the start
@@ -638,9 +648,10 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
                 khz,
                 skew,
                 drift,
-                h.tsc_scaling,
+                _choice(r, h.tsc_scaling, f"{key}.tsc_scaling", TSC_SCALING_KINDS),
                 h.hpet,
                 h.acpi_pm,
+                r.ns(h.uptime_s, f"{key}.uptime_s"),
             )
         )
     host_by = {h.name: h for h in hosts}

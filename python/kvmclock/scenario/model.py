@@ -116,9 +116,16 @@ class HostSpec(_Model):
     )
     tsc_skew_cycles: Int | None = Field(None, description="the same in cycles")
     drift_ppm: Num = Field(0, description="true TSC rate error in ppm (> -1000000)")
-    tsc_scaling: Literal["vmx", "svm", "none"] = "vmx"
+    tsc_scaling: Literal["vmx", "svm", "none"] | Expr = Field(
+        "vmx", description="the CPUs' TSC-scaling hardware: vmx, svm or none (or an expression)"
+    )
     hpet: StrictBool = True
     acpi_pm: StrictBool = True
+    uptime_s: Num = Field(
+        0,
+        description="how long the host has been up when the scenario starts: its TSC and "
+        "CLOCK_MONOTONIC/BOOTTIME start there (another boot time than the other hosts)",
+    )
 
 
 class VmSpec(_Model):
@@ -164,8 +171,8 @@ class FirecrackerRecipe(_Model):
 
 class CloudHypervisorRecipe(_Model):
     name: Literal["cloud-hypervisor"]
-    tsc_offsets: Literal["msr-then-attr", "shared"] | None = Field(
-        None, description="shared (the fix, default) or msr-then-attr (before it)"
+    tsc_offsets: Literal["per-vcpu", "shared"] | None = Field(
+        None, description="shared (the fix, default) or per-vcpu (before it)"
     )
     vcpu_restore_us: Int | None = Field(None, description="time between vCPU restores (us)")
 

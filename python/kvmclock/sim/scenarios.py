@@ -93,12 +93,15 @@ class Sim:
         hpet: bool = True,
         acpi_pm: bool = True,
         rtc_epoch_ns: int | None = None,
+        uptime_ns: int = 0,
     ) -> Kernel:
         """Level 0: a physical machine (HPET and ACPI PM unless switched off), its kernel
         ``name`` booted, KVM loaded.  ``tsc_khz`` nominal kHz, ``tsc_skew_cycles`` the spread
         of the CPUs' boot TSCs, ``drift_ppm`` the true rate error, ``tsc_scaling`` the CPUs'
         TSC-scaling hardware (``vmx``, ``svm`` or ``none``), ``rtc_epoch_ns`` the wall clock
-        at true time 0 (None: drawn from the seed; hosts of one scenario share one)."""
+        at true time 0 (None: drawn from the seed; hosts of one scenario share one),
+        ``uptime_ns`` how long the host has been up at true time 0 (its TSC counted and its
+        CLOCK_MONOTONIC/BOOTTIME/RAW start there)."""
         m = PhysicalMachine(
             self.world,
             cpus,
@@ -109,6 +112,7 @@ class Sim:
             acpi_pm=acpi_pm,
             rtc_epoch_ns=rtc_epoch_ns,
             tsc_scaling=tsc_scaling,
+            uptime_ns=uptime_ns,
         )
         k = Kernel(m, self.profile, name=name, hz=self.hz)
         k.boot()

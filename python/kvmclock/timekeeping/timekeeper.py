@@ -269,19 +269,26 @@ class Timekeeper:
             self.clock_was_set_seq += 1
 
     # -- writers ----------------------------------------------------------------------------
-    def timekeeping_init(self, clock: Clocksource, now_ns: int, boot_ns: int = 0) -> None:
+    def timekeeping_init(
+        self, clock: Clocksource, now_ns: int, boot_ns: int = 0, uptime_ns: int = 0
+    ) -> None:
         """``timekeeping_init``: start on ``clock`` (jiffies) with wall time ``now_ns``; monotonic =
         0.
 
         ``boot_ns`` is ``read_boot_clock64`` (0 = unknown -> boot time = now).  Profile series
         (later revision of patch 07): the change chain is called after the first update.
+        ``uptime_ns`` (a model input, not the kernel's): a kernel that booted that long before
+        the simulation starts, with nothing else happening meanwhile, so CLOCK_MONOTONIC and
+        CLOCK_MONOTONIC_RAW start at ``uptime_ns`` (boot time = now - uptime) instead of 0.
         """
         with self._write():
             self._setup_internals(clock)
             self._set_xtime(now_ns)
-            self.raw_sec = 0
-            self.tkr_raw.xtime_nsec = 0
+            raw_sec, raw_nsec = divmod(uptime_ns, NSEC_PER_SEC)
+            self.raw_sec = raw_sec
+            self.tkr_raw.xtime_nsec = raw_nsec << self.tkr_raw.shift
             boot = now_ns if boot_ns == 0 else boot_ns
+            boot -= uptime_ns
             self._set_wall_to_mono(-boot)
             self.timekeeping_update(TK_MIRROR | TK_CLOCK_WAS_SET)
             if self.kernel.cfg.clocksource_change_chain:
@@ -307,11 +314,16 @@ class Timekeeper:
             maxshift = (64 - (_ilog2(self.ntp_tick_length) + 1)) - 1
             shift = min(shift, maxshift)
             clock_set = 0
-            while offset >= self.cycle_interval:
+            # The kernel's loop takes one chunk per iteration and lowers the shift once the
+            # offset is below the chunk, so at each shift it takes offset // chunk chunks in a
+            # row: taken here at once (the same values: each chunk keeps xtime_nsec below
+            # one second + one chunk, so the u64 sums never wrap in between), which keeps a
+            # wild offset (a clock ~2**62 ns ahead: 2**31 chunks at the top shift) from
+            # looping for hours in the simulator.
+            while shift >= 0 and offset >= self.cycle_interval:
                 offset, cs = self._logarithmic_accumulation(offset, shift)
                 clock_set |= cs
-                if offset < self.cycle_interval << shift:
-                    shift -= 1
+                shift -= 1
             # timekeeping_adjust(): NTP not modelled, mult stays the clocksource's.
             clock_set |= self._accumulate_nsecs_to_secs()
             self.timekeeping_update(clock_set)
@@ -328,19 +340,21 @@ class Timekeeper:
         return 0
 
     def _logarithmic_accumulation(self, offset: int, shift: int) -> tuple[int, int]:
-        """``logarithmic_accumulation``: move ``cycle_interval << shift`` cycles into the xtime
-        fields.
+        """``logarithmic_accumulation`` repeated while the offset holds a whole chunk: move
+        ``n = offset // (cycle_interval << shift)`` chunks into the xtime fields (the kernel
+        calls it ``n`` times in a row at this shift, see :meth:`update_wall_time`); returns
+        the offset left and the clock_set action.
         """
         interval = self.cycle_interval << shift
-        if offset < interval:
+        n, offset = divmod(offset, interval)
+        if n == 0:
             return offset, 0
-        offset -= interval
         mono, raw = self.tkr_mono, self.tkr_raw
-        mono.cycle_last = (mono.cycle_last + interval) & U64_MASK
-        raw.cycle_last = (raw.cycle_last + interval) & U64_MASK
-        mono.xtime_nsec = (mono.xtime_nsec + (self.xtime_interval << shift)) & U64_MASK
+        mono.cycle_last = (mono.cycle_last + n * interval) & U64_MASK
+        raw.cycle_last = (raw.cycle_last + n * interval) & U64_MASK
+        mono.xtime_nsec += n * (self.xtime_interval << shift)
         clock_set = self._accumulate_nsecs_to_secs()
-        raw.xtime_nsec = (raw.xtime_nsec + (self.raw_interval << shift)) & U64_MASK
+        raw.xtime_nsec += n * (self.raw_interval << shift)
         snsec_per_sec = NSEC_PER_SEC << raw.shift
         secs, raw.xtime_nsec = divmod(raw.xtime_nsec, snsec_per_sec)
         self.raw_sec += secs

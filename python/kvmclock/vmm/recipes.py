@@ -15,7 +15,7 @@ and function):
   arch/x86_64/vm.rs ``ArchVm::restore_state`` (``KVM_SET_CLOCK`` flags 0, or
   KVM_CLOCK_REALTIME with the saved realtime).
 * ``cloud-hypervisor`` (option ``tsc_offsets``: "shared", the default, the code since
-  993ac5c90 "Re-sync vCPU TSC offsets after restore"; "msr-then-attr", the code before it,
+  993ac5c90 "Re-sync vCPU TSC offsets after restore"; "per-vcpu", the code before it,
   whose per-vCPU writes leave different offsets): vmm/src/cpu.rs ``create_vcpus`` /
   ``synchronize_tsc_offsets``, hypervisor/src/kvm/mod.rs ``set_state``, vmm/src/vm.rs
   ``capture_guest_clock`` / ``restore_guest_clock`` (the saved ``kvm_clock_data`` with
@@ -381,11 +381,11 @@ class CloudHypervisor(Recipe):
     kvmclock_ctrl = "at-pause"
 
     def __init__(self, *, tsc_offsets: str = "shared", vcpu_restore_us: int = 0) -> None:
-        if tsc_offsets not in ("shared", "msr-then-attr"):
+        if tsc_offsets not in ("shared", "per-vcpu"):
             raise RecipeError(
                 f"recipe cloud-hypervisor: tsc_offsets={tsc_offsets!r} invalid; choose "
                 "'shared' (since 993ac5c90: vCPU 0's KVM_VCPU_TSC_OFFSET set on every vCPU) "
-                "or 'msr-then-attr' (before it: per-vCPU writes, different offsets)"
+                "or 'per-vcpu' (before it: per-vCPU writes, different offsets)"
             )
         if (
             isinstance(vcpu_restore_us, bool)
@@ -535,7 +535,7 @@ _FACTORIES: dict[str, Callable[..., Recipe]] = {
 def get(name: str, **options: Any) -> Recipe:
     """The recipe ``name`` (one of :data:`NAMES`) with its options: firecracker
     ``clock_realtime`` (bool, default False) and ``kvmclock_ctrl`` ("before-resume" |
-    "at-pause"); cloud-hypervisor ``tsc_offsets`` ("shared" default | "msr-then-attr");
+    "at-pause"); cloud-hypervisor ``tsc_offsets`` ("shared" default | "per-vcpu");
     naive ``gap_ms`` (ms, default 0); qemu none.  ``RecipeError`` for an unknown name or
     option."""
     factory = _FACTORIES.get(name)
