@@ -10,46 +10,23 @@ from __future__ import annotations
 
 import pytest
 from kvmclock.kernel import Kernel
-from kvmclock.machine import PhysicalMachine, World
+from kvmclock.machine import World
 from kvmclock.vmm import Vmm, recipes
 from kvmclock.vmm.lifecycle import Lifecycle
 from kvmclock.vmm.recipes import RecipeError
 from reference import kernel_math as ref
+from vmm_util import MS, STOPPED, S, kvmclock_now, make_guest, make_host, record
 
-S = 1_000_000_000
-MS = 1_000_000
-KHZ = 2_593_992
-EPOCH = 1_700_000_000 * S
-STABLE = 1
-STOPPED = 2
 PROFILES = ("gtod", "series", "upstream")
 
 
 def setup(profile: str, *, features: set[str] | None = None) -> tuple[World, Kernel, Vmm]:
+    """A host up 1 ms when KVM loads, a 2-vCPU guest, 5 s run."""
     world = World(3)
-    m = PhysicalMachine(world, 2, tsc_khz=KHZ, rtc_epoch_ns=EPOCH)
-    host = Kernel(m, profile, name="h0")
-    host.boot()
-    world.run_until(MS)
-    host.load_kvm()
-    vmm = Vmm(host, name="vm", vcpus=2, features=features)
-    g = Kernel(vmm.machine, profile, name="g")
-    vmm.guest = g
-    g.boot()
+    host = make_host(world, profile, boot_at_ns=MS)
+    vmm = make_guest(host, profile, features=features)
     world.run_until(5 * S)
     return world, host, vmm
-
-
-def record(vmm: Vmm, vcpu: int = 0) -> ref.Record:
-    v = vmm.vm.vcpus[vcpu]
-    return ref.Record.unpack(bytes(vmm.machine.memory), v.pv_time_gpa)
-
-
-def kvmclock_now(vmm: Vmm, vcpu: int = 0) -> int:
-    """What the guest's kvm-clock reads now on ``vcpu`` (stable record: no clamp)."""
-    rec = record(vmm, vcpu)
-    assert rec.flags & STABLE
-    return ref.read_cycles(rec, vmm.machine.cpus[vcpu].read_tsc())
 
 
 @pytest.mark.parametrize("profile", PROFILES)

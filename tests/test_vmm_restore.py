@@ -13,60 +13,21 @@ import re
 import pytest
 from kvmclock.kernel import Kernel
 from kvmclock.kvm.x86 import KVM_CLOCK_REALTIME
-from kvmclock.machine import PhysicalMachine, World
+from kvmclock.machine import World
 from kvmclock.vmm import Vmm, recipes
 from kvmclock.vmm.lifecycle import Lifecycle
 from kvmclock.vmm.recipes import RecipeError
 from reference import kernel_math as ref
-
-S = 1_000_000_000
-MS = 1_000_000
-U64 = (1 << 64) - 1
-KHZ = 2_593_992
-EPOCH = 1_700_000_000 * S
-STABLE = 1
-STOPPED = 2
-
-
-def make_host(
-    world: World,
-    profile: str,
-    name: str,
-    *,
-    khz: int = KHZ,
-    scaling: str = "vmx",
-) -> Kernel:
-    m = PhysicalMachine(world, 2, tsc_khz=khz, rtc_epoch_ns=EPOCH, tsc_scaling=scaling)
-    k = Kernel(m, profile, name=name)
-    k.boot()
-    k.load_kvm()
-    return k
-
-
-def make_guest(
-    host: Kernel,
-    profile: str,
-    *,
-    vcpus: int = 2,
-    features: set[str] | None = None,
-    clocksource: str | None = None,
-) -> Vmm:
-    vmm = Vmm(host, name="vm", vcpus=vcpus, features=features)
-    g = Kernel(vmm.machine, profile, name="g", clocksource_override=clocksource)
-    vmm.guest = g
-    g.boot()
-    return vmm
-
-
-def record(vmm: Vmm, vcpu: int = 0) -> ref.Record:
-    v = vmm.vm.vcpus[vcpu]
-    return ref.Record.unpack(bytes(vmm.machine.memory), v.pv_time_gpa)
-
-
-def kvmclock_now(vmm: Vmm, vcpu: int = 0) -> int:
-    rec = record(vmm, vcpu)
-    assert rec.flags & STABLE
-    return ref.read_cycles(rec, vmm.machine.cpus[vcpu].read_tsc())
+from vmm_util import (
+    KHZ,
+    MS,
+    STOPPED,
+    U64,
+    S,
+    kvmclock_now,
+    make_guest,
+    make_host,
+)
 
 
 def track_fields(host: Kernel, since_ns: int) -> list[dict[str, str]]:
