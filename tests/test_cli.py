@@ -453,6 +453,11 @@ def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
     return code, out, err
 
 
+# the parser takes each command's function from its module (kvmclock.cli.scenarios), so a
+# replacement goes there
+SCENARIOS_COMMAND = "kvmclock.cli.scenarios.cmd_scenarios"
+
+
 def _boom(exc: BaseException) -> Any:
     def command(_args: Any) -> int:
         raise exc
@@ -525,7 +530,7 @@ def test_exit_70_unexpected_exception_is_an_internal_error(
     no longer taken for bad arguments (exit 2): the arguments were validated before."""
     from kvmclock import cli
 
-    monkeypatch.setattr(cli, "cmd_scenarios", _boom(exc))
+    monkeypatch.setattr(SCENARIOS_COMMAND, _boom(exc))
     code, out, err = _main(capsys, "scenarios")
     assert code == 70 == cli.EXIT_SOFTWARE
     lines = err.splitlines()
@@ -539,9 +544,7 @@ def test_exit_70_unexpected_exception_is_an_internal_error(
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback(where: str, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvmclock import cli
-
-    monkeypatch.setattr(cli, "cmd_scenarios", _boom(RuntimeError("boom in scenarios")))
+    monkeypatch.setattr(SCENARIOS_COMMAND, _boom(RuntimeError("boom in scenarios")))
     argv = ["--debug", "scenarios"] if where == "before" else ["scenarios", "--debug"]
     code, _out, err = _main(capsys, *argv)
     assert code == 70
@@ -559,9 +562,7 @@ def test_debug_is_quiet_when_nothing_fails(capsys: pytest.CaptureFixture[str]) -
 
 def test_exit_130_interrupted(capsys: pytest.CaptureFixture[str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvmclock import cli
-
-    monkeypatch.setattr(cli, "cmd_scenarios", _boom(KeyboardInterrupt()))
+    monkeypatch.setattr(SCENARIOS_COMMAND, _boom(KeyboardInterrupt()))
     code, _out, err = _main(capsys, "scenarios")
     assert (code, err) == (130, "kvmclock: interrupted\n")
 

@@ -1,0 +1,194 @@
+"""Shared pieces of the ``kvmclock`` commands: exit codes, output and input helpers, the
+progress spinner, argument converters and the ``--profile``/``--set`` options."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TextIO
+
+from kvmclock.errors import UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: internal software error
+EXIT_INTERRUPTED = 130
+
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+
+
+def _dump_json(doc: Any, path: str) -> None:
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        _write_file(path, text)
+
+
+def _write_file(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _check_output_path(path: str, option: str) -> None:
+    """Before any work: ``path`` (an ``--option`` value) can be created or overwritten, so a
+    typo does not cost a whole simulation. Checks without creating anything: not a directory,
+    its directory exists, and both are writable (root passes the permission checks)."""
+    if path == "-":
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+
+    def refuse(reason: str) -> NoReturn:
+        raise UsageError(f"cannot write {path} ({option}): {reason}")
+
+    if os.path.isdir(path):
+        refuse("Is a directory")
+    if not os.path.exists(parent):
+        refuse("No such file or directory")
+    if not os.path.isdir(parent):
+        refuse("Not a directory")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        refuse("Permission denied")
+    if not os.path.exists(path) and not os.access(parent, os.W_OK | os.X_OK):
+        refuse("Permission denied")
+
+
+def _read_input(source: str, what: str) -> bytes:
+    """Bytes of FILE, or of stdin for ``-``."""
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(source, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {source}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def _spinner(label: str, stream: TextIO, delay_s: float = 1.0) -> Iterator[None]:
+    """A one-line progress indicator on ``stream`` for work lasting more than ``delay_s``,
+    only when ``stream`` is a terminal; the line is erased at the end."""
+    if not stream.isatty():
+        yield
+        return
+    done = threading.Event()
+    start = time.monotonic()
+    shown = [False]
+
+    def spin() -> None:
+        frames = "|/-\\"
+        i = 0
+        if done.wait(delay_s):
+            return
+        while not done.is_set():
+            stream.write(f"\r{frames[i % 4]} {label} ... {time.monotonic() - start:5.1f} s")
+            stream.flush()
+            shown[0] = True
+            i += 1
+            done.wait(0.1)
+
+    th = threading.Thread(target=spin, daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        done.set()
+        th.join()
+        if shown[0]:
+            stream.write("\r\033[K")
+            stream.flush()
+
+
+def _int_arg(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def conv(text: str) -> int:
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be in {lo}..{hi}, got {v}")
+        return v
+
+    return conv
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"duration must be seconds, got {text!r}") from None
+    if not 0 < v <= 86400:
+        raise argparse.ArgumentTypeError(f"duration must be in (0, 86400] seconds, got {text}")
+    return v
+
+
+def _scenarios() -> dict[str, Any]:
+    from kvmclock import sim
+
+    return dict(sim.SCENARIOS)
+
+
+def _param_value(text: str) -> int | float | bool | str | None:
+    """``--param`` values: int (also 0x), float, true/false, none, else the string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+DEFAULT_PROFILES = "gtod,series,upstream"
+
+
+def _profiles_arg(
+    args: argparse.Namespace, command: str, default: str = DEFAULT_PROFILES
+) -> list[Any]:
+    """``--profile NAME[,NAME...]`` (``default`` when not given) with every ``--set
+    SWITCH=VALUE`` applied: a list of :class:`kvmclock.profiles.Profile`. UsageError names
+    the unknown profile, switch or value and lists the valid ones."""
+    from kvmclock.profiles import PROFILES, parse_assignments, resolve_profile
+
+    given = args.profile if args.profile is not None else default
+    names = [n.strip() for n in str(given).split(",")]
+    if any(not n for n in names):
+        raise UsageError(f"{command}: --profile {given!r}: empty name; give "
+                         f"NAME[,NAME...] from {', '.join(PROFILES)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"{command}: --profile {given!r} names a profile twice")
+    try:
+        changes = parse_assignments(args.set or [])
+        return [resolve_profile(n, **changes) for n in names]
+    except ValueError as exc:
+        raise UsageError(f"{command}: {exc}") from None
+
+
+def _add_profile_args(s: argparse.ArgumentParser, default: str | None = DEFAULT_PROFILES) -> None:
+    shown = default if default is not None else "the scenario's run.profiles, for the built-ins " \
+        + DEFAULT_PROFILES
+    s.add_argument("--profile", default=default, metavar="NAME[,NAME...]",
+                   help=f"profiles to run side by side (default {shown}; "
+                   "kvmclock profiles lists them)")
+    s.add_argument("--set", action="append", metavar="SWITCH=VALUE",
+                   help="flip one behaviour switch in every profile run (repeatable; "
+                   "kvmclock profiles lists the switches and their values)")
+

@@ -1,0 +1,54 @@
+"""``kvmclock trace``: summarise an ftrace / trace-cmd text capture of KVM clock events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from kvmclock.cli.common import EXIT_OK, _read_input
+from kvmclock.errors import UsageError
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from kvmclock.errors import TraceParseError
+    from kvmclock.trace import format_summary, parse_bytes, summarize
+
+    data = _read_input(args.file, "trace file")
+    name = "stdin" if args.file == "-" else args.file
+    if not data.strip():
+        raise UsageError(f"trace: {name} is empty")
+    try:
+        result = parse_bytes(data)
+    except TraceParseError as exc:
+        raise UsageError(f"trace: {name}: {exc}") from exc
+    summary = summarize(result, group=args.group,
+                        pvclock_trace_version=args.pvclock_trace_version)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return EXIT_OK
+
+
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """``kvmclock trace``: its subparser (options, help texts) under ``subparsers``."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    s = subparsers.add_parser(
+        "trace", help="summarise an ftrace / trace-cmd text capture of KVM clock events",
+        description="Parse ftrace (trace, trace_pipe) or trace-cmd report text: masterclock "
+        "transitions, TSC generations and offsets, pvclock updates per VM process and vCPU, "
+        "anomalies. Unknown and garbled lines are counted and skipped.",
+        epilog="examples:\n  kvmclock trace /sys/kernel/tracing/trace\n"
+        "  trace-cmd report | kvmclock trace - --json\n"
+        "timestamps are seconds, or raw counter values for a counter clock (x86-tsc); "
+        "a leading 'L<n> ' column (kvmclock simulate --trace) is the level.",
+        formatter_class=fmt,
+    )
+    s.add_argument("file", metavar="FILE|-")
+    s.add_argument("--group", choices=["auto", "pid", "one"], default="auto",
+                   help="what one VM process is: auto = tgid column, else level column, else "
+                   "pid; pid = each task; one = all events one VM")
+    s.add_argument("--pvclock-trace-version", choices=["auto", "odd", "final"], default="auto",
+                   help="where the kernel traced kvm_pvclock_update: odd = before the final "
+                   "version store (4.13), final = after it (today); auto = odd when every "
+                   "traced version is odd")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_trace)
