@@ -26,6 +26,20 @@ U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 
 
+def add_json_option(s: argparse.ArgumentParser, what: str) -> None:
+    """``--json [PATH|-]`` on a command: ``--json`` alone or ``--json -`` prints ``what`` as
+    JSON on stdout instead of the text, ``--json PATH`` writes it to PATH (the text still
+    goes to stdout).  Every command spells it this way."""
+    s.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH|-",
+        help=f"{what} as JSON: to PATH, or to stdout with '-' or no value",
+    )
+
+
 def _dump_json(doc: Any, path: str) -> None:
     text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
     if path == "-":
