@@ -199,9 +199,17 @@ def _check_decoded(records: list[dict[str, object]], tsc: int | None) -> None:
         if r["type"] == "pvclock":
             _require(len(raw) == 32, "pvclock record hex is not 32 bytes")
             ver, ts, st, mul, shift, flags = struct.unpack(PVCLOCK_FMT, raw)
-            _require((r["version"], r["tsc_timestamp"], r["system_time"],
+            _require((r["version"], r["tsc_timestamp_cycles"], r["system_time_ns"],
                       r["tsc_to_system_mul"], r["tsc_shift"], r["flags"])
                      == (ver, ts, st, mul, shift, flags), f"decoded fields != struct: {r}")
+            bad_shift = not -63 <= shift <= 63
+            # every field is shown; an undefined shift is flagged and nothing is derived
+            _require(bad_shift == any(b["field"] == "tsc_shift" for b in r["invalid"]),
+                     f"tsc_shift {shift} flagged wrongly: {r['invalid']}")
+            if bad_shift:
+                _require(r["kvmclock_ns_at_tsc_timestamp"] is None
+                         and r["kvmclock_ns_at_tsc"] is None, "kvmclock of an invalid shift")
+                continue
             _require(r["kvmclock_ns_at_tsc_timestamp"] == st, "read_cycles(tsc_timestamp) != "
                      "system_time")
             if tsc is not None:
@@ -229,7 +237,7 @@ def check_decode(data: bytes) -> None:
     else:
         # argv items are NUL-free; invalid UTF-8 arrives surrogate-escaped (os.fsdecode)
         inputs = [a for a in rest.decode("utf-8", "surrogateescape").split("\0") if a] or [""]
-    ns = argparse.Namespace(input=inputs, type=kind, tsc=tsc, json=True)
+    ns = argparse.Namespace(input=inputs, type=kind, tsc=tsc, json="-", strict=False)
     out = io.StringIO()
     saved = sys.stdin
     sys.stdin = cast(TextIO, _Stdin(rest))

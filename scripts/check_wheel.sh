@@ -11,6 +11,8 @@ MATURIN=${MATURIN:-$root/.venv/bin/maturin}
 "$MATURIN" build --release --quiet --out "$work/dist" >/dev/null
 wheel=$(ls "$work"/dist/kvmclock-*.whl)
 echo "wheel: $(basename "$wheel")"
+# the licence texts pyproject declares (license-files) are in the wheel
+${PYTHON:-python3} -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); missing = [f for f in ('LICENSE-MIT', 'LICENSE-APACHE') if not any(n.endswith('.dist-info/licenses/' + f) for n in names)]; sys.exit('wheel lacks ' + ', '.join(missing) if missing else 0)" "$wheel"
 ${PYTHON:-python3} -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q "$wheel"
 cd "$work"   # away from the source tree so nothing imports from python/

@@ -1655,9 +1655,9 @@ def test_vm_wrmsr_checks_before_the_exit() -> None:
             vm.machine.wrmsr(0, unmodelled, 0)
     vm.machine.wrmsr(0, MSR_IA32_TSC, U64)  # the whole u64 range is a valid value
     two = make_vm(host, 2, msr=False)
-    with pytest.raises(ValueError, match=r"^cpu=True out of range"):
+    with pytest.raises(ValueError, match=r"^cpu=True: VM .* has 2 vCPUs: 0\.\.1$"):
         two.machine.run_on_cpu(True, lambda: None)  # would be vCPU 1
-    with pytest.raises(ValueError, match=r"^cpu=0.0 out of range"):
+    with pytest.raises(ValueError, match=r"^cpu=0.0: VM .* has 2 vCPUs: 0\.\.1$"):
         two.machine.run_on_cpu(0.0, lambda: None)  # type: ignore[arg-type]
 
 

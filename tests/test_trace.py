@@ -206,15 +206,18 @@ def test_series_upstream_s9_real_lines() -> None:
     assert s["events"] == 4 and s["skipped_lines"] == 0
     assert s["by_event"] == {"kvm_update_master_clock": 2, "kvm_write_tsc_offset": 1,
                              "kvm_track_tsc": 1}
-    assert s["masterclock"] == [[umc0.t_ns / 1e9, False], [umc1.t_ns / 1e9, True]]
-    proc = s["processes"]["20024"]
-    assert proc["masterclock_transitions"] == [[umc0.t_ns / 1e9, False], [umc1.t_ns / 1e9, True]]
+    assert [(m["time_ns"], m["on"]) for m in s["masterclock"]] == [(umc0.t_ns, False),
+                                                                    (umc1.t_ns, True)]
+    (proc,) = s["vms"]
+    assert proc["vm"] == "20024" and proc["grouped_by"] == "pid"
+    assert [(m["time_ns"], m["on"]) for m in proc["masterclock_transitions"]] == [
+        (umc0.t_ns, False), (umc1.t_ns, True)]
     (gen,) = proc["tsc_generations"]
     # offset = 0 - host_tsc as u64; the signed view is next - 2**64
-    assert gen["offset"] == 18439928704022336791
-    assert gen["offset_signed"] == 18439928704022336791 - 2**64 == -6815369687214825
+    assert gen["offset_cycles"] == 18439928704022336791
+    assert gen["offset_signed_cycles"] == 18439928704022336791 - 2**64 == -6815369687214825
     assert gen["vcpus"] == [0] and gen["online_vcpus"] == 1
-    assert proc["vcpus"]["0"]["tsc_offset_signed"] == -6815369687214825
+    assert proc["vcpus"][0]["tsc_offset_signed_cycles"] == -6815369687214825
     assert s["anomalies"] == []
     text_out = T.format_summary(s)
     assert "-6815369687214825" in text_out and "transitions" in text_out
@@ -227,7 +230,8 @@ def test_trace_cmd_raw_tsc_line() -> None:
     assert rec.counter == 117471684343752 and rec.t_ns is None
     s = T.summarize(res)
     assert s["timestamp_unit"] == "counter"
-    assert s["masterclock"] == [[117471684343752, False]]
+    assert [(m["time_counter"], m["time_ns"], m["on"]) for m in s["masterclock"]] == [
+        (117471684343752, None, False)]
 
 
 def test_hostclock_hex_and_old_hpet_symbol() -> None:
@@ -286,7 +290,9 @@ def test_mixed_input_headers_garbage_crlf_and_bytes() -> None:
     s = T.summarize(res)
     assert s["events"] == 5 and s["clock_events"] == 3 and s["skipped_lines"] == 6
     assert s["by_event"]["kvm_exit"] == 1
-    assert list(s["processes"]) == ["4200", "4242"]  # tgid groups the first record
+    # tgid groups the first record, and pid 4242, once seen with tgid 4200, keeps it on the
+    # lines without a tgid column (before: a second VM "4242")
+    assert [p["vm"] for p in s["vms"]] == ["4200"]
 
 
 def test_binary_and_empty_inputs() -> None:
@@ -323,14 +329,17 @@ def test_pvclock_summary_and_anomalies() -> None:
     ]
     text = "\n".join(_pv_line(*r) for r in recs)
     s = T.summarize(T.parse_text(text))
-    v0 = s["processes"]["77"]["vcpus"]["0"]
-    assert v0["pvclock_updates"] == 4 and s["vcpus"]["1"]["pvclock_updates"] == 1
-    fields = ["version", "tsc_timestamp", "system_time", "flags"]
+    (vm,) = s["vms"]
+    v0, v1 = vm["vcpus"]
+    assert vm["vm"] == "77" and (v0["vcpu_id"], v1["vcpu_id"]) == (0, 1)
+    assert v0["pvclock_updates"] == 4 and v1["pvclock_updates"] == 1
+    fields = ["version", "tsc_timestamp_cycles", "system_time_ns", "flags"]
     prev = None
     for entry, r in zip(v0["pvclock"], recs[:4], strict=True):
         assert [entry[k] for k in fields] == [r[2], r[3], r[4], r[5]]
-        rec = {k: entry[k] for k in ("tsc_timestamp", "system_time", "tsc_to_system_mul",
-                                     "tsc_shift")}
+        rec = {"tsc_timestamp": entry["tsc_timestamp_cycles"],
+               "system_time": entry["system_time_ns"],
+               "tsc_to_system_mul": entry["tsc_to_system_mul"], "tsc_shift": entry["tsc_shift"]}
         assert entry["kvmclock_ns"] == _read_cycles(rec, rec["tsc_timestamp"]) == r[4]
         # pvclock_tsc_khz: (10^6 << 32) / mul, then undo the shift
         khz = (10**6 << 32) // entry["tsc_to_system_mul"]
@@ -349,7 +358,7 @@ def test_pvclock_summary_and_anomalies() -> None:
     # update 2: old record at tsc 3e6 gives 5e6 + (2e6 >> 1) * mul >> 32 > 5.5e6 -> step back
     step2 = v0["pvclock"][1]["step_ns"]
     assert (step2 < 0) == (("kvmclock_step_back", 0, 2) in kinds)
-    assert s["vcpus"]["0"]["last_pvclock"]["version"] == 7
+    assert v0["last_pvclock"]["version"] == 7
     assert "anomalies: " in T.format_summary(s)
 
 
@@ -392,11 +401,11 @@ def test_real_capture_parsed_exactly(path: str) -> None:
     if hasattr(kvmclock, "PvclockVcpuTimeInfo"):
         s = T.summarize(res)
         ups = [r for r in res.records if r.event == "kvm_update_master_clock"]
-        assert s["masterclock"] == [[r.time_value, r.data["use_master_clock"]]  # type: ignore[index]
-                                    for r in ups]
+        assert [(m["line"], m["on"]) for m in s["masterclock"]] == [
+            (r.line_no, r.data["use_master_clock"]) for r in ups]  # type: ignore[index]
         n_gen = sum(1 for r in res.records if r.event == "kvm_track_tsc"
                     and r.data is not None and r.data["nr_vcpus_matched_tsc"] == 0)
-        assert sum(len(p["tsc_generations"]) for p in s["processes"].values()) == n_gen
+        assert sum(len(p["tsc_generations"]) for p in s["vms"]) == n_gen
         stable_lost = 0
         last: dict[tuple[int, int], int] = {}
         for r in res.records:

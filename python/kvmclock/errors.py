@@ -18,7 +18,18 @@ __all__ = [
     "SeqCountError",
     "TraceParseError",
     "UsageError",
+    "count_ids",
 ]
+
+
+def count_ids(n: int, noun: str) -> str:
+    """What exists, for a message about a CPU/vCPU index out of range: ``"1 vCPU: 0"``,
+    ``"4 vCPUs: 0..3"``, ``"no vCPUs"`` (``noun`` singular; ids are 0..n-1)."""
+    if n <= 0:
+        return f"no {noun}s"
+    if n == 1:
+        return f"1 {noun}: 0"
+    return f"{n} {noun}s: 0..{n - 1}"
 
 
 class KvmclockError(Exception):

@@ -14,7 +14,8 @@ Line layout (``kernel/trace/trace_output.c``: ``trace_print_context`` and
 migrate-disable: 4 or 5 characters such as ``d...`` or ``d..1.``) is absent in older kernels
 and in plain ``trace-cmd report``. A clock in counter units (``trace_clock`` ``x86-tsc`` or
 ``counter``, or ``trace-cmd record -C x86-tsc``) prints an integer timestamp with no dot.
-With ``-o record-tgid`` a ``(<tgid>)`` column follows ``<comm>-<pid>``. ``perf script`` lines
+With ``options/record-tgid`` set, a ``(%7d)`` tgid column (``(-------)`` when unknown) follows
+``<comm>-<pid>``. ``perf script`` lines
 (``<comm> <pid> [<cpu>] <secs>.<usecs>: kvm:<event>: <fields>``) are accepted too.
 
 Level column (a kvmclock extension for nested simulations, not a kernel format): a line may start
@@ -43,6 +44,7 @@ __all__ = [
     "CLOCK_EVENTS",
     "FORMAT_BY_PROFILE",
     "HOST_CLOCKS",
+    "VCPU_THREAD_NAMES",
     "ParseResult",
     "SkippedLine",
     "TraceRecord",
@@ -65,6 +67,7 @@ __all__ = [
     "parse_text",
     "summarize",
     "to_signed64",
+    "vcpu_thread_index",
 ]
 
 U8_MAX = (1 << 8) - 1
@@ -359,7 +362,7 @@ _LINE_RE = re.compile(
     r"""^\s*
     (?:L(?P<level>\d{1,3})\s+(?=\S.*[-\s]\d+\s))?   # kvmclock level column
     (?P<comm>.+?)(?:-|\s+)(?P<pid>\d+)\s+            # comm-pid (ftrace) or comm pid (perf)
-    (?:\(\s*(?P<tgid>\d+|-+)\)\s+)?                  # -o record-tgid column
+    (?:\(\s*(?P<tgid>\d+|-+)\)\s+)?                  # options/record-tgid column
     \[(?P<cpu>\d+)\]\s+
     (?:(?P<flags>[.A-Za-z0-9]{4,5})\s+)?             # latency flags (absent: trace-cmd, old)
     (?P<ts>\d+(?:\.\d+)?):\s+
@@ -736,35 +739,151 @@ _RECORD_KEYS = (
 
 GROUPINGS = ("auto", "pid", "one")
 
+#: vCPU thread names of the common VMMs (the comm column, at most 15 characters): QEMU
+#: ``CPU <n>/KVM`` (qemu_thread_create in kvm_start_vcpu_thread), cloud-hypervisor
+#: ``vcpu<n>``, Firecracker ``fc_vcpu <n>``; ``<n>`` is the vCPU index.
+VCPU_THREAD_NAMES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("qemu", re.compile(r"^CPU (\d+)/KVM$")),
+    ("cloud-hypervisor", re.compile(r"^vcpu(\d+)$")),
+    ("firecracker", re.compile(r"^fc_vcpu (\d+)$")),
+)
 
-def _process_key(rec: TraceRecord, group: str) -> str:
-    """Which VM a record belongs to. ``auto``: the tgid when traced (``-o record-tgid``), else the
-    level column (kvmclock simulate: one VM per level), else the pid; ``pid``: every task on
-    its own (QEMU's vCPU threads have their own pids); ``one``: everything is one VM."""
+
+def vcpu_thread_index(comm: str) -> tuple[str, int] | None:
+    """(VMM, vCPU index) when ``comm`` is a vCPU thread name of :data:`VCPU_THREAD_NAMES`
+    (``"CPU 1/KVM"`` -> ``("qemu", 1)``), else None."""
+    for vmm, rx in VCPU_THREAD_NAMES:
+        m = rx.match(comm)
+        if m is not None:
+            return vmm, int(m.group(1))
+    return None
+
+
+@dataclass
+class _Group:
+    """One VM as the grouping pass found it."""
+
+    key: str
+    grouped_by: str
+    pids: list[int] = field(default_factory=list)
+    indices: dict[int, int] = field(default_factory=dict)  # vCPU index -> pid
+
+
+def _group_records(records: list[TraceRecord], group: str) -> list[_Group]:
+    """Which VM each record belongs to (one :class:`_Group` per record, shared between the
+    records of one VM).
+
+    ``one``: everything is one VM. ``pid``: every task on its own. ``auto``, in this order:
+
+    1. the tgid column (``options/record-tgid``, printed ``(%7d)`` after ``comm-pid``); a pid
+       seen once with its tgid keeps that tgid on its lines without one;
+    2. the level column (kvmclock simulate: one VM per level);
+    3. vCPU thread names (:data:`VCPU_THREAD_NAMES`): the threads of one VMM kind join one VM
+       in order of appearance, as long as their vCPU indices differ; a thread whose index
+       the current VM already has starts the next VM (a VMM runs one thread per vCPU);
+    4. otherwise the pid.
+    """
+    out: list[_Group] = []
     if group == "one":
-        return "all"
-    if group == "pid":
-        ident: int | None = rec.pid
-    elif rec.tgid is not None:
-        ident = rec.tgid
-    elif rec.level is not None:
-        return f"L{rec.level}"
-    else:
-        ident = rec.pid
-    return f"L{rec.level}:{ident}" if rec.level is not None else str(ident)
+        g = _Group("all", "all")
+        for rec in records:
+            if rec.pid not in g.pids:
+                g.pids.append(rec.pid)
+            out.append(g)
+        return out
+    tgid_of: dict[tuple[int | None, int], int] = {}
+    if group == "auto":
+        for rec in records:
+            if rec.tgid is not None:
+                tgid_of.setdefault((rec.level, rec.pid), rec.tgid)
+    by_key: dict[str, _Group] = {}
+    thread_group: dict[tuple[int | None, int], _Group] = {}
+    current: dict[tuple[int | None, str], _Group] = {}
+
+    def get(key: str, by: str) -> _Group:
+        g = by_key.get(key)
+        if g is None:
+            g = by_key[key] = _Group(key, by)
+        return g
+
+    for rec in records:
+        lp = f"L{rec.level}:" if rec.level is not None else ""
+        task = (rec.level, rec.pid)
+        tgid = tgid_of.get(task)
+        named = vcpu_thread_index(rec.comm) if group == "auto" else None
+        if group == "pid":
+            g = get(f"{lp}{rec.pid}", "pid")
+        elif tgid is not None:
+            g = get(f"{lp}{tgid}", "tgid")
+        elif rec.level is not None:
+            g = get(f"L{rec.level}", "level")
+        elif named is not None:
+            found = thread_group.get(task)
+            if found is None:
+                vmm, idx = named
+                cur = current.get((rec.level, vmm))
+                if cur is None or idx in cur.indices:
+                    cur = _Group(f"{lp}{rec.pid}", "vcpu_threads")
+                    current[(rec.level, vmm)] = cur
+                cur.indices[idx] = rec.pid
+                thread_group[task] = cur
+                found = cur
+            g = found
+        else:
+            g = get(f"{lp}{rec.pid}", "pid")
+        if rec.pid not in g.pids:
+            g.pids.append(rec.pid)
+        out.append(g)
+    for g in {id(g): g for g in out}.values():
+        if g.grouped_by == "vcpu_threads":
+            # the key names every thread: "4321+4322"
+            lp = g.key.split(":", 1)[0] + ":" if ":" in g.key else ""
+            g.key = lp + "+".join(str(p) for p in g.pids)
+    return out
 
 
 PVCLOCK_TRACE_VERSIONS = ("auto", "odd", "final")
 
 
+def _when(rec: TraceRecord) -> dict[str, Any]:
+    """Where a record is: input line, and its time in ns (``secs.usecs`` timestamps) or in raw
+    counter units (counter trace clocks); the other one is None."""
+    return {"line": rec.line_no, "time_ns": rec.t_ns, "time_counter": rec.counter}
+
+
+def _pvclock_entry(rec: Mapping[str, int], derived: Mapping[str, Any]) -> dict[str, Any]:
+    """A traced pvclock record with units in the key names."""
+    return {
+        "version": rec["version"],
+        "tsc_timestamp_cycles": rec["tsc_timestamp"],
+        "system_time_ns": rec["system_time"],
+        "tsc_to_system_mul": rec["tsc_to_system_mul"],
+        "tsc_shift": rec["tsc_shift"],
+        "flags": rec["flags"],
+        "flag_names": derived["flag_names"],
+        "kvmclock_ns": derived["kvmclock_ns"],
+        "tsc_khz": derived["tsc_khz"],
+    }
+
+
 def summarize(
     result: ParseResult, group: str = "auto", pvclock_trace_version: str = "auto"
 ) -> dict[str, Any]:
-    """Per VM process and vCPU: masterclock transitions, TSC generations (a kvm_track_tsc with
-    offsetmatched 0 opens one: ``__kvm_synchronize_tsc`` resets nr_vcpus_matched_tsc on an
-    unmatched write), TSC offsets (u64 and s64 view), pvclock updates with the kvmclock at each
-    record's tsc_timestamp and the step a guest sees at the update, and anomalies. ``group``
-    chooses what counts as one VM process (see :func:`_process_key`).
+    """The ``kvmclock.trace`` document (schema ``kvmclock/schemas/trace.schema.json``): per VM
+    and vCPU the masterclock transitions, TSC generations, TSC offsets (u64 and s64 view, in
+    TSC cycles), pvclock updates with the kvmclock at each record's tsc_timestamp and the step
+    a guest sees at the update, and anomalies. ``group`` chooses what counts as one VM (see
+    :func:`_group_records`).
+
+    TSC generations follow ``__kvm_synchronize_tsc`` (arch/x86/kvm/x86.c): an unmatched TSC
+    write starts a generation and resets ``nr_vcpus_matched_tsc`` to 0, a matched write by a
+    vCPU new to the generation increments it, and ``kvm_track_tsc_matching`` traces the count
+    as ``offsetmatched`` (it does not count the vCPU that opened the generation). So
+    ``offsetmatched 0`` opens a generation, except when the vCPU that opened the current one
+    writes the same offset again (a matched write: the count stays 0); ``offsetmatched n > 0``
+    joins the current one. The masterclock needs ``nr_vcpus_matched_tsc + 1 == online_vcpus``:
+    vCPUs of one VM that end the trace with different offsets keep it off, reported as the
+    ``tsc_offsets_differ`` anomaly.
 
     ``pvclock_trace_version``: where the kernel traced ``kvm_pvclock_update``. ``odd``: before
     the final version store, so every traced version is odd (4.13 ``kvm_setup_pvclock_page``);
@@ -792,111 +911,130 @@ def summarize(
     unit = None if not units else (units.pop() if len(units) == 1 else "mixed")
     formats = Counter(r.fmt for r in records if r.fmt is not None)
 
-    masterclock: list[list[Any]] = []
-    top_vcpus: dict[str, dict[str, Any]] = {}
-    processes: dict[str, dict[str, Any]] = {}
+    clock_records = [r for r in records if r.data is not None]
+    groups = _group_records(clock_records, group)
+    masterclock: list[dict[str, Any]] = []
+    vms: dict[int, dict[str, Any]] = {}
     anomalies: list[dict[str, Any]] = []
 
-    def proc_of(rec: TraceRecord) -> dict[str, Any]:
-        key = _process_key(rec, group)
-        p: dict[str, Any] | None = processes.get(key)
+    def vm_of(rec: TraceRecord, g: _Group) -> dict[str, Any]:
+        p: dict[str, Any] | None = vms.get(id(g))
         if p is None:
             p = {
-                "pids": [],
+                "vm": g.key,
+                "grouped_by": g.grouped_by,
                 "comm": rec.comm,
                 "level": rec.level,
+                "threads": [],
                 "events": 0,
                 "masterclock_updates": 0,
                 "masterclock": None,
+                "host_clock": None,
                 "masterclock_transitions": [],
                 "tsc_generations": [],
                 "vcpus": {},
             }
-            processes[key] = p
+            vms[id(g)] = p
+        if not any(t["pid"] == rec.pid for t in p["threads"]):
+            named = vcpu_thread_index(rec.comm)
+            p["threads"].append({"pid": rec.pid, "comm": rec.comm, "tgid": rec.tgid,
+                                 "vcpu_index": None if named is None else named[1]})
         return p
 
     def vcpu_of(p: dict[str, Any], vid: int) -> dict[str, Any]:
-        v: dict[str, Any] | None = p["vcpus"].get(str(vid))
+        v: dict[str, Any] | None = p["vcpus"].get(vid)
         if v is None:
             v = {
+                "vcpu_id": vid,
                 "tsc_writes": 0,
-                "tsc_offset": None,
-                "tsc_offset_signed": None,
+                "tsc_offset_cycles": None,
+                "tsc_offset_signed_cycles": None,
                 "offsets": [],
                 "track_tsc": 0,
                 "generation": None,
                 "pvclock_updates": 0,
                 "pvclock": [],
                 "last_pvclock": None,
+                "_last_offset_line": None,
+                "_last_raw": None,
             }
-            p["vcpus"][str(vid)] = v
+            p["vcpus"][vid] = v
         return v
 
-    for rec in records:
-        if rec.data is None:
-            continue
-        p = proc_of(rec)
+    for rec, g in zip(clock_records, groups, strict=True):
+        p = vm_of(rec, g)
         p["events"] += 1
         d = rec.data
-        tv = rec.time_value
-        where = {"line": rec.line_no, "timestamp": tv, "process": _process_key(rec, group)}
-        if rec.pid not in p["pids"]:
-            p["pids"].append(rec.pid)
+        assert d is not None
+        where = {**_when(rec), "vm": g.key}
         if rec.event == "kvm_update_master_clock":
             on = bool(d["use_master_clock"])
-            masterclock.append([tv, on])
+            masterclock.append({**_when(rec), "vm": g.key, "on": on})
             p["masterclock_updates"] += 1
             if p["masterclock"] is None or p["masterclock"] != on:
-                p["masterclock_transitions"].append([tv, on])
+                p["masterclock_transitions"].append({**_when(rec), "on": on})
             p["masterclock"] = on
             p["host_clock"] = (
-                {"stable": d["host_clock_stable"]}
+                {"stable": d["host_clock_stable"], "vclock_mode": None, "symbol": None}
                 if "host_clock_stable" in d
-                else {"vclock_mode": d["host_clock"], "symbol": d["host_clock_symbol"]}
+                else {"stable": None, "vclock_mode": d["host_clock"],
+                      "symbol": d["host_clock_symbol"]}
             )
         elif rec.event == "kvm_write_tsc_offset":
             v = vcpu_of(p, d["vcpu_id"])
             v["tsc_writes"] += 1
-            v["tsc_offset"] = d["next_tsc_offset"]
-            v["tsc_offset_signed"] = to_signed64(d["next_tsc_offset"])
+            v["tsc_offset_cycles"] = d["next_tsc_offset"]
+            v["tsc_offset_signed_cycles"] = to_signed64(d["next_tsc_offset"])
+            v["_last_offset_line"] = rec
             v["offsets"].append(
                 {
-                    "timestamp": tv,
-                    "prev": d["previous_tsc_offset"],
-                    "next": d["next_tsc_offset"],
-                    "prev_signed": to_signed64(d["previous_tsc_offset"]),
-                    "next_signed": to_signed64(d["next_tsc_offset"]),
+                    **_when(rec),
+                    "prev_cycles": d["previous_tsc_offset"],
+                    "next_cycles": d["next_tsc_offset"],
+                    "prev_signed_cycles": to_signed64(d["previous_tsc_offset"]),
+                    "next_signed_cycles": to_signed64(d["next_tsc_offset"]),
                 }
             )
         elif rec.event == "kvm_track_tsc":
-            v = vcpu_of(p, d["vcpu_id"])
+            vid = d["vcpu_id"]
+            v = vcpu_of(p, vid)
             v["track_tsc"] += 1
             gens = p["tsc_generations"]
-            if d["nr_vcpus_matched_tsc"] == 0 or not gens:
+            matched = d["nr_vcpus_matched_tsc"]
+            last = gens[-1] if gens else None
+            rewrite = (
+                matched == 0 and last is not None and last["opened_by_vcpu"] == vid
+                and last["vcpus"] == [vid] and last["offset_cycles"] is not None
+                and last["offset_cycles"] == v["tsc_offset_cycles"]
+            )
+            if last is None or (matched == 0 and not rewrite):
                 gens.append(
                     {
                         "index": len(gens),
-                        "timestamp": tv,
-                        "opened_by_vcpu": d["vcpu_id"],
-                        "offset": v["tsc_offset"],
-                        "offset_signed": v["tsc_offset_signed"],
-                        "vcpus": [d["vcpu_id"]],
-                        "nr_vcpus_matched_tsc": d["nr_vcpus_matched_tsc"],
+                        **_when(rec),
+                        # offsetmatched n > 0 on the first one: it opened before the trace
+                        "opened_by_vcpu": vid if matched == 0 else None,
+                        "offset_cycles": v["tsc_offset_cycles"] if matched == 0 else None,
+                        "offset_signed_cycles": (
+                            v["tsc_offset_signed_cycles"] if matched == 0 else None),
+                        "vcpus": [vid],
+                        "nr_vcpus_matched_tsc": matched,
                         "online_vcpus": d["online_vcpus"],
                     }
                 )
             else:
-                g = gens[-1]
-                if d["vcpu_id"] not in g["vcpus"]:
-                    g["vcpus"].append(d["vcpu_id"])
-                g["nr_vcpus_matched_tsc"] = d["nr_vcpus_matched_tsc"]
-                g["online_vcpus"] = d["online_vcpus"]
+                assert last is not None
+                if vid not in last["vcpus"]:
+                    last["vcpus"].append(vid)
+                last["nr_vcpus_matched_tsc"] = matched
+                last["online_vcpus"] = d["online_vcpus"]
             v["generation"] = gens[-1]["index"]
         elif rec.event == "kvm_pvclock_update":
             v = vcpu_of(p, d["vcpu_id"])
             record = {k: d[k] for k in _RECORD_KEYS}
-            entry: dict[str, Any] = {"timestamp": tv, **record, **_pvclock_derived(record)}
-            prev = v["last_pvclock"]
+            entry: dict[str, Any] = {**_when(rec),
+                                     **_pvclock_entry(record, _pvclock_derived(record))}
+            prev = v["_last_raw"]
             entry["step_ns"] = None
             if prev is not None:
                 if record["system_time"] < prev["system_time"]:
@@ -955,25 +1093,34 @@ def summarize(
             v["pvclock_updates"] += 1
             v["pvclock"].append(entry)
             v["last_pvclock"] = entry
-            top = top_vcpus.setdefault(
-                str(d["vcpu_id"]), {"pvclock_updates": 0, "last_pvclock": None}
-            )
-            top["pvclock_updates"] += 1
-            top["last_pvclock"] = entry
+            v["_last_raw"] = record
+
+    out_vms: list[dict[str, Any]] = []
+    for p in vms.values():
+        anomalies.extend(_offset_anomalies(p))
+        vcpus = []
+        for _, v in sorted(p["vcpus"].items()):
+            del v["_last_offset_line"], v["_last_raw"]
+            vcpus.append(v)
+        p["vcpus"] = vcpus
+        out_vms.append(p)
+    anomalies.sort(key=lambda a: a["line"])
 
     return {
+        "schema": "kvmclock.trace",
+        "schema_version": 1,
         "events": len(records),
         "clock_events": sum(by_event[e] for e in CLOCK_EVENTS),
         "skipped_lines": len(result.skipped),
         "header_lines": result.header_lines,
         "total_lines": result.total_lines,
         "timestamp_unit": unit,
+        "grouping": group,
         "formats": dict(sorted(formats.items())),
         "pvclock_trace_version": placement,
         "by_event": dict(sorted(by_event.items())),
         "masterclock": masterclock,
-        "vcpus": dict(sorted(top_vcpus.items(), key=lambda kv: int(kv[0]))),
-        "processes": processes,
+        "vms": out_vms,
         "anomalies": anomalies,
         "skipped": [
             {"line": s.line_no, "reason": s.reason, "text": s.text} for s in result.skipped[:20]
@@ -981,10 +1128,60 @@ def summarize(
     }
 
 
-def _ts(v: float | int | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.6f}s" if isinstance(v, float) else f"@{v}"
+def _offset_anomalies(p: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``tsc_offsets_differ``: the vCPUs of one VM end the trace with different TSC offsets.
+    The reference offset is the one most vCPUs share (ties: the lowest vCPU id's); every vCPU
+    with another offset gets one anomaly at its last ``kvm_write_tsc_offset``, with the
+    difference (its offset minus the reference, s64, TSC cycles)."""
+    known = {vid: v for vid, v in p["vcpus"].items() if v["tsc_offset_cycles"] is not None}
+    if len({v["tsc_offset_cycles"] for v in known.values()}) < 2:
+        return []
+    count = Counter(v["tsc_offset_cycles"] for v in known.values())
+    ref_vid = min(known, key=lambda vid: (-count[known[vid]["tsc_offset_cycles"]], vid))
+    ref = known[ref_vid]["tsc_offset_cycles"]
+    out = []
+    for vid, v in sorted(known.items()):
+        if v["tsc_offset_cycles"] == ref:
+            continue
+        diff = to_signed64((v["tsc_offset_cycles"] - ref) & U64_MAX)
+        rec: TraceRecord = v["_last_offset_line"]
+        gen = p["tsc_generations"][v["generation"]] if v["generation"] is not None else None
+        why = ""
+        if gen is not None and gen["opened_by_vcpu"] == vid:
+            why = f" (its write opened TSC generation {gen['index']}: offsetmatched 0)"
+        what = f"vCPU {vid}'s offset differs by {diff} cycles from vCPU {ref_vid}'s{why}"
+        detail = (f"masterclock stays off: {what}" if p["masterclock"] is not True
+                  else f"{what}, yet the masterclock is on")
+        out.append(
+            {
+                "kind": "tsc_offsets_differ",
+                "vcpu": vid,
+                **_when(rec),
+                "vm": p["vm"],
+                "difference_cycles": diff,
+                "reference_vcpu": ref_vid,
+                "detail": detail,
+            }
+        )
+    return out
+
+
+def _ts(when: Mapping[str, Any]) -> str:
+    if when.get("time_ns") is not None:
+        secs, ns = divmod(when["time_ns"], 10**9)
+        return f"{secs}.{ns // 1000:06d}s" if ns % 1000 == 0 else f"{secs}.{ns:09d}s"
+    if when.get("time_counter") is not None:
+        return f"@{when['time_counter']}"
+    return "-"
+
+
+_GROUPED_BY_TEXT = {
+    "tgid": "tgid column",
+    "level": "level column",
+    "vcpu_threads": "vCPU thread names",
+    "pid": "one task",
+    "all": "--group one",
+}
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -1000,26 +1197,26 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     )
     if summary["by_event"]:
         out.append("by event: " + ", ".join(f"{k} {v}" for k, v in summary["by_event"].items()))
-    for key, p in summary["processes"].items():
+    for p in summary["vms"]:
         lvl = f" level {p['level']}" if p["level"] is not None else ""
         out.append("")
-        pids = ", ".join(str(x) for x in p["pids"])
-        out.append(f"VM process {key} ({p['comm']}){lvl}: {p['events']} clock events from "
-                   f"pid {pids}")
+        threads = ", ".join(f"{t['comm']}-{t['pid']}" for t in p["threads"])
+        out.append(f"VM {p['vm']}{lvl} (by {_GROUPED_BY_TEXT[p['grouped_by']]}): "
+                   f"{p['events']} clock events from {threads}")
         mc = p["masterclock"]
-        hc = p.get("host_clock")
+        hc = p["host_clock"]
         hc_txt = ""
         if hc is not None:
             hc_txt = (
                 f", hostclock stable {int(hc['stable'])}"
-                if "stable" in hc
+                if hc["stable"] is not None
                 else f", hostclock {hc['symbol']}"
             )
         out.append(
             f"  masterclock: {'-' if mc is None else ('on' if mc else 'off')} after "
             f"{p['masterclock_updates']} updates{hc_txt}; transitions: "
             + (
-                ", ".join(f"{_ts(t)} {'on' if s else 'off'}" for t, s in
+                ", ".join(f"{_ts(t)} {'on' if t['on'] else 'off'}" for t in
                           p["masterclock_transitions"])
                 or "none"
             )
@@ -1027,22 +1224,25 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         for g in p["tsc_generations"]:
             off = (
                 "?"
-                if g["offset"] is None
-                else f"{g['offset']} (signed {g['offset_signed']})"
+                if g["offset_cycles"] is None
+                else f"{g['offset_cycles']} (signed {g['offset_signed_cycles']})"
             )
+            opened = (f"opened by vCPU {g['opened_by_vcpu']}" if g["opened_by_vcpu"] is not None
+                      else "opened before the trace")
             out.append(
-                f"  TSC generation {g['index']} at {_ts(g['timestamp'])}: opened by vCPU "
-                f"{g['opened_by_vcpu']}, offset {off}, vCPUs {g['vcpus']}, matched "
-                f"{g['nr_vcpus_matched_tsc']} of {g['online_vcpus']} online"
+                f"  TSC generation {g['index']} at {_ts(g)}: {opened}, offset {off}, "
+                f"vCPUs {g['vcpus']}, matched {g['nr_vcpus_matched_tsc']} of "
+                f"{g['online_vcpus']} online"
             )
-        for vid, v in sorted(p["vcpus"].items(), key=lambda kv: int(kv[0])):
+        for v in p["vcpus"]:
             off = (
-                "-" if v["tsc_offset"] is None
-                else f"{v['tsc_offset']} (signed {v['tsc_offset_signed']})"
+                "-" if v["tsc_offset_cycles"] is None
+                else f"{v['tsc_offset_cycles']} (signed {v['tsc_offset_signed_cycles']})"
             )
+            gen = "" if v["generation"] is None else f", TSC generation {v['generation']}"
             out.append(
-                f"  vCPU {vid}: {v['tsc_writes']} TSC offset writes, offset {off}; "
-                f"{v['pvclock_updates']} pvclock updates"
+                f"  vCPU {v['vcpu_id']}: {v['tsc_writes']} TSC offset writes, offset {off}"
+                f"{gen}; {v['pvclock_updates']} pvclock updates"
             )
             last = v["last_pvclock"]
             if last is not None:
@@ -1051,10 +1251,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 step_txt = (
                     f"; step at updates min {min(steps)} max {max(steps)} ns" if steps else ""
                 )
+                kv = "-" if last["kvmclock_ns"] is None else f"{last['kvmclock_ns']} ns"
                 out.append(
-                    f"    last pvclock at {_ts(last['timestamp'])}: version {last['version']}, "
-                    f"tsc_timestamp {last['tsc_timestamp']:#x}, system_time "
-                    f"{last['system_time']} ns (kvmclock there {last['kvmclock_ns']} ns), "
+                    f"    last pvclock at {_ts(last)}: version {last['version']}, "
+                    f"tsc_timestamp {last['tsc_timestamp_cycles']:#x}, system_time "
+                    f"{last['system_time_ns']} ns (kvmclock there {kv}), "
                     f"mul {last['tsc_to_system_mul']:#x} shift {last['tsc_shift']} ({khz}), "
                     f"flags {last['flags']:#x} {'|'.join(last['flag_names']) or '-'}{step_txt}"
                 )
@@ -1063,7 +1264,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     out.append(f"anomalies: {len(anomalies)}")
     for a in anomalies[:50]:
         out.append(
-            f"  line {a['line']} {_ts(a['timestamp'])} {a['process']} vCPU {a['vcpu']}: "
+            f"  line {a['line']} {_ts(a)} VM {a['vm']} vCPU {a['vcpu']}: "
             f"{a['kind']}: {a['detail']}"
         )
     if len(anomalies) > 50:

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
 from kvmclock.errors import UsageError
@@ -26,10 +26,11 @@ U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 
 
-def add_json_option(s: argparse.ArgumentParser, what: str) -> None:
+def add_json_option(s: argparse._ActionsContainer, what: str) -> None:
     """``--json [PATH|-]`` on a command: ``--json`` alone or ``--json -`` prints ``what`` as
     JSON on stdout instead of the text, ``--json PATH`` writes it to PATH (the text still
-    goes to stdout).  Every command spells it this way."""
+    goes to stdout).  Every command spells it this way; ``s`` is a parser or an argument
+    group (a mutually exclusive one too)."""
     s.add_argument(
         "--json",
         nargs="?",
@@ -40,20 +41,68 @@ def add_json_option(s: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _dump_json(doc: Any, path: str) -> None:
-    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-    else:
-        _write_file(path, text)
+def _dump_json(doc: Any, path: str, default: Callable[[Any], Any] | None = None) -> None:
+    """``doc`` as indented JSON to ``path`` (``-`` = stdout); ``default`` converts what JSON
+    has no type for (as in :func:`json.dumps`)."""
+    _write_file(path, json.dumps(doc, indent=2, sort_keys=False, default=default) + "\n")
 
 
 def _write_file(path: str, text: str) -> None:
+    """``text`` to the file ``path``, or to stdout when ``path`` is ``-`` (every output
+    option takes ``-``). UsageError when the file cannot be written."""
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """``data`` to the file ``path``, or to stdout's binary buffer when ``path`` is ``-``."""
+    if path == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _check_outputs(
+    command: str,
+    outputs: Sequence[tuple[str, str | None]],
+    paths_checked_by_caller: Sequence[str] = (),
+) -> None:
+    """Before any work: the output options ``(option, value)`` given (value not None) can be
+    written (except the options in ``paths_checked_by_caller``, e.g. one PATH giving a file
+    per profile). ``-`` means stdout, which only one of them may use: two are a usage error
+    naming both."""
+    to_stdout = [option for option, value in outputs if value == "-"]
+    if len(to_stdout) > 1:
+        both = "both" if len(to_stdout) == 2 else "all"
+        raise UsageError(
+            f"{command}: {' and '.join(f'{o} -' for o in to_stdout)} would {both} write to "
+            f"stdout; give all but one of them a file name (e.g. {to_stdout[-1]} out.file)"
+        )
+    for option, value in outputs:
+        if value is not None and option not in paths_checked_by_caller:
+            _check_output_path(value, option)
+
+
+def _refuse_binary_to_terminal(command: str, option: str, path: str | None) -> None:
+    """``--plot -`` (binary data to stdout) when stdout is a terminal: a usage error."""
+    if path == "-" and sys.stdout.isatty():
+        raise UsageError(
+            f"{command}: {option} - would write binary PNG data to the terminal; redirect "
+            f"stdout (e.g. {option} - > out.png) or give a file name ({option} out.png)"
+        )
 
 
 def _check_output_path(path: str, option: str) -> None:
@@ -123,6 +172,71 @@ def _spinner(label: str, stream: TextIO, delay_s: float = 1.0) -> Iterator[None]
         if shown[0]:
             stream.write("\r\033[K")
             stream.flush()
+
+
+class _Progress:
+    """A progress line on ``stream`` (stderr) while a simulation runs, only when ``stream`` is
+    a terminal: ``label``, the simulated time reached out of the run's duration (seconds) and
+    the percentage. Call it with ``(now_ns, duration_ns)`` as the run advances; it shows the
+    line once ``delay_s`` of wall time (``clock``, seconds) has passed, then at most every
+    ``every_s``; :meth:`close` erases it. Not a terminal: :attr:`callback` is None and nothing
+    is written."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        label: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        delay_s: float = 0.5,
+        every_s: float = 0.25,
+    ) -> None:
+        self.stream = stream
+        self.label = label
+        self.clock = clock
+        self.delay_s = delay_s
+        self.every_s = every_s
+        self.active = bool(stream.isatty())
+        self.start = clock()
+        self.last: float | None = None
+        self.shown = False
+
+    @property
+    def callback(self) -> Callable[[int, int], None] | None:
+        """The ``progress`` argument of :func:`kvmclock.sim.run_scenario`: None when the
+        stream is not a terminal (the run is not cut into steps at all)."""
+        return self.update if self.active else None
+
+    def update(self, now_ns: int, duration_ns: int) -> None:
+        """The run reached simulated time ``now_ns`` of ``duration_ns`` (ns)."""
+        if not self.active:
+            return
+        t = self.clock()
+        if t - self.start < self.delay_s:
+            return
+        if self.last is not None and t - self.last < self.every_s:
+            return
+        self.last = t
+        pct = now_ns * 100 // duration_ns if duration_ns > 0 else 100
+        self.stream.write(
+            f"\r{self.label}: {now_ns / 1e9:.2f} s of {duration_ns / 1e9:g} s simulated "
+            f"({pct}%)\033[K"
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        """Erase the line (when it was shown)."""
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _int_arg(name: str, lo: int, hi: int) -> Callable[[str], int]:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from typing import Any
 
-from kvmclock.cli.common import EXIT_OK, U32_MAX, _int_arg
+from kvmclock.cli.common import (
+    EXIT_OK,
+    U32_MAX,
+    _check_output_path,
+    _dump_json,
+    _int_arg,
+    add_json_option,
+)
 from kvmclock.errors import UsageError
 
 
@@ -17,6 +23,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from kvmclock import drift
     from kvmclock.profiles import parse_assignments, resolve_profile
 
+    if args.json is not None:
+        _check_output_path(args.json, "--json")
     try:
         profile = resolve_profile(str(args.profile).strip(), **parse_assignments(args.set or []))
         d = drift.predict(args.tsc_khz, args.guest_khz, args.vendor, args.seconds, profile)
@@ -27,9 +35,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
             msg = re.sub(rf"(?<![\w-]){name}\b", option, msg)
         raise UsageError(f"kvmclock drift: {msg}") from None
     doc = d.to_json()
-    if args.json:
-        print(json.dumps(doc, indent=2))
-        return EXIT_OK
+    if args.json is not None:
+        _dump_json(doc, args.json)
+        if args.json == "-":
+            return EXIT_OK
     base = ("CLOCK_MONOTONIC_RAW + boot offset" if doc["time_base"] == "raw"
             else "CLOCK_BOOTTIME")
     mode = {"native": "same rate as the host", "scaled": f"scaled, ratio {doc['ratio'] or 0:#x}",
@@ -83,5 +92,5 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="kernel profile (default upstream; kvmclock profiles lists them)")
     s.add_argument("--set", action="append", metavar="SWITCH=VALUE",
                    help="flip one behaviour switch of the profile (repeatable)")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(s, "the prediction")
     s.set_defaults(func=cmd_drift)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kvmclock.cli.common import EXIT_OK, _dump_json
+from kvmclock.cli.common import EXIT_OK, _check_output_path, _dump_json, add_json_option
 from kvmclock.errors import UsageError
 
 
@@ -15,10 +15,17 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     if args.name is not None and args.name not in PROFILES:
         raise UsageError(f"profiles: unknown profile {args.name!r}; choose one of: "
                          + ", ".join(PROFILES))
+    if args.name is None and args.json in PROFILES:
+        # `profiles --json upstream`: --json took the profile's name as its PATH
+        raise UsageError(f"profiles: --json {args.json}: to show profile {args.json} as JSON "
+                         f"write `kvmclock profiles {args.json} --json` (for a file of that "
+                         f"name: --json ./{args.json})")
+    if args.json is not None:
+        _check_output_path(args.json, "--json")
     names = list(PROFILES) if args.name is None else [args.name]
-    if args.json:
+    if args.json is not None:
         _dump_json(profiles_json(names), args.json)
-    else:
+    if args.json != "-":
         print(profiles_table(names))
     return EXIT_OK
 
@@ -36,6 +43,5 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         formatter_class=fmt,
     )
     s.add_argument("name", nargs="?", help="show only this profile")
-    s.add_argument("--json", nargs="?", const="-", metavar="PATH|-",
-                   help="write JSON (to stdout without PATH or with '-')")
+    add_json_option(s, "the switches and profiles")
     s.set_defaults(func=cmd_profiles)

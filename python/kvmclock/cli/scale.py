@@ -1,30 +1,58 @@
-"""``kvmclock scale``: mult/shift for a TSC frequency (and TSC scaling)."""
+"""``kvmclock scale``: mult/shift for a TSC frequency, and what KVM does with a guest TSC
+frequency (``KVM_SET_TSC_KHZ``) or a TSC scaling ratio on a host with VMX, SVM or no TSC
+scaling hardware.
+
+The guest part runs the model itself (:mod:`kvmclock.kvm.x86`): a one-CPU host of the given
+frequency and scaling hardware boots, loads KVM, creates a VM and a vCPU, issues the vCPU's
+``KVM_SET_TSC_KHZ`` (``Kvm.set_vcpu_tsc_khz``: the ``max_guest_tsc_khz`` gate, then
+``kvm_set_tsc_khz``: the 250 ppm tolerance, the ratio and its bounds, catch-up), enables
+kvmclock and enters the vCPU once so that ``kvm_guest_time_update`` writes the record.  What
+it prints is read back from that vCPU; no rule is computed a second time here.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import sys
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from kvmclock.cli.common import EXIT_OK, U32_MAX, U64_MAX, _int_arg
-from kvmclock.errors import UsageError
+from kvmclock.cli.common import EXIT_OK, U32_MAX, U64_MAX, _dump_json, _int_arg, add_json_option
+from kvmclock.errors import LivelockDetected, UsageError
 
-_FRAC_BITS = {"vmx": 48, "svm": 32}
-# kvm_caps.max_tsc_scaling_ratio: KVM_VMX_TSC_MULTIPLIER_MAX (vmx.c), SVM_TSC_RATIO_MAX
-# (arch/x86/include/asm/svm.h); set_tsc_khz rejects ratio == 0 || ratio >= max
-_MAX_RATIO = {"vmx": (1 << 64) - 1, "svm": 0x000000FFFFFFFFFF}
+SCALINGS = ("vmx", "svm", "none")
+"""The host's TSC scaling hardware, as the model's ``TSC_SCALING_CAPS`` names it."""
+DEFAULT_PROFILE = "upstream"
+_MODEL_BOOT_NS = 1_000_000  # the model host runs 1 ms before KVM is loaded (as the tests do)
 
 
-def _parse_ratio(text: str, frac_bits: int) -> int:
-    """``--ratio``: a fixed-point integer (decimal or 0x hex) or a real number like ``1.5``
-    (converted exactly, truncated to ``frac_bits`` fraction bits)."""
+@dataclass(frozen=True)
+class RatioInput:
+    """``--ratio`` as typed: ``form`` is ``fixed_point`` (an integer, decimal or 0x hex, used
+    as the raw multiplier) or ``real`` (``1.5``, ``3/2``: converted exactly, truncated to the
+    host's fraction bits)."""
+
+    text: str
+    form: str
+    value: Fraction | int
+
+    def fixed_point(self, frac_bits: int) -> int:
+        """The multiplier with ``frac_bits`` fraction bits (VMX 48, SVM 32)."""
+        if self.form == "real":
+            return int(Fraction(self.value) * (1 << frac_bits))
+        return int(self.value)
+
+
+def parse_ratio(text: str) -> RatioInput:
+    """``--ratio``: a fixed-point integer (decimal or 0x hex) or a real number (``1.5``,
+    ``.5``, ``3/2``).  UsageError names the option and both valid forms."""
     t = text.strip()
     try:
         if re.fullmatch(r"\d+\.\d*|\.\d+|\d+/\d+", t):
-            return int(Fraction(t) * (1 << frac_bits))
-        return int(t, 0)
+            return RatioInput(text, "real", Fraction(t))
+        return RatioInput(text, "fixed_point", int(t, 0))
     except (ValueError, ZeroDivisionError):
         raise UsageError(
             f"scale: --ratio must be a fixed-point integer (e.g. 0x1000000000000) or a real "
@@ -32,9 +60,223 @@ def _parse_ratio(text: str, frac_bits: int) -> int:
         ) from None
 
 
-def scale_report(tsc_khz: int, guest_khz: int | None, ratio_text: str | None,
-                 vendor: str | None) -> dict[str, Any]:
-    """Every number ``kvmclock scale`` prints (computed by the native core)."""
+def _model_host(tsc_khz: int, scaling: str, profile: str) -> tuple[Any, Any]:
+    """A booted one-CPU model host of ``tsc_khz`` kHz with TSC scaling hardware ``scaling``,
+    KVM loaded under ``profile``, one VM with one vCPU: ``(KvmModule, Kvm)``."""
+    from kvmclock.kernel import Kernel
+    from kvmclock.machine import PhysicalMachine, World
+
+    world = World(0)
+    machine = PhysicalMachine(world, 1, tsc_khz=tsc_khz, tsc_scaling=scaling)
+    host = Kernel(machine, profile, name="L0")
+    host.boot()
+    world.run_until(_MODEL_BOOT_NS)
+    module = host.load_kvm()
+    vm = module.create_vm(name="guest")
+    vm.create_vcpu()
+    return module, vm
+
+
+def model_tsc_scaling(
+    tsc_khz: int,
+    scaling: str,
+    *,
+    guest_khz: int | None = None,
+    ratio: RatioInput | None = None,
+    profile: str = DEFAULT_PROFILE,
+) -> dict[str, Any]:
+    """What KVM does on a ``tsc_khz`` kHz host with TSC scaling hardware ``scaling`` (``vmx``,
+    ``svm``, ``none``) for a vCPU asking ``guest_khz`` kHz (``KVM_SET_TSC_KHZ``, x86.c
+    ``kvm_arch_vcpu_ioctl`` -> ``kvm_set_tsc_khz`` -> ``set_tsc_khz``) or given the TSC
+    multiplier ``ratio`` (``kvm_vcpu_write_tsc_multiplier``), computed by the model and read
+    back from its vCPU; then the pvclock record ``kvm_guest_time_update`` writes for it.
+
+    ``rule``: ``no_scaling`` (within ``tsc_tolerance_ppm`` of the host: default ratio),
+    ``scaled`` (a ratio), ``catchup`` (no scaling hardware, faster guest) or ``refused``
+    (-EINVAL; ``refusal`` says why).  Frequencies in kHz, ratios fixed point with
+    ``frac_bits`` fraction bits."""
+    import kvmclock as k
+    from kvmclock.kvm import MSR_KVM_SYSTEM_TIME_NEW
+    from kvmclock.kvm.x86 import TSC_TOLERANCE_PPM
+
+    module, vm = _model_host(tsc_khz, scaling, profile)
+    vcpu = vm.vcpus[0]
+    lo = int(k.adjust_tsc_khz(tsc_khz, -TSC_TOLERANCE_PPM))
+    hi = int(k.adjust_tsc_khz(tsc_khz, TSC_TOLERANCE_PPM))
+    has_control = bool(module.has_tsc_control)
+    frac = int(module.tsc_scaling_ratio_frac_bits)
+    refusal: str | None = None
+    if guest_khz is not None:
+        try:
+            vm.set_vcpu_tsc_khz(0, guest_khz)
+        except ValueError as exc:
+            rule = "refused"
+            refusal = (
+                str(exc)
+                .removeprefix(f"{vm.name} vcpu 0: ")
+                .removeprefix(f"KVM_SET_TSC_KHZ {guest_khz} kHz refused (-EINVAL): ")
+                .removesuffix(" (-EINVAL)")
+            )
+        else:  # accepted: name the rule kvm_set_tsc_khz took (the vCPU holds its result)
+            plan, _ = module.set_tsc_khz_plan(guest_khz, tsc_khz)
+            rule = {"default": "no_scaling", "ratio": "scaled", "catchup": "catchup"}[plan]
+    elif ratio is not None:
+        if not has_control:
+            rule = "refused"
+            refusal = (
+                "no TSC scaling hardware (--scaling none): KVM has no TSC multiplier to "
+                "program; without it a guest faster than the host runs with catch-up "
+                "(ask a frequency with --guest-khz)"
+            )
+        else:
+            r = ratio.fixed_point(frac)
+            if r == 0 or r >= module.max_tsc_scaling_ratio:
+                rule = "refused"
+                refusal = (
+                    f"ratio {r:#x} is 0 or >= max_tsc_scaling_ratio "
+                    f"{module.max_tsc_scaling_ratio:#x} ({scaling}): set_tsc_khz never "
+                    "programs such a multiplier (-EINVAL)"
+                )
+            else:
+                vcpu.tsc_scaling_ratio = r  # kvm_vcpu_write_tsc_multiplier
+                rule = "no_scaling" if r == module.default_tsc_scaling_ratio else "scaled"
+    else:
+        raise ValueError("model_tsc_scaling needs guest_khz or ratio")
+    hardware_khz = int(module.kvm_scale_tsc(vcpu, tsc_khz))
+    hardware_hz = int(module.kvm_scale_tsc(vcpu, tsc_khz * 1000))
+    record: dict[str, Any] | None = None
+    record_note: str | None = None
+    if rule == "refused":
+        record_note = "no record: the frequency was refused, the vCPU keeps the host's"
+    else:
+        vm.machine.wrmsr(0, MSR_KVM_SYSTEM_TIME_NEW, 1)  # kvmclock at guest address 0
+        try:
+            vm.machine.run_on_cpu(0, lambda: None)  # vCPU entry: kvm_guest_time_update
+        except LivelockDetected as exc:
+            record_note = f"no record: {exc}"
+        except (ValueError, OverflowError) as exc:
+            record_note = f"no record: KVM cannot express it ({exc})"
+        else:
+            hv = vcpu.hv_clock
+            record = {
+                "record_tsc_khz": int(vcpu.hw_tsc_khz),
+                "tsc_to_system_mul": int(hv.tsc_to_system_mul),
+                "tsc_shift": int(hv.tsc_shift),
+                "pvclock_tsc_khz": (
+                    int(k.pvclock_tsc_khz(tsc_to_system_mul=hv.tsc_to_system_mul,
+                                          tsc_shift=hv.tsc_shift))
+                    if hv.tsc_to_system_mul else None
+                ),
+            }
+    ratio_now = int(vcpu.tsc_scaling_ratio) if has_control else None
+    virtual_khz = int(vcpu.virtual_tsc_khz)
+    return {
+        "scaling": scaling,
+        "has_tsc_control": has_control,
+        "frac_bits": frac if has_control else None,
+        "max_tsc_scaling_ratio": int(module.max_tsc_scaling_ratio) if has_control else None,
+        "max_guest_tsc_khz": int(module.max_guest_tsc_khz()) if has_control else None,
+        "tolerance_ppm": TSC_TOLERANCE_PPM,
+        "tolerance_low_khz": lo,
+        "tolerance_high_khz": hi,
+        "rule": rule,
+        "accepted_by_set_tsc_khz": rule != "refused",
+        "refusal": refusal,
+        "ratio": ratio_now,
+        "ratio_hex": f"{ratio_now:#x}" if ratio_now is not None else None,
+        "ratio_value": ratio_now / 2**frac if ratio_now is not None else None,
+        "virtual_tsc_khz": virtual_khz,
+        "tsc_catchup": bool(vcpu.tsc_catchup),
+        "hardware_tsc_khz": hardware_khz,
+        "hardware_tsc_hz": hardware_hz,
+        "guest_tsc_khz": virtual_khz if vcpu.tsc_catchup else hardware_khz,
+        "guest_record": record,
+        "guest_record_note": record_note,
+    }
+
+
+def _explain(e: dict[str, Any], tsc_khz: int, guest_khz: int | None) -> str:
+    """One sentence: which rule applied and what the guest TSC does."""
+    rule = e["rule"]
+    if rule == "refused":
+        return f"refused (-EINVAL): {e['refusal']}"
+    if rule == "catchup":
+        return (
+            f"catch-up: no TSC scaling hardware and a guest faster than the host: its TSC "
+            f"runs at the host's {tsc_khz} kHz and KVM pushes it forward to "
+            f"{e['virtual_tsc_khz']} kHz time at every clock update (tsc_catchup, "
+            "tsc_always_catchup)"
+        )
+    ratio = (f"ratio {e['ratio_hex']} = {e['ratio_value']:.12g}" if e["ratio"] is not None
+             else "no ratio")
+    if rule == "scaled":
+        hz, khz = e["hardware_tsc_hz"], e["hardware_tsc_khz"]
+        rate = f"{khz} kHz" if hz == khz * 1000 else (
+            f"{hz // 1000}.{hz % 1000:03d} kHz (kvm_scale_tsc of the host's kHz: {khz} kHz)")
+        return f"scaled with {ratio}: the guest TSC runs at {rate}"
+    if guest_khz is None:
+        return f"no scaling: {ratio} is the default; the guest TSC runs at {tsc_khz} kHz"
+    ppm = (guest_khz - tsc_khz) * 1e6 / tsc_khz
+    return (
+        f"no scaling: {guest_khz} kHz is within tsc_tolerance_ppm {e['tolerance_ppm']} of the "
+        f"host's {tsc_khz} kHz ({e['tolerance_low_khz']}..{e['tolerance_high_khz']} kHz, "
+        f"{ppm:+.1f} ppm): the guest TSC runs at the host's {e['hardware_tsc_khz']} kHz "
+        f"({ratio}); KVM_GET_TSC_KHZ reports {e['virtual_tsc_khz']} kHz"
+    )
+
+
+def scale_warnings(tsc_khz: int, guest_khz: int | None, ratio: RatioInput | None,
+                   scaling: list[dict[str, Any]], profile: str) -> list[dict[str, str]]:
+    """Input that is valid but probably not what was meant: ``[{"code", "message"}]``."""
+    out: list[dict[str, str]] = []
+    for name, khz in (("--tsc-khz", tsc_khz), ("--guest-khz", guest_khz)):
+        if khz is not None and khz < 10_000:
+            out.append({
+                "code": "khz_looks_like_mhz",
+                "message": f"{name} {khz} is {khz} kHz = {khz / 1000:g} MHz; the option takes "
+                f"kHz (a {khz} MHz TSC is {name} {khz * 1000})",
+            })
+    if ratio is not None and ratio.form == "fixed_point" \
+            and not ratio.text.strip().lower().startswith("0x"):
+        raw = [e for e in scaling if e["frac_bits"] is not None
+               and int(ratio.value) < 1 << e["frac_bits"]]
+        if raw:
+            means = ", ".join(
+                f"{ratio.value} / 2**{e['frac_bits']} = {int(ratio.value) / 2**e['frac_bits']:.3g}"
+                f" on {e['scaling'].upper()}" for e in raw
+            )
+            out.append({
+                "code": "ratio_read_as_fixed_point",
+                "message": f"--ratio {ratio.text} is read as a raw fixed-point multiplier: "
+                f"{means}; for the ratio {ratio.value} write --ratio {ratio.value}.0 (raw "
+                f"fixed point is clearer in hex: --ratio {int(ratio.value):#x})",
+            })
+    for e in scaling:
+        rec = e["guest_record"]
+        if e["rule"] == "scaled" and e["hardware_tsc_khz"] == 0:
+            got = (
+                f"this model run (profile {profile}) wrote tsc_to_system_mul 0, a guest "
+                "clock that does not advance" if rec and rec["tsc_to_system_mul"] == 0
+                else f"this model run (profile {profile}) took "
+                f"{rec['record_tsc_khz']} kHz" if rec else str(e["guest_record_note"])
+            )
+            out.append({
+                "code": "guest_record_khz_zero",
+                "message": f"{e['scaling'].upper()}: ratio {e['ratio_hex']} scales the host's "
+                f"{tsc_khz} kHz to 0 kHz for the guest record (kvm_scale_tsc in "
+                "kvm_guest_time_update): before Linux 6.16 the record keeps "
+                "tsc_to_system_mul 0, or kvm_get_time_scale loops forever once the vCPU's "
+                f"kHz was non-zero; 6.16+ takes 1 kHz; {got}",
+            })
+    return out
+
+
+def scale_report(tsc_khz: int, guest_khz: int | None = None, ratio_text: str | None = None,
+                 scaling: str | None = None, profile: str = DEFAULT_PROFILE) -> dict[str, Any]:
+    """Every number ``kvmclock scale`` prints (the ``kvmclock.scale`` JSON document): the
+    time scales of a ``tsc_khz`` kHz TSC (native core), and with ``guest_khz`` or
+    ``ratio_text`` what KVM does on each host kind (``scaling``: one of :data:`SCALINGS`, or
+    None for all), computed by :func:`model_tsc_scaling`."""
     import kvmclock
 
     hz = tsc_khz * 1000
@@ -52,7 +294,10 @@ def scale_report(tsc_khz: int, guest_khz: int | None, ratio_text: str | None,
     while cs_mult + cs_mult * 11 // 100 > U32_MAX:
         cs_mult >>= 1
         cs_shift -= 1
+    ratio = parse_ratio(ratio_text) if ratio_text is not None else None
     doc: dict[str, Any] = {
+        "schema": "kvmclock.scale",
+        "schema_version": 1,
         "tsc_khz": tsc_khz,
         "tsc_to_ns": {
             "source": "kvm_get_time_scale(NSEC_PER_SEC, tsc_khz * 1000)",
@@ -75,56 +320,31 @@ def scale_report(tsc_khz: int, guest_khz: int | None, ratio_text: str | None,
             "shift": cs_shift,
             "ns_per_cycle": cs_mult / 2.0**cs_shift,
         },
+        "guest_khz": guest_khz,
+        "ratio_input": (
+            {"text": ratio.text, "form": ratio.form} if ratio is not None else None
+        ),
+        "profile": profile,
+        "tsc_scaling": [],
+        "warnings": [],
     }
-    if guest_khz is not None or ratio_text is not None:
-        vendors = [vendor] if vendor else ["vmx", "svm"]
-        scaling = []
-        for v in vendors:
-            frac = _FRAC_BITS[v]
-            if ratio_text is not None:
-                ratio = _parse_ratio(ratio_text, frac)
-                if ratio <= 0 or ratio >= 1 << 64:
-                    raise UsageError(f"scale: --ratio must be in 1..2**64-1 as fixed point "
-                                     f"with {frac} fraction bits, got {ratio}")
-                source = "--ratio"
-            else:
-                assert guest_khz is not None
-                ratio = kvmclock.tsc_scaling_ratio(
-                    user_tsc_khz=guest_khz, tsc_khz=tsc_khz, frac_bits=frac
-                )
-                source = "tsc_scaling_ratio(user_tsc_khz, tsc_khz) (set_tsc_khz)"
-            scaled_khz = kvmclock.scale_tsc(tsc=tsc_khz, ratio=ratio, frac_bits=frac)
-            ok = 0 < ratio < _MAX_RATIO[v]
-            entry: dict[str, Any] = {
-                "vendor": v,
-                "accepted_by_set_tsc_khz": ok,
-                "max_tsc_scaling_ratio": _MAX_RATIO[v],
-                "frac_bits": frac,
-                "ratio": ratio,
-                "ratio_hex": f"{ratio:#x}",
-                "ratio_value": ratio / 2**frac,
-                "ratio_source": source,
-                "guest_tsc_khz": scaled_khz,
-            }
-            # KVM holds a guest TSC frequency in a u32 of kHz (virtual_tsc_khz): only then is
-            # there a record kvm_guest_time_update would write
-            if 0 < scaled_khz <= U32_MAX:
-                gshift, gmult = kvmclock.get_time_scale(scaled_hz=10**9,
-                                                        base_hz=scaled_khz * 1000)
-                entry["guest_tsc_to_system_mul"] = gmult
-                entry["guest_tsc_shift"] = gshift
-                entry["guest_pvclock_tsc_khz"] = kvmclock.pvclock_tsc_khz(
-                    tsc_to_system_mul=gmult, tsc_shift=gshift
-                )
-            scaling.append(entry)
-        doc["tsc_scaling"] = scaling
-        if guest_khz is not None:
-            doc["guest_khz"] = guest_khz
+    if guest_khz is not None or ratio is not None:
+        entries = []
+        for kind in [scaling] if scaling else list(SCALINGS):
+            e = model_tsc_scaling(tsc_khz, kind, guest_khz=guest_khz, ratio=ratio,
+                                  profile=profile)
+            e["explanation"] = _explain(e, tsc_khz, guest_khz)
+            entries.append(e)
+        doc["tsc_scaling"] = entries
+    doc["warnings"] = scale_warnings(tsc_khz, guest_khz, ratio, doc["tsc_scaling"], profile)
     return doc
 
 
+_KIND = {"vmx": "VMX", "svm": "SVM", "none": "no TSC scaling"}
+
+
 def format_scale(doc: dict[str, Any]) -> str:
-    """Text of :func:`scale_report`."""
+    """Text of :func:`scale_report` (warnings are printed separately, on stderr)."""
     a, b, c = doc["tsc_to_ns"], doc["ns_to_tsc"], doc["clocksource_tsc"]
     out = [
         f"TSC {doc['tsc_khz']} kHz",
@@ -139,68 +359,89 @@ def format_scale(doc: dict[str, Any]) -> str:
         f"  clocksource tsc ({c['source']}):",
         f"    mult {c['mult']} shift {c['shift']}  = {c['ns_per_cycle']:.12f} ns/cycle",
     ]
-    for s in doc.get("tsc_scaling", []):
-        out.append(
-            f"  TSC scaling {s['vendor'].upper()} ({s['frac_bits']} fraction bits): ratio "
-            f"{s['ratio_hex']} (= {s['ratio_value']:.12f}, {s['ratio_source']}) -> guest TSC "
-            f"{s['guest_tsc_khz']} kHz"
-            + ("" if s["accepted_by_set_tsc_khz"] else
-               f" (set_tsc_khz would reject it: ratio 0 or >= {s['max_tsc_scaling_ratio']:#x})")
-        )
-        if "guest_tsc_to_system_mul" in s:
+    if doc["tsc_scaling"]:
+        asked = (f"KVM_SET_TSC_KHZ {doc['guest_khz']} kHz" if doc["guest_khz"] is not None
+                 else f"TSC multiplier --ratio {doc['ratio_input']['text']}")
+        out.append(f"{asked} on a {doc['tsc_khz']} kHz host (KVM model, profile "
+                   f"{doc['profile']}):")
+    for s in doc["tsc_scaling"]:
+        bits = f" ({s['frac_bits']} fraction bits)" if s["frac_bits"] is not None else ""
+        out.append(f"  {_KIND[s['scaling']]}{bits}: {s['explanation']}")
+        rec = s["guest_record"]
+        if rec is not None:
+            back = (f"pvclock_tsc_khz back {rec['pvclock_tsc_khz']} kHz"
+                    if rec["pvclock_tsc_khz"] is not None else "a clock that does not advance")
             out.append(
-                f"    guest record: tsc_to_system_mul {s['guest_tsc_to_system_mul']:#010x} "
-                f"tsc_shift {s['guest_tsc_shift']}, pvclock_tsc_khz back "
-                f"{s['guest_pvclock_tsc_khz']} kHz"
+                f"    guest record: tsc_to_system_mul {rec['tsc_to_system_mul']:#010x} "
+                f"tsc_shift {rec['tsc_shift']} for {rec['record_tsc_khz']} kHz, {back}"
             )
+        elif s["guest_record_note"] and s["rule"] != "refused":
+            out.append(f"    {s['guest_record_note']}")
     return "\n".join(out)
 
 
 def _check_scale_args(args: argparse.Namespace) -> None:
-    """Before computing: the TSC scaling inputs are representable (--ratio parses and fits a
-    u64; the ratio --guest-khz implies fits a u64, as kvm_set_tsc_khz's
-    ``mul_u64_u32_div(1ULL << frac_bits, user_tsc_khz, tsc_khz)`` requires)."""
+    """Before computing: --ratio and --guest-khz are not both given, and --ratio parses and
+    is a u64 multiplier (1..2**64-1) for each host kind asked."""
     if args.ratio is not None and args.guest_khz is not None:
         raise UsageError("scale: give --ratio or --guest-khz, not both")
-    for v in [args.vendor] if args.vendor else ["vmx", "svm"]:
-        frac = _FRAC_BITS[v]
-        if args.ratio is not None:
-            ratio = _parse_ratio(args.ratio, frac)
-            if ratio <= 0 or ratio > U64_MAX:
-                raise UsageError(f"scale: --ratio must be in 1..2**64-1 as fixed point "
-                                 f"with {frac} fraction bits, got {ratio}")
-        if args.guest_khz is not None and (args.guest_khz << frac) // args.tsc_khz > U64_MAX:
-            raise UsageError(
-                f"scale: --guest-khz {args.guest_khz} is too fast for --tsc-khz "
-                f"{args.tsc_khz} on {v.upper()}: the ratio does not fit 64 bits with {frac} "
-                f"fraction bits (KVM refuses such a KVM_SET_TSC_KHZ)"
-            )
+    if args.ratio is None:
+        return
+    ratio = parse_ratio(args.ratio)
+    from kvmclock.kvm.x86 import TSC_SCALING_CAPS
+
+    for kind in [args.scaling] if args.scaling else list(SCALINGS):
+        has_control, frac, _max = TSC_SCALING_CAPS[kind]
+        if not has_control:
+            continue
+        r = ratio.fixed_point(frac)
+        if r <= 0 or r > U64_MAX:
+            raise UsageError(f"scale: --ratio must be in 1..2**64-1 as fixed point with {frac} "
+                             f"fraction bits ({kind.upper()}), got {r} from {args.ratio!r}")
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
     _check_scale_args(args)
-    doc = scale_report(args.tsc_khz, args.guest_khz, args.ratio, args.vendor)
-    print(json.dumps(doc, indent=2) if args.json else format_scale(doc))
+    doc = scale_report(args.tsc_khz, args.guest_khz, args.ratio, args.scaling, args.profile)
+    for w in doc["warnings"]:
+        print(f"kvmclock scale: warning: {w['message']}", file=sys.stderr)
+    if args.json:
+        _dump_json(doc, args.json)
+    if args.json != "-":
+        print(format_scale(doc))
     return EXIT_OK
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """``kvmclock scale``: its subparser (options, help texts) under ``subparsers``."""
+    from kvmclock.profiles import PROFILES
+
     fmt = argparse.RawDescriptionHelpFormatter
     s = subparsers.add_parser(
-        "scale", help="mult/shift for a TSC frequency (and TSC scaling)",
+        "scale", help="mult/shift for a TSC frequency, and what KVM does with a guest TSC kHz",
         description="kvm_get_time_scale both ways for a TSC frequency, pvclock_tsc_khz back, "
-        "the tsc clocksource's clocks_calc_mult_shift, and with --guest-khz or --ratio the "
-        "TSC scaling ratio (VMX: 48 fraction bits, SVM: 32).",
+        "the tsc clocksource's clocks_calc_mult_shift; with --guest-khz (KVM_SET_TSC_KHZ) or "
+        "--ratio (a TSC multiplier) the KVM model decides, for a host with VMX (48 fraction "
+        "bits), SVM (32) or no TSC scaling, which rule applies: within 250 ppm no scaling, "
+        "a ratio, catch-up, or a refusal, and the guest's pvclock record.",
         epilog="examples:\n  kvmclock scale --tsc-khz 2933437\n"
-        "  kvmclock scale --tsc-khz 3000000 --guest-khz 1500000 --vendor vmx\n"
+        "  kvmclock scale --tsc-khz 3000000 --guest-khz 3000500\n"
+        "  kvmclock scale --tsc-khz 3000000 --guest-khz 1500000 --scaling vmx\n"
         "  kvmclock scale --tsc-khz 3000000 --ratio 0.5 --json",
         formatter_class=fmt,
     )
     s.add_argument("--tsc-khz", type=_int_arg("--tsc-khz", 1, U32_MAX), required=True,
-                   metavar="K")
-    s.add_argument("--guest-khz", type=_int_arg("--guest-khz", 1, U32_MAX), metavar="G")
-    s.add_argument("--ratio", metavar="R", help="fixed-point ratio (int/0x) or a real number")
-    s.add_argument("--vendor", choices=["vmx", "svm"], help="default: both")
-    s.add_argument("--json", action="store_true", help="print JSON")
+                   metavar="K", help="the host TSC frequency in kHz (1..4294967295)")
+    s.add_argument("--guest-khz", type=_int_arg("--guest-khz", 1, U32_MAX), metavar="G",
+                   help="a guest TSC frequency in kHz asked with KVM_SET_TSC_KHZ")
+    s.add_argument("--ratio", metavar="R",
+                   help="a TSC multiplier: a real number (1.5, 3/2) or raw fixed point "
+                   "(an integer, best in hex: 0x1800000000000 is 1.5 on VMX)")
+    s.add_argument("--scaling", "--vendor", dest="scaling", choices=list(SCALINGS),
+                   help="the host's TSC scaling hardware: vmx (48 fraction bits), svm (32), "
+                   "none (catch-up only); default: all three")
+    s.add_argument("--profile", choices=list(PROFILES), default=DEFAULT_PROFILE,
+                   help=f"kernel profile the model runs (default {DEFAULT_PROFILE}); the "
+                   "rules are the same in all, the record of a 0 kHz guest is not")
+    add_json_option(s, "the report")
     s.set_defaults(func=cmd_scale)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from kvmclock.cli.common import EXIT_OK, _scenarios
+from kvmclock.cli.common import (
+    EXIT_OK,
+    _check_output_path,
+    _dump_json,
+    _scenarios,
+    add_json_option,
+)
 from kvmclock.errors import UsageError
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
     scenarios = _scenarios()
+    if args.json is not None:
+        _check_output_path(args.json, "--json")
     if args.schema:
         from kvmclock.scenario import schema_text
 
@@ -26,7 +33,7 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
             )
         sys.stdout.write(scenarios[args.show].file.text)
         return EXIT_OK
-    if args.json:
+    if args.json is not None:
         doc = [
             {
                 "name": name,
@@ -35,8 +42,9 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
             }
             for name, s in scenarios.items()
         ]
-        print(json.dumps(doc, indent=2, default=repr))
-        return EXIT_OK
+        _dump_json(doc, args.json, default=repr)
+        if args.json == "-":
+            return EXIT_OK
     width = max((len(n) for n in scenarios), default=0)
     for name, s in scenarios.items():
         print(f"{name:<{width}}  {getattr(s, 'description', '')}")
@@ -56,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "  kvmclock scenarios --schema > scenario.schema.json", formatter_class=fmt,
     )
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(g, "the list")
     g.add_argument("--show", metavar="NAME", help="print the scenario file of built-in NAME")
     g.add_argument("--schema", action="store_true",
                    help="print the JSON Schema of scenario files (for editors)")

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,14 +16,18 @@ from kvmclock.cli.common import (
     EXIT_OK,
     _add_profile_args,
     _check_output_path,
+    _check_outputs,
     _dump_json,
     _duration_arg,
     _int_arg,
     _param_value,
     _profiles_arg,
+    _Progress,
+    _refuse_binary_to_terminal,
     _scenarios,
-    _spinner,
+    _write_bytes,
     _write_file,
+    add_json_option,
 )
 from kvmclock.errors import UsageError
 
@@ -141,27 +146,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except ScenarioError as exc:
             raise UsageError(f"simulate: {exc}") from exc
     want_trace = bool(args.trace or args.perfetto)
-    if args.json == "-" and args.trace == "-":
-        raise UsageError("simulate: --json - and --trace - cannot both write to stdout")
+    # every output option takes '-' for stdout; only one of them may use it
+    outputs = [("--json", args.json), ("--trace", args.trace), ("--perfetto", args.perfetto),
+               ("--plot", args.plot)]
+    _check_outputs("simulate", outputs, paths_checked_by_caller=("--trace",))
+    to_stdout = any(v == "-" for _, v in outputs)
     if args.trace == "-" and len(profiles) > 1:
         raise UsageError("simulate: --trace - needs a single --profile (e.g. --profile upstream)")
-    if args.json:
-        _check_output_path(args.json, "--json")
-    if args.trace:
+    if args.trace and args.trace != "-":
         for path in _profile_paths(args.trace, profiles):
             _check_output_path(path, "--trace")
-    if args.perfetto:
-        _check_output_path(args.perfetto, "--perfetto")
     if args.plot:
-        _check_output_path(args.plot, "--plot")
+        _refuse_binary_to_terminal("simulate", "--plot", args.plot)
         _check_plot_available()
 
     runs: list[dict[str, Any]] = []
     walls: list[float] = []
-    for profile in profiles:
-        with _spinner(f"simulating {name} ({profile.name})", sys.stderr):
+    for i, profile in enumerate(profiles, 1):
+        label = f"simulating {name}, profile {profile.name}" + (
+            f" ({i}/{len(profiles)})" if len(profiles) > 1 else "")
+        with _Progress(sys.stderr, label) as progress:
             t0 = time.perf_counter()
-            run = sim.run_scenario(sf, profile, seed=args.seed, trace=want_trace, **kwargs)
+            run = sim.run_scenario(sf, profile, seed=args.seed, trace=want_trace,
+                                   progress=progress.callback, **kwargs)
             walls.append(time.perf_counter() - t0)
         runs.append(run)
 
@@ -169,7 +176,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from kvmclock.render.ftrace import trace_text
 
         if args.trace == "-":
-            sys.stdout.write(trace_text(runs[0], name, args.seed))
+            _write_file("-", trace_text(runs[0], name, args.seed))
         else:
             for path, run in zip(_profile_paths(args.trace, profiles), runs, strict=True):
                 _write_file(path, trace_text(run, name, args.seed))
@@ -180,16 +187,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         doc = perfetto_trace(runs)
         _write_file(args.perfetto, json.dumps(doc) + "\n")
-        print(f"wrote {args.perfetto} ({len(doc['traceEvents'])} trace events; open it in "
-              "ui.perfetto.dev)", file=sys.stderr)
+        if args.perfetto != "-":
+            print(f"wrote {args.perfetto} ({len(doc['traceEvents'])} trace events; open it "
+                  "in ui.perfetto.dev)", file=sys.stderr)
     if args.plot:
         from kvmclock.render.plot import write_plot
 
-        try:
-            write_plot(runs, args.plot, title=f"kvmclock simulate {name} seed {args.seed}")
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.plot}: {exc.strerror or exc}") from exc
-        print(f"wrote {args.plot}", file=sys.stderr)
+        title = f"kvmclock simulate {name} seed {args.seed}"
+        if args.plot == "-":  # the PNG bytes on stdout
+            with tempfile.TemporaryDirectory(prefix="kvmclock-plot-") as tmp:
+                png = os.path.join(tmp, "plot.png")
+                write_plot(runs, png, title=title)
+                with open(png, "rb") as f:
+                    _write_bytes("-", f.read())
+        else:
+            try:
+                write_plot(runs, args.plot, title=title)
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.plot}: {exc.strerror or exc}") from exc
+            print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         doc = {
             "scenario": name,
@@ -197,7 +213,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "runs": [{k: v for k, v in run.items() if k != "trace"} for run in runs],
         }
         _dump_json(doc, args.json)
-    if args.json != "-" and args.trace != "-":
+    if not to_stdout:  # the text report, unless an output option took stdout
         from kvmclock.render.text import render_simulation
 
         print(render_simulation(name, sf.description or None, args.seed,
@@ -233,10 +249,13 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="vCPUs of the first guest (scenarios that take it)")
     s.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="any scenario parameter (kvmclock scenarios --json lists them)")
-    s.add_argument("--json", metavar="PATH|-", help="write the runs as JSON ('-' = stdout)")
-    s.add_argument("--trace", metavar="PATH|-", help="write ftrace text with a level column")
-    s.add_argument("--perfetto", metavar="PATH", help="write Chrome/Perfetto trace-event JSON")
-    s.add_argument("--plot", metavar="PATH", help="write a PNG (needs matplotlib)")
+    add_json_option(s, "the runs")
+    s.add_argument("--trace", metavar="PATH|-",
+                   help="write ftrace text with a level column (to stdout with '-')")
+    s.add_argument("--perfetto", metavar="PATH|-",
+                   help="write Chrome/Perfetto trace-event JSON (to stdout with '-')")
+    s.add_argument("--plot", metavar="PATH|-",
+                   help="write a PNG (needs matplotlib; to stdout with '-', not a terminal)")
     s.add_argument("--moments", type=_int_arg("moments", 0, 100000), default=30, metavar="N",
                    help="key moments shown in the timeline (default 30)")
     s.set_defaults(func=cmd_simulate)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from kvmclock.cli.common import EXIT_FAILED, EXIT_OK, _add_profile_args, _profiles_arg
+from kvmclock.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    _add_profile_args,
+    _check_output_path,
+    _dump_json,
+    _profiles_arg,
+    add_json_option,
+)
 from kvmclock.errors import UsageError
 
 
@@ -18,13 +25,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     unknown = [n for n in (args.scenario or []) if n != "clock-relations"]
     if unknown:
         raise UsageError(f"verify: unknown scenario {unknown[0]!r}; choose: clock-relations")
+    if args.json is not None:
+        _check_output_path(args.json, "--json")
     real, trace_status = real_run(None)  # one real capture, judged under every profile
     results = [verify_run(real, trace_status=trace_status, profile=p) for p in profiles]
     matching = [r["profile"]["name"] for r in results if r.get("ok")]
-    if args.json:
+    if args.json is not None:
         doc: Any = results[0] if len(results) == 1 else {"runs": results, "matching": matching}
-        print(json.dumps(doc, indent=2, default=str))
-    else:
+        _dump_json(doc, args.json, default=str)
+    if args.json != "-":
         print("\n\n".join(
             (f"== profile {r['profile']['name']} (Linux {r['profile']['kernel']})\n"
              if len(results) > 1 else "") + format_verify(r)
@@ -50,5 +59,5 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("--scenario", action="append", metavar="NAME",
                    help="run only this scenario (repeatable)")
     _add_profile_args(s, default="upstream")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(s, "the report")
     s.set_defaults(func=cmd_verify)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import kvmclock as _k
+from kvmclock.errors import count_ids
 from kvmclock.machine.base import Counter, T
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class VirtualMachine:
     def _vcpu(self, cpu: int) -> Vcpu:
         if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < len(self._cpus):
             raise ValueError(
-                f"cpu={cpu!r} out of range (0..{len(self._cpus) - 1}: vCPUs of {self.kvm.name})"
+                f"cpu={cpu!r}: VM {self.kvm.name} has {count_ids(len(self._cpus), 'vCPU')}"
             )
         return self._cpus[cpu].vcpu
 

@@ -96,7 +96,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import kvmclock as _k
-from kvmclock.errors import LivelockDetected
+from kvmclock.errors import LivelockDetected, count_ids
 from kvmclock.kvm.requests import (
     KVM_REQ_CLOCK_UPDATE,
     KVM_REQ_GLOBAL_CLOCK_UPDATE,
@@ -564,7 +564,7 @@ class Kvm:
         if affinity is None:
             affinity = len(self.vcpus) % ncpu
         if isinstance(affinity, bool) or not isinstance(affinity, int) or not 0 <= affinity < ncpu:
-            raise ValueError(f"affinity={affinity!r} out of range (0..{ncpu - 1}: host CPUs)")
+            raise ValueError(f"affinity={affinity!r}: the host has {count_ids(ncpu, 'CPU')}")
         vcpu = Vcpu(self, len(self.vcpus), affinity)
 
         def create() -> None:
@@ -868,7 +868,7 @@ class Kvm:
         vcpu = self._vcpu(vcpu_id)
         ncpu = len(self.kernel.machine.cpus)
         if isinstance(host_cpu, bool) or not isinstance(host_cpu, int) or not 0 <= host_cpu < ncpu:
-            raise ValueError(f"host_cpu={host_cpu!r} out of range (0..{ncpu - 1})")
+            raise ValueError(f"host_cpu={host_cpu!r}: the host has {count_ids(ncpu, 'CPU')}")
         vcpu.affinity = host_cpu
 
     def _vcpu(self, vcpu_id: int) -> Vcpu:
@@ -877,7 +877,8 @@ class Kvm:
             or not isinstance(vcpu_id, int)
             or not 0 <= vcpu_id < len(self.vcpus)
         ):
-            raise ValueError(f"vcpu_id={vcpu_id!r} out of range (0..{len(self.vcpus) - 1})")
+            have = count_ids(len(self.vcpus), "vCPU")
+            raise ValueError(f"vcpu_id={vcpu_id!r}: the VM has {have}")
         return self.vcpus[vcpu_id]
 
     # -- metrics helper ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import bisect
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 
+from kvmclock.errors import count_ids
 from kvmclock.machine.base import U64_MASK, T
 from kvmclock.machine.world import World
 
@@ -338,7 +339,10 @@ class PhysicalMachine:
         return wall - wall % NSEC_PER_SEC
 
     def _check_cpu(self, cpu: int) -> int:
-        return _check_int("cpu", cpu, 0, len(self.cpus) - 1)
+        n = len(self.cpus)
+        if isinstance(cpu, int) and not isinstance(cpu, bool) and not 0 <= cpu < n:
+            raise ValueError(f"cpu={cpu}: the machine has {count_ids(n, 'CPU')}")
+        return _check_int("cpu", cpu, 0, n - 1)
 
     def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:
         """Run ``fn`` on physical CPU ``cpu`` (sets ``running_cpu`` for the call)."""

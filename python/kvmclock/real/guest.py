@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from kvmclock.errors import count_ids
 from kvmclock.real.kvmdev import KVM_EXIT_HLT, MSR_KVM_SYSTEM_TIME_NEW, KvmVcpu, KvmVm
 
 CODE_GPA = 0x1000
@@ -29,7 +30,7 @@ RDTSC_HLT = bytes((0x0F, 0x31, 0xF4))  # rdtsc ; hlt
 def record_gpa(vcpu_id: int) -> int:
     """GPA of vCPU ``vcpu_id``'s pvclock record (kept inside one page for every id < 64)."""
     if not 0 <= vcpu_id < 64:
-        raise ValueError(f"vcpu_id must be in 0..63, got {vcpu_id}")
+        raise ValueError(f"vcpu_id={vcpu_id}: the records page holds {count_ids(64, 'vCPU')}")
     return RECORD_GPA + RECORD_STRIDE * vcpu_id
 
 

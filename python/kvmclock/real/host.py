@@ -11,6 +11,9 @@ import errno
 import os
 import re
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from kvmclock import get_time_scale, pvclock_tsc_khz
@@ -30,7 +33,10 @@ TSC_FLAGS = (
     "rdtscp",
     "hypervisor",
 )
-SAMPLE_S = 0.2
+DEFAULT_SECONDS = 2.0
+"""Default length of the drift measurement (s)."""
+BRACKET_READS = 64
+"""Bracketed reads at each end of the drift measurement (the narrowest is kept)."""
 
 
 def _read(path: str) -> str | None:
@@ -127,8 +133,8 @@ def guest_record_report() -> dict[str, Any]:
         "reason": None,
         "mapping": "[vvar_vclock] first 32 bytes",
         "record": _record_dict(rec),
-        "tsc": stamp,
-        "ns": rec.read_cycles(stamp),
+        "tsc_cycles": stamp,
+        "kvmclock_ns": rec.read_cycles(stamp),
         "record_tsc_khz": pvclock_tsc_khz(
             tsc_to_system_mul=rec.tsc_to_system_mul, tsc_shift=rec.tsc_shift
         ),
@@ -146,30 +152,168 @@ def _record_dict(rec: Any) -> dict[str, int]:
     }
 
 
-def compare_clocks(sample_s: float = SAMPLE_S) -> dict[str, Any]:
-    """kvm-clock minus CLOCK_MONOTONIC_RAW / CLOCK_BOOTTIME now and ``sample_s`` later
-    (each bracketed by two reads, midpoint used), and the drift in ppm over the sample."""
+@dataclass(frozen=True)
+class BracketSample:
+    """One bracketed read: the reference clock (ns), kvm-clock (ns), the reference clock again.
+    The kvm-clock read happened at some reference time inside ``[before_ns, after_ns]``."""
+
+    before_ns: int
+    kvmclock_ns: int
+    after_ns: int
+
+    @property
+    def window_ns(self) -> int:
+        """Width of the bracket (ns): how well this read places kvm-clock on the reference."""
+        return self.after_ns - self.before_ns
+
+
+@dataclass(frozen=True)
+class DriftEstimate:
+    """kvm-clock's rate against a reference clock from two bracketed reads (exact fractions).
+
+    ``drift_ppb`` = (offset at the end - offset at the start) / elapsed reference time * 1e9,
+    each offset kvm-clock minus the midpoint of its bracket; ``bound_ppb`` = (w0 + w1) / dt *
+    1e9, w0 and w1 the two window widths (ns), dt the reference time between the midpoints
+    (ns): each offset is taken as uncertain by its whole window (the read was somewhere in
+    it), which covers the midpoints' own error of w/2 twice over.  ``below_resolution`` when
+    the bound exceeds the drift's magnitude: the measurement cannot tell it from 0."""
+
+    start: BracketSample
+    end: BracketSample
+    elapsed_ns: Fraction
+    offset_change_ns: Fraction
+    drift_ppb: Fraction
+    bound_ppb: Fraction
+
+    @property
+    def below_resolution(self) -> bool:
+        """True when ``bound_ppb > |drift_ppb|``."""
+        return self.bound_ppb > abs(self.drift_ppb)
+
+
+def narrowest(samples: Sequence[BracketSample]) -> BracketSample:
+    """The sample with the smallest window (the first of equals)."""
+    if not samples:
+        raise ValueError("narrowest: no samples")
+    return min(samples, key=lambda x: x.window_ns)
+
+
+def drift_estimate(start: BracketSample, end: BracketSample) -> DriftEstimate:
+    """:class:`DriftEstimate` between two samples (``end`` later than ``start``); ValueError
+    for a window that is negative or an end whose midpoint is not after the start's."""
+    for name, x in (("start", start), ("end", end)):
+        if x.window_ns < 0:
+            raise ValueError(f"{name} sample: after_ns < before_ns ({x})")
+    # twice the midpoints and offsets, so everything stays an integer until the division
+    dt2 = (end.before_ns + end.after_ns) - (start.before_ns + start.after_ns)
+    if dt2 <= 0:
+        raise ValueError("end sample is not after the start sample")
+    off2 = (2 * end.kvmclock_ns - end.before_ns - end.after_ns) - (
+        2 * start.kvmclock_ns - start.before_ns - start.after_ns
+    )
+    return DriftEstimate(
+        start=start,
+        end=end,
+        elapsed_ns=Fraction(dt2, 2),
+        offset_change_ns=Fraction(off2, 2),
+        drift_ppb=Fraction(off2 * 10**9, dt2),
+        bound_ppb=Fraction(2 * (start.window_ns + end.window_ns) * 10**9, dt2),
+    )
+
+
+def bracket_samples(
+    clock: Callable[[], int], kvmclock: Callable[[], int], count: int = BRACKET_READS
+) -> list[BracketSample]:
+    """``count`` bracketed reads in a row: ``clock()``, ``kvmclock()``, ``clock()`` (ns)."""
+    out = []
+    for _ in range(count):
+        before = clock()
+        k = kvmclock()
+        after = clock()
+        out.append(BracketSample(before, k, after))
+    return out
+
+
+def measure_drift(
+    clock: Callable[[], int],
+    kvmclock: Callable[[], int],
+    seconds: float,
+    *,
+    count: int = BRACKET_READS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DriftEstimate:
+    """kvm-clock against ``clock`` over about ``seconds`` s: ``count`` bracketed reads at the
+    start and at the end, the narrowest window of each kept."""
+    start = narrowest(bracket_samples(clock, kvmclock, count))
+    sleep(seconds)
+    end = narrowest(bracket_samples(clock, kvmclock, count))
+    return drift_estimate(start, end)
+
+
+def drift_dict(est: DriftEstimate) -> dict[str, Any]:
+    """JSON form of a :class:`DriftEstimate` (floats for the fractions)."""
+
+    def sample(x: BracketSample) -> dict[str, int]:
+        return {
+            "before_ns": x.before_ns,
+            "kvmclock_ns": x.kvmclock_ns,
+            "after_ns": x.after_ns,
+            "window_ns": x.window_ns,
+        }
+
+    return {
+        "elapsed_ns": float(est.elapsed_ns),
+        "offset_at_end_ns": float(
+            est.end.kvmclock_ns - Fraction(est.end.before_ns + est.end.after_ns, 2)
+        ),
+        "offset_change_ns": float(est.offset_change_ns),
+        "drift_ppb": float(est.drift_ppb),
+        "bound_ppb": float(est.bound_ppb),
+        "drift_ppm": float(est.drift_ppb / 1000),
+        "bound_ppm": float(est.bound_ppb / 1000),
+        "below_resolution": est.below_resolution,
+        "start": sample(est.start),
+        "end": sample(est.end),
+    }
+
+
+def format_drift(name: str, d: dict[str, Any]) -> str:
+    """One line of :func:`drift_dict`: the drift with its bound, or "below resolution"."""
+    value = (f"{d['drift_ppm']:+.3f} ppm +- {d['bound_ppm']:.3f} ppm "
+             f"({d['drift_ppb']:+.0f} +- {d['bound_ppb']:.0f} ppb)")
+    if d["below_resolution"]:
+        value = (f"below resolution: {value[:-1]}; the bound exceeds the drift, a longer "
+                 "--seconds narrows it)")
+    return (
+        f"kvm-clock vs {name} over {d['elapsed_ns'] / 1e9:.3f} s: drift {value};"
+        f" read windows {d['start']['window_ns']} + {d['end']['window_ns']} ns;"
+        f" offset now {d['offset_at_end_ns']:.0f} ns"
+    )
+
+
+def compare_clocks(seconds: float = DEFAULT_SECONDS,
+                   count: int = BRACKET_READS) -> dict[str, Any]:
+    """kvm-clock (vCPU 0's record, native reader) against CLOCK_MONOTONIC_RAW and
+    CLOCK_BOOTTIME over ``seconds`` s (both measured in the same interval): see
+    :func:`measure_drift` and :class:`DriftEstimate`."""
     from kvmclock.real import kvmclock_ns
 
-    def sample() -> tuple[int, int, int, int]:
-        r0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
-        b0 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        k = kvmclock_ns()
-        b1 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        r1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
-        return k, (r0 + r1) // 2, (b0 + b1) // 2, r1 - r0
+    def raw() -> int:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
 
-    k0, raw0, boot0, w0 = sample()
-    time.sleep(sample_s)
-    k1, raw1, boot1, w1 = sample()
-    d_raw = raw1 - raw0
+    def boot() -> int:
+        return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    raw0 = narrowest(bracket_samples(raw, kvmclock_ns, count))
+    boot0 = narrowest(bracket_samples(boot, kvmclock_ns, count))
+    time.sleep(seconds)
+    raw1 = narrowest(bracket_samples(raw, kvmclock_ns, count))
+    boot1 = narrowest(bracket_samples(boot, kvmclock_ns, count))
     return {
-        "sample_s": d_raw / 1e9,
-        "kvmclock_minus_monotonic_raw_ns": k1 - raw1,
-        "kvmclock_minus_boottime_ns": k1 - boot1,
-        "drift_vs_monotonic_raw_ppm": ((k1 - raw1) - (k0 - raw0)) / d_raw * 1e6,
-        "drift_vs_boottime_ppm": ((k1 - boot1) - (k0 - boot0)) / d_raw * 1e6,
-        "read_window_ns": max(w0, w1),
+        "requested_s": seconds,
+        "bracket_reads": count,
+        "monotonic_raw": drift_dict(drift_estimate(raw0, raw1)),
+        "boottime": drift_dict(drift_estimate(boot0, boot1)),
     }
 
 
@@ -258,13 +402,16 @@ def masterclock_prediction(cs: dict[str, Any], record: dict[str, Any]) -> dict[s
     return out
 
 
-def host_report(sample_s: float = SAMPLE_S) -> dict[str, Any]:
-    """Everything ``kvmclock host`` prints, as a JSON-able dict."""
+def host_report(seconds: float = DEFAULT_SECONDS) -> dict[str, Any]:
+    """Everything ``kvmclock host`` prints, as a JSON-able dict (the ``kvmclock.host``
+    document); the kvm-clock drift is measured over ``seconds`` s."""
     cs = clocksources()
     rec = guest_record_report()
     record_khz = rec.get("record_tsc_khz") if rec.get("available") else None
     khz = tsc_khz(record_khz)
     report: dict[str, Any] = {
+        "schema": "kvmclock.host",
+        "schema_version": 1,
         "kernel": os.uname().release,
         "clocksource": cs,
         "tsc": {"flags": cpu_tsc_flags(), **khz},
@@ -284,7 +431,7 @@ def host_report(sample_s: float = SAMPLE_S) -> dict[str, Any]:
                 f" pvclock_tsc_khz), this guest reports {khz['khz']} kHz ({khz['source']})"
             )
         )
-        report["clocks"] = compare_clocks(sample_s)
+    report["clocks"] = compare_clocks(seconds) if rec.get("available") else None
     report["kvm"] = kvm_report()
     report["masterclock_prediction"] = masterclock_prediction(cs, rec)
     return report
@@ -319,15 +466,8 @@ def format_host_report(report: dict[str, Any]) -> str:
             )
     clk = report.get("clocks")
     if clk:
-        lines.append(
-            f"kvm-clock - CLOCK_MONOTONIC_RAW = {clk['kvmclock_minus_monotonic_raw_ns']} ns,"
-            f" drift {clk['drift_vs_monotonic_raw_ppm']:+.3f} ppm over {clk['sample_s']:.3f} s"
-        )
-        lines.append(
-            f"kvm-clock - CLOCK_BOOTTIME      = {clk['kvmclock_minus_boottime_ns']} ns,"
-            f" drift {clk['drift_vs_boottime_ppm']:+.3f} ppm"
-            f" (read window {clk['read_window_ns']} ns)"
-        )
+        lines.append(format_drift("CLOCK_MONOTONIC_RAW", clk["monotonic_raw"]))
+        lines.append(format_drift("CLOCK_BOOTTIME", clk["boottime"]))
     kvm = report["kvm"]
     if not kvm["available"]:
         lines.append(f"/dev/kvm: unavailable: {kvm['reason']}")

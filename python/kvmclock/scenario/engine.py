@@ -56,9 +56,12 @@ def run_plan(
     *,
     trace: bool,
     sim_factory: Callable[..., Sim],
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``plan`` under profile ``cfg`` with ``seed``; the run dict (see
-    :func:`kvmclock.sim.run_scenario`) with ``lifecycle`` (the lifecycle records)."""
+    :func:`kvmclock.sim.run_scenario`) with ``lifecycle`` (the lifecycle records).
+    ``progress(now_ns, duration_ns)``, when given, is called as the run advances (the same
+    events in the same order: ``World.run_until`` in steps of 1/200 of the duration)."""
     from kvmclock.kvm.x86 import MasterclockLivelock, TimeScaleLivelock
 
     sim = sim_factory(
@@ -74,7 +77,12 @@ def run_plan(
     try:
         eng.build()
         eng.schedule()
-        if plan.duration_ns > sim.world.now_ns:
+        if progress is not None:
+            step_ns = max(1, plan.duration_ns // 200)
+            while sim.world.now_ns < plan.duration_ns:
+                sim.world.run_until(min(plan.duration_ns, sim.world.now_ns + step_ns))
+                progress(sim.world.now_ns, plan.duration_ns)
+        elif plan.duration_ns > sim.world.now_ns:
             sim.world.run_until(plan.duration_ns)
     except LivelockDetected as exc:
         kvm_loop = exc if isinstance(exc, (MasterclockLivelock, TimeScaleLivelock)) else None

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from kvmclock.errors import ScenarioError, ScenarioFileError
+from kvmclock.errors import ScenarioError, ScenarioFileError, count_ids
 from kvmclock.machine.physical import TSC_SCALING_KINDS
 from kvmclock.scenario.expr import ExprError, evaluate, is_expr, to_fraction
 from kvmclock.scenario.model import (
@@ -847,7 +847,7 @@ class _State:
         n = self.vcpus[vm]
         v = self.r.int_(raw, key)
         if not 0 <= v < n:
-            raise self.r.err(key, f"vCPU {v} does not exist; VM {vm!r} has vCPUs 0..{n - 1}")
+            raise self.r.err(key, f"vCPU {v} does not exist; VM {vm!r} has {count_ids(n, 'vCPU')}")
         return v
 
     def step(self, t: int, key: str, a: Any) -> Step:
@@ -885,9 +885,11 @@ class _State:
         elif kind == "vcpu_migrate":
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
             args["vcpu"] = self.vcpu(a.vcpu, f"{key}.vcpu", vm)
-            args["host_cpu"] = r.int_(
-                a.host_cpu, f"{key}.host_cpu", 0, self.host_cpus(self.where[vm]) - 1
-            )
+            where, n_cpus = self.where[vm], self.host_cpus(self.where[vm])
+            args["host_cpu"] = r.int_(a.host_cpu, f"{key}.host_cpu")
+            if not 0 <= args["host_cpu"] < n_cpus:
+                raise r.err(f"{key}.host_cpu", f"CPU {args['host_cpu']} does not exist; "
+                            f"{where!r} has {count_ids(n_cpus, 'CPU')}")
         elif kind == "rotate_vcpus":
             args["vm"] = self.vm(a.vm, f"{key}.vm", t)
             ms = r.num(a.every_ms, f"{key}.every_ms")
@@ -901,7 +903,11 @@ class _State:
             if a.cpus == "all":
                 args["cpus"] = "all"
             else:
-                cpus = [r.int_(c, f"{key}.cpus[{j}]", 0, n - 1) for j, c in enumerate(a.cpus)]
+                cpus = [r.int_(c, f"{key}.cpus[{j}]") for j, c in enumerate(a.cpus)]
+                for j, c in enumerate(cpus):
+                    if not 0 <= c < n:
+                        raise r.err(f"{key}.cpus[{j}]", f"CPU {c} does not exist; host "
+                                    f"{host!r} has {count_ids(n, 'CPU')}")
                 if not cpus or len(set(cpus)) != len(cpus):
                     raise r.err(f"{key}.cpus", "a non-empty list of distinct host CPUs, or 'all'")
                 args["cpus"] = cpus

@@ -252,6 +252,7 @@ def run_scenario(
     *,
     trace: bool = False,
     switches: Mapping[str, SwitchValue] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     **params: Any,
 ) -> dict[str, Any]:
     """Run scenario ``name`` (a built-in's name, the path of a scenario file, or a
@@ -265,14 +266,15 @@ def run_scenario(
     ``lifecycle`` (the lifecycle records; empty without lifecycle actions) and ``trace`` rows
     ``[t_ns, level, comm, pid, cpu, event, fields]`` when ``trace=True``.  Bad input raises
     ``ScenarioError`` (a ValueError; ``ScenarioFileError`` for a bad file) naming the valid
-    choices, before anything is simulated."""
+    choices, before anything is simulated. ``progress(now_ns, duration_ns)``, when given, is
+    called as simulated time advances (the run is the same with or without it)."""
     from kvmclock.scenario.engine import run_plan
 
     sf = _scenario_file(name)
     cfg = _profile_for(sf, profile, switches)
     sf, p = _validate(sf, cfg, seed, params)
     plan = resolve(sf, p, strict=False)
-    return run_plan(plan, cfg, seed, trace=trace, sim_factory=Sim)
+    return run_plan(plan, cfg, seed, trace=trace, sim_factory=Sim, progress=progress)
 
 
 def format_trace_lines(run: dict[str, Any]) -> list[str]:
