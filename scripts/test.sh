@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# All tests: build (scripts/setup.sh), then Rust unit tests, lint/type checks, the Python suite.
+# All tests: set up with the test tools (scripts/setup.sh --extras dev,plot,fuzz: pytest,
+# hypothesis, mypy, ruff, matplotlib, atheris; each installed once, then stamped), then Rust unit
+# tests, lint/type checks, the wheel check, the Python suite. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --extras dev,plot,fuzz
+if ! cargo clippy --version >/dev/null 2>&1; then
+  echo "test: cargo clippy is needed (rustup component add clippy)" >&2
+  exit 1
+fi
 echo "== cargo test (rust/core)"
 cargo test -p kvmclock-core --release
 echo "== cargo clippy"
