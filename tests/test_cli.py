@@ -497,7 +497,7 @@ def test_exit_1_only_for_a_relation_that_did_not_hold(capsys: pytest.CaptureFixt
     assert code == 1, err
     assert out.rstrip().endswith("this capture matches: upstream")
     code, out, err = _main(capsys, "verify", "--profile", "gtod,series", "--json")
-    assert code == 1 and json.loads(out)["matching"] == []
+    assert code == 1 and json.loads(out)["profiles_matching"] == []
 
 
 def test_exit_2_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -258,7 +258,7 @@ def test_cli_text_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["drift", "--tsc-khz", "1995311", "--profile", "gtod", "--seconds", "10",
                  "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["time_base"] == "boot" and doc["cycles"] == 19_953_110_000
+    assert doc["time_base"] == "boot" and doc["interval_cycles"] == 19_953_110_000
 
 
 @pytest.mark.parametrize(

@@ -171,7 +171,7 @@ def test_model_kvmclock_ctrl_is_the_kernel_function(model: verify.ScenarioRun) -
 # --- the comparison and the outcomes -----------------------------------------------------
 def test_verify_run_on_the_fixture_counts_three_outcomes(result: dict[str, Any]) -> None:
     assert result["ok"], verify.format_verify(result)
-    assert result["model"] == "ran"
+    assert result["model_status"] == "ran"
     out = _outcomes(result)
     assert out == {n: "held" for n in HELD_ON_PVM} | {n: "departed" for n in DEPARTED_ON_PVM}
     assert result["summary"]["relations"] == {"held": 7, "departed": 4, "failed": 0}
@@ -332,7 +332,7 @@ def test_model_replay_failure_fails_verify(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(verify, "model_runner", lambda profile=None: (boom, "boom"))
     res = verify.verify_run(_real())
     assert not res["ok"]
-    assert res["model"] == "model replay failed: ZeroDivisionError: replay blew up"
+    assert res["model_status"] == "model replay failed: ZeroDivisionError: replay blew up"
     assert res["summary"] == {
         "relations": {"held": 0, "departed": 0, "failed": 11},
         "fields": None,
@@ -348,7 +348,7 @@ def test_missing_model_fails_verify(monkeypatch: pytest.MonkeyPatch) -> None:
         verify, "model_runner", lambda profile=None: (None, "model unavailable: no x86")
     )
     res = verify.verify_run(_real())
-    assert not res["ok"] and res["model"] == "model unavailable: no x86"
+    assert not res["ok"] and res["model_status"] == "model unavailable: no x86"
     assert all(r["outcome"] == "failed" for r in res["relations"])
     assert all(r["model"]["detail"].startswith("model did not run") for r in res["relations"])
 
@@ -450,7 +450,7 @@ def test_replay_rejects_bad_runs() -> None:
     with pytest.raises(ValueError, match="vcpu 5"):
         verify.replay_model(early)
     failed = verify.verify_run(odd)
-    assert not failed["ok"] and failed["model"].startswith("model replay failed: ValueError")
+    assert not failed["ok"] and failed["model_status"].startswith("model replay failed: ValueError")
 
 
 def test_replay_uses_the_recorded_vm_creation_instant() -> None:
@@ -471,7 +471,8 @@ def test_replay_uses_the_recorded_vm_creation_instant() -> None:
     assert abs(d - extra) <= 1
     comp = verify.compare_runs(no_create, base)
     seg = {s["segment"]: s for s in comp["segments"]}["creation"]
-    assert seg["bound_ns"] == [0, None] and "not recorded" in seg["bound_from"]
+    assert (seg["bound_min_ns"], seg["bound_max_ns"]) == (0, None)
+    assert "not recorded" in seg["bound_from"]
 
 
 def test_model_trace_is_parseable_ftrace_text(model: verify.ScenarioRun) -> None:
@@ -499,7 +500,7 @@ def _kvm_reason() -> str | None:
 def test_run_verify_end_to_end_both_sides() -> None:
     res = verify.run_verify(trace=False)
     assert res["ok"], verify.format_verify(res)
-    assert res["model"] == "ran"
+    assert res["model_status"] == "ran"
     assert res["summary"]["relations"]["failed"] == 0
     assert res["summary"]["fields"]["failed"] == 0
     ev = res["evidence"]

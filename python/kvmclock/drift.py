@@ -318,10 +318,13 @@ class Drift:
         return _ppb(self.c_rate)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON document of ``kvmclock drift --json`` (ppb as floats, ns as ints)."""
+        """The JSON document of ``kvmclock drift --json`` (schema ``kvmclock.drift`` version 1,
+        python/kvmclock/schemas/drift.schema.json): ppb as floats, ns and cycles as ints."""
         t = self.tsc
         a_b = self.a_ppb - self.b_ppb
         return {
+            "schema": "kvmclock.drift",
+            "schema_version": 1,
             "profile": self.profile,
             "kernel": self.kernel,
             "time_base": self.time_base,
@@ -330,7 +333,7 @@ class Drift:
             "vendor": t.vendor,
             "tsc_mode": t.mode,
             "frac_bits": t.frac_bits if t.mode == "scaled" else None,
-            "ratio": t.ratio if t.mode == "scaled" else None,
+            "tsc_scaling_ratio": t.ratio if t.mode == "scaled" else None,
             "record_tsc_khz": t.record_khz,
             "a": {"mult": self.base_mult, "shift": self.base_shift},
             "b": {"tsc_to_system_mul": self.guest_mul, "tsc_shift": self.guest_shift},
@@ -341,10 +344,10 @@ class Drift:
             "a_minus_b_ppb": float(a_b),
             "b_minus_c_ppb": float(self.b_ppb - self.c_ppb),
             "a_minus_b_ms_per_day": float(a_b * 86400 / 10**6),
-            "seconds": float(self.seconds),
-            "cycles": self.cycles,
-            "base_frac": self.base_frac,
-            "anchor_tsc": self.anchor_tsc,
+            "interval_s": float(self.seconds),
+            "interval_cycles": self.cycles,
+            "base_frac_shifted_ns": self.base_frac,
+            "anchor_tsc_cycles": self.anchor_tsc,
             "a_ns": self.a_ns,
             "b_ns": self.b_ns,
             "c_ns": self.c_ns,

@@ -497,10 +497,13 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
 
 
 def profiles_json(names: list[str] | None = None) -> dict[str, Any]:
-    """``{"schema_version": 1, "switches": [...], "profiles": [...]}``: every switch (name,
-    values, help, since, commit, where) and each named profile (:meth:`Profile.to_json`)."""
+    """The document of ``kvmclock profiles --json`` (schema ``kvmclock.profiles`` version 1,
+    python/kvmclock/schemas/profiles.schema.json): ``{"schema", "schema_version", "switches":
+    [...], "profiles": [...]}``, every switch (name, values, help, since, commit, where) and
+    each named profile (:meth:`Profile.to_json`)."""
     chosen = list(PROFILES) if names is None else names
     return {
+        "schema": "kvmclock.profiles",
         "schema_version": 1,
         "switches": [
             {

@@ -41,7 +41,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
             return EXIT_OK
     base = ("CLOCK_MONOTONIC_RAW + boot offset" if doc["time_base"] == "raw"
             else "CLOCK_BOOTTIME")
-    mode = {"native": "same rate as the host", "scaled": f"scaled, ratio {doc['ratio'] or 0:#x}",
+    ratio = doc["tsc_scaling_ratio"] or 0
+    mode = {"native": "same rate as the host", "scaled": f"scaled, ratio {ratio:#x}",
             "catchup": "catch-up, no scaling hardware"}[doc["tsc_mode"]]
     a, b, c, jump = doc["a"], doc["b"], doc["c"], doc["jump_ns"]
     direction = ("forward" if jump > 0 else "back") if jump else "not at all"
@@ -57,7 +58,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
         f"{doc['c_ppb']:+.6f} ppb",
         f"  A-B {doc['a_minus_b_ppb']:+.6f} ppb ({doc['a_minus_b_ms_per_day']:+.4f} ms/day), "
         f"B-C {doc['b_minus_c_ppb']:+.6f} ppb",
-        f"  over {doc['seconds']:g} s ({doc['cycles']} host cycles): A +{doc['a_ns']} ns, "
+        f"  over {doc['interval_s']:g} s ({doc['interval_cycles']} host cycles): "
+        f"A +{doc['a_ns']} ns, "
         f"B +{doc['b_ns']} ns, C +{doc['c_ns']} ns",
         f"  jump_ns {jump:+d}: at the masterclock update the guest clock steps {direction} "
         "(from B to A)",

@@ -16,6 +16,37 @@ from kvmclock.cli.common import (
 from kvmclock.errors import UsageError
 
 
+def scenarios_json(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """The document of ``kvmclock scenarios --json`` (schema ``kvmclock.scenarios`` version 1,
+    python/kvmclock/schemas/scenarios.schema.json): one object per built-in scenario with its
+    name, one-line description and its file's ``[params]``, each with its default, type,
+    bounds, choices and doc (the unit is in each name, e.g. ``duration_s``, ``tsc_khz``)."""
+    return {
+        "schema": "kvmclock.scenarios",
+        "schema_version": 1,
+        "scenarios": [
+            {
+                "name": name,
+                "description": getattr(s, "description", ""),
+                "params": [
+                    {
+                        "name": p.name,
+                        "default": p.default,
+                        "type": p.type,
+                        "min": p.min,
+                        "max": p.max,
+                        "exclusive_min": p.exclusive_min,
+                        "choices": list(p.choices) if p.choices is not None else None,
+                        "doc": p.doc,
+                    }
+                    for p in s.file.params.values()
+                ],
+            }
+            for name, s in scenarios.items()
+        ],
+    }
+
+
 def cmd_scenarios(args: argparse.Namespace) -> int:
     scenarios = _scenarios()
     if args.json is not None:
@@ -34,14 +65,7 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
         sys.stdout.write(scenarios[args.show].file.text)
         return EXIT_OK
     if args.json is not None:
-        doc = [
-            {
-                "name": name,
-                "description": getattr(s, "description", ""),
-                "params": {k: v for k, v in dict(getattr(s, "params", {}) or {}).items()},
-            }
-            for name, s in scenarios.items()
-        ]
+        doc = scenarios_json(scenarios)
         _dump_json(doc, args.json, default=repr)
         if args.json == "-":
             return EXIT_OK

@@ -17,6 +17,20 @@ from kvmclock.cli.common import (
 from kvmclock.errors import UsageError
 
 
+def verify_json(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The document of ``kvmclock verify --json`` (schema ``kvmclock.verify`` version 1,
+    python/kvmclock/schemas/verify.schema.json): ``ok`` (every profile's judgement passed),
+    ``profiles_matching`` (the profiles whose judgement passed) and ``runs``, one
+    :func:`kvmclock.real.verify.verify_run` result per ``--profile``, in the order given."""
+    return {
+        "schema": "kvmclock.verify",
+        "schema_version": 1,
+        "ok": all(bool(r.get("ok")) for r in results),
+        "profiles_matching": [r["profile"]["name"] for r in results if r.get("ok")],
+        "runs": results,
+    }
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from kvmclock.real.capture import real_run
     from kvmclock.real.verify import format_verify, verify_run
@@ -31,8 +45,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     results = [verify_run(real, trace_status=trace_status, profile=p) for p in profiles]
     matching = [r["profile"]["name"] for r in results if r.get("ok")]
     if args.json is not None:
-        doc: Any = results[0] if len(results) == 1 else {"runs": results, "matching": matching}
-        _dump_json(doc, args.json, default=str)
+        _dump_json(verify_json(results), args.json, default=str)
     if args.json != "-":
         print("\n\n".join(
             (f"== profile {r['profile']['name']} (Linux {r['profile']['kernel']})\n"

@@ -597,7 +597,7 @@ def compare_runs(real: ScenarioRun, model: ScenarioRun) -> dict[str, Any]:
                 _entry(
                     lbl,
                     fld,
-                    lo if lo == hi else [lo, hi],
+                    lo if lo == hi else {"min": lo, "max": hi},
                     c,
                     f"real - model at one host TSC within {EPSILON_NS} ns of the {seg}"
                     f" segment constant {c} ns",
@@ -610,7 +610,8 @@ def compare_runs(real: ScenarioRun, model: ScenarioRun) -> dict[str, Any]:
                 "constant_ns": c,
                 "samples": len(pts),
                 "spread_ns": max((abs(p - c) for p in points), default=None),
-                "bound_ns": [c_lo, c_hi],
+                "bound_min_ns": c_lo,
+                "bound_max_ns": c_hi,
                 "bound_from": why,
                 "held": in_bound,
             }
@@ -620,7 +621,7 @@ def compare_runs(real: ScenarioRun, model: ScenarioRun) -> dict[str, Any]:
                 f"segment {seg}",
                 "kvmclock constant",
                 c,
-                [c_lo, c_hi],
+                {"min": c_lo, "max": c_hi},
                 f"constant within the {why} window (+-{EPSILON_NS} ns)",
                 in_bound,
             )
@@ -664,7 +665,12 @@ def _compare_traces(
     if names_r != names_m:
         return out
     exact_keys = {
-        "kvm_update_master_clock": ("use_master_clock", "offset_matched", "host_clock"),
+        "kvm_update_master_clock": (
+            "use_master_clock",
+            "offset_matched",
+            "host_clock",
+            "host_clock_stable",
+        ),
         "kvm_track_tsc": (
             "vcpu_id",
             "use_master_clock",
@@ -688,9 +694,20 @@ def _compare_traces(
             out.append(_entry(lbl, "next_tsc_offset", o_r, o_m, off_rule, off_ok(o_m, o_r)))
             continue
         for k in exact_keys.get(r.event, ()):
-            out.append(_entry(lbl, k, r.data[k], m.data[k], "exact", r.data[k] == m.data[k]))
-    snap_r = [[a == b for b in offs_r] for a in offs_r]
-    snap_m = [[a == b for b in offs_m] for a in offs_m]
+            # a field only one side traces (6.18's "hostclock tsc" against the series'
+            # "hostclock stable 1") is a difference to report (null on the other side), not
+            # a reason to stop
+            if k not in r.data and k not in m.data:
+                continue
+            r_v, m_v = r.data.get(k), m.data.get(k)
+            out.append(_entry(lbl, k, r_v, m_v, "exact", k in r.data and k in m.data
+                              and r_v == m_v))
+    # per kvm_write_tsc_offset event (numbered from 0 in trace order): the events whose
+    # offset is the same (itself included); named objects, not a bare matrix
+    snap_r = [{"write": i, "equal_to_writes": [j for j, b in enumerate(offs_r) if a == b]}
+              for i, a in enumerate(offs_r)]
+    snap_m = [{"write": i, "equal_to_writes": [j for j, b in enumerate(offs_m) if a == b]}
+              for i, a in enumerate(offs_m)]
     out.append(
         _entry(
             "trace",

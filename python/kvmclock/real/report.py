@@ -40,9 +40,9 @@ def assemble(
         "ok": ok,
         "kernel": ev.get("kernel_release") if ev else None,
         "evidence": ev,
-        "trace": trace_status,
+        "trace_status": trace_status,
         "scenarios": ["clock-relations"],
-        "model": model_status,
+        "model_status": model_status,
         "model_setup": model_setup,
         "summary": {"relations": judged["summary"], "fields": fields},
         "relations": judged["relations"],
@@ -90,7 +90,7 @@ def format_verify(result: dict[str, Any]) -> str:
     real comparison, departures with their evidence, the field summary, the counts."""
     lines = [
         f"kvmclock verify: capture from kernel {result['kernel'] or 'unknown'}"
-        f" (model: {result['model']}; trace: {result['trace']})",
+        f" (model: {result['model_status']}; trace: {result['trace_status']})",
         _evidence_line(result.get("evidence")),
     ]
     for r in result["relations"]:
@@ -111,7 +111,7 @@ def format_verify(result: dict[str, Any]) -> str:
             f" {_counts(comp['summary'])}"
         )
         for sg in comp["segments"]:
-            lo, hi = sg["bound_ns"]
+            lo, hi = sg["bound_min_ns"], sg["bound_max_ns"]
             hi = "+inf" if hi is None else hi
             lines.append(
                 f"    kvmclock real - model, segment {sg['segment']}:"
@@ -138,7 +138,8 @@ def format_verify(result: dict[str, Any]) -> str:
         "OK"
         if result["ok"]
         else f"FAILED: {n_failed} relation(s) and {fields_failed} real-vs-model field(s) failed"
-        + ("" if result["model"] == "ran" else f" (the model did not run: {result['model']})")
+        + ("" if result["model_status"] == "ran"
+           else f" (the model did not run: {result['model_status']})")
     )
     return "\n".join(lines)
 
