@@ -170,3 +170,19 @@ def test_host_suspend_with_a_running_vm(profile: str) -> None:
     assert abs(r["monotonic_jump_ns"]) <= 2
     # only the PM notifier (5.14+) marks the guest paused
     assert r["guest_stopped_seen"] is (profile == "upstream")
+
+
+@pytest.mark.parametrize("profile", ["gtod", "series", "upstream"])
+def test_host_suspend_moments_and_history(profile: str) -> None:
+    """The suspend at 2 s and the resume at 2 + 30 = 32 s are key moments of the host's level
+    (0); the guest's stable-bit timeline runs from its VM's creation at 1 ms and ends in the
+    state the record saw after the resume (the host's backwards TSC clears it for good)."""
+    run = run_scenario("host-suspend", profile)
+    (rec,) = run["lifecycle"]
+    host_moments = {(m[0], m[1]) for m in run["moments"] if "host host " in m[2]}
+    assert {(2 * NS, 0), (32 * NS, 0)} <= host_moments
+    levels = {lv["name"]: lv for lv in run["levels"]}
+    stable = levels["vm"]["pvclock_stable_timeline"]
+    assert stable[0] == [1_000_000, True]
+    assert bool(stable[-1][1]) is rec["stable_after"] is False
+    assert levels["host"]["masterclock_timeline"][-1][1] is rec["masterclock_after"] is False

@@ -19,6 +19,7 @@ from kvmclock.errors import ScenarioFileError
 from kvmclock.sim import run_scenario
 
 NS = 1_000_000_000
+MS = 1_000_000
 BASE = """
 name = "matrix"
 [run]
@@ -103,3 +104,34 @@ def test_action_recipe_profile(tmp_path: Path, action: str, recipe: str, profile
     # saved within the first second: every recipe's TSC writes stay in the 1 s window
     assert rec["masterclock_after"] is True and rec["stable_after"] is True
     assert rec["cross_vcpu_skew_ns"] == 0
+    # the run's levels keep the history: the guest's stable bit from the VM's creation at
+    # 1 ms, the masterclock of every host that ran it (the source's too, after it left)
+    levels = {lv["name"]: lv for lv in run["levels"]}
+    stable = levels["vm"]["pvclock_stable_timeline"]
+    assert stable[0] == [MS, True] and stable[-1][1] is True
+    assert levels["a"]["masterclock_timeline"][0][0] == MS
+    dest = levels[rec["host"]]["masterclock_timeline"]
+    assert dest[-1][1] is True
+    # the stop is a key moment of the guest's level at 1 s
+    assert any(m[:2] == [NS, 1] and m[2].startswith("VM vm: ") for m in run["moments"])
+
+
+@pytest.mark.parametrize("profile", ["gtod", "upstream"])
+@pytest.mark.parametrize("recipe", ["qemu", "firecracker", "naive"])
+def test_migration_the_run_ends_in(tmp_path: Path, recipe: str, profile: str) -> None:
+    """A migration at 1 s with 1 s of downtime in a run of 1.5 s: no restore, a record with
+    "completed": false (the guest stopped at 1 s, the run ended 0.5 s into the downtime) and
+    a key moment at the end saying so."""
+    path = tmp_path / "m.toml"
+    path.write_text(
+        BASE.replace("duration_s = 5", "duration_s = 1.5")
+        + ACTIONS["migrate"].replace("{R}", RECIPES[recipe]),
+        encoding="utf-8",
+    )
+    run = run_scenario(str(path), profile)
+    (rec,) = run["lifecycle"]
+    assert rec["completed"] is False and rec["t_ns"] is None
+    assert rec["stopped_ns"] == NS and rec["monotonic_jump_ns"] is None
+    assert "0.500 s into the downtime" in rec["reason"]
+    end = [m for m in run["moments"] if m[0] == 3 * NS // 2]
+    assert any(lvl == 1 and "VM vm: migrate not completed" in text for _t, lvl, text in end)

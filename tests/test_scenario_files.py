@@ -6,6 +6,7 @@ files, and the CLI commands."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -608,3 +609,467 @@ def test_wild_nested_clock_does_not_hang_the_simulator(tmp_path: Path, profile: 
     run = run_scenario(_file(tmp_path, NESTED_TSC_ZERO), profile)
     assert run["end_ns"] == run["duration_ns"] == 4 * 10**9
     assert [lv["name"] for lv in run["levels"]] == ["L0", "L1", "L2"]
+
+
+# --------------------------------------------------------------------------- lifecycle plans
+LC = """
+name = "lc"
+[params]
+hp = false
+rt = true
+n = 3
+vmm = "firecracker"
+ctrl = { default = "at-pause", choices = ["at-pause", "before-resume"] }
+scaling = { default = "vmx", choices = ["vmx", "svm", "none"] }
+[run]
+duration_s = 6
+profiles = "upstream"
+[[host]]
+name = "h"
+cpus = 2
+tsc_khz = 2593992
+[[host]]
+name = "h2"
+cpus = 2
+tsc_khz = 2593992
+tsc_scaling = "=scaling"
+[[vm]]
+name = "v"
+host = "h"
+vcpus = 2
+"""
+
+
+def _e(at: str, action: str, body: str = "") -> str:
+    """One timeline entry: ``body`` is its other keys, one per line."""
+    return f"{_TL}at_s = {at}\naction = \"{action}\"\n{body}"
+
+
+_SNAP = _e("1", "snapshot", 'vm = "v"\nname = "s"\n')
+_MIG = _e("1", "migrate", 'vm = "v"\nto_host = "h2"\nprecopy_s = 0.5\ndowntime_ms = 10\n')
+_SUSP = _e("1", "host_suspend", 'host = "h"\nduration_s = 2\n')
+_NESTED = ('\n[[vm]]\nname = "l1"\nhost = "h"\nvcpus = 1\nkvm = true\n'
+           '\n[[vm]]\nname = "l2"\nhost = "l1"\nvcpus = 1\n')
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "needles"),
+    [
+        # the reviewer's g03: a snapshot restored twice, the VM running again in between
+        (_SNAP + _e("2", "restore", 'snapshot = "s"\nhost = "h2"\n')
+         + _e("3", "restore", 'snapshot = "s"\nhost = "h"\n'), "timeline[2].snapshot",
+         ["snapshot 's' is of VM 'v', which is not paused",
+          "restored by timeline[1] at 2 s", "pause or snapshot it first"]),
+        # the reviewer's g05: a live migration of a paused VM
+        (_e("1", "pause", 'vm = "v"\n') + _e("2", "migrate", 'vm = "v"\nto_host = "h2"\n'
+                                               'downtime_ms = 10\n'), "timeline[1].vm",
+         ["VM 'v' is paused (by timeline[0] at 1 s): a live migration moves a running VM"]),
+        (_SNAP + _e("2", "migrate", 'vm = "v"\nto_host = "h2"\ndowntime_ms = 10\n'),
+         "timeline[1].vm", ["VM 'v' is paused (by timeline[0] at 1 s)"]),
+        (_SNAP + _e("2", "pause", 'vm = "v"\n'), "timeline[1].vm",
+         ["VM 'v' is already paused (by timeline[0] at 1 s)"]),
+        # the migration runs from 1 s to 1 + 0.5 (precopy) + 0.010 (downtime) = 1.51 s
+        (_MIG + _e("1.2", "pause", 'vm = "v"\n'), "timeline[1].vm",
+         ["VM 'v' is being migrated (by timeline[0] at 1 s) until 1.51 s"]),
+        (_MIG + _e("1.51", "snapshot", 'vm = "v"\nname = "s"\n'), "timeline[1].vm",
+         ["being migrated (by timeline[0] at 1 s) until 1.51 s"]),
+        (_MIG + _e("1.3", "migrate", 'vm = "v"\nto_host = "h"\ndowntime_ms = 1\n'),
+         "timeline[1].vm", ["being migrated"]),
+        (_MIG + _e("1.3", "vcpu_hotplug", 'vm = "v"\n'), "timeline[1].vm", ["being migrated"]),
+        # naive with 2 vCPUs: the second restored gap_ms = 100 after the first: until 2.1 s
+        (_SNAP + _e("2", "restore", 'snapshot = "s"\nhost = "h"\n'
+                    'recipe = { name = "naive", gap_ms = 100 }\n')
+         + _e("2.1", "resume", 'vm = "v"\n'), "timeline[2].vm",
+         ["VM 'v' is being restored (by timeline[1] at 2 s) until 2.1 s"]),
+        (_SNAP + _e("1.5", "vcpu_hotplug", 'vm = "v"\n')
+         + _e("2", "restore", 'snapshot = "s"\nhost = "h"\n'), "timeline[2].snapshot",
+         ["snapshot 's' has 2 vCPUs, VM 'v' now has 3"]),
+        # the host sleeps from 1 s to 1 + 2 = 3 s, inclusive
+        (_SUSP + _e("2", "host_suspend", 'host = "h"\nduration_s = 1\n'), "timeline[1].host",
+         ["host 'h' is already suspended (by timeline[0] at 1 s) until 3 s"]),
+        (_SUSP + _e("3", "pause", 'vm = "v"\n'), "timeline[1].vm",
+         ["the host 'h' of VM 'v' is suspended (by timeline[0] at 1 s) until 3 s"]),
+        (_SUSP + _e("2", "tsc_write", 'vm = "v"\nvcpu = 0\nvalue = 0\n'), "timeline[1].vm",
+         ["the host 'h' of VM 'v' is suspended"]),
+        (_SUSP + _e("2", "migrate", 'vm = "v"\nto_host = "h2"\ndowntime_ms = 1\n'),
+         "timeline[1].vm", ["is suspended"]),
+        (_e("1", "host_suspend", 'host = "h2"\nduration_s = 2\n')
+         + _e("2", "migrate", 'vm = "v"\nto_host = "h2"\ndowntime_ms = 1\n'),
+         "timeline[1].to_host", ["host 'h2' is suspended (by timeline[0] at 1 s) until 3 s"]),
+        (_e("1", "pause", 'vm = "v"\n') + _e("2", "host_suspend", 'host = "h"\nduration_s = 1\n'),
+         "timeline[1].host", ["VM 'v' on host 'h' is paused (by timeline[0] at 1 s)"]),
+        (_MIG + _e("1.51", "host_suspend", 'host = "h"\nduration_s = 1\n'), "timeline[1].host",
+         ["VM 'v' is being migrated (by timeline[0] at 1 s) from or to host 'h' until 1.51 s"]),
+        (_MIG + _e("1.2", "host_suspend", 'host = "h2"\nduration_s = 1\n'), "timeline[1].host",
+         ["from or to host 'h2'"]),
+        ('\n[[vm]]\nname = "late"\nhost = "h"\nvcpus = 1\ncreated_at_s = 2\n' + _SUSP,
+         "timeline[0].host", ["VM 'late' is created on host 'h' at 2 s, while it sleeps"]),
+        # a VM inside a paused VM: its VMM is frozen with it
+        (_NESTED + _e("1", "pause", 'vm = "l1"\n') + _e("1.5", "get_clock", 'vm = "l2"\n'),
+         "timeline[1].vm", ["the host 'l1' of VM 'l2': VM 'l1' is paused (by timeline[0]"]),
+        (_NESTED + _SUSP + _e("1.5", "get_clock", 'vm = "l2"\n'), "timeline[1].vm",
+         ["the host 'l1' of VM 'l2' (on host 'h') is suspended"]),
+    ],
+)
+def test_lifecycle_timelines_that_cannot_run_are_refused_before_the_run(
+    text: str, key: str, needles: list[str]
+) -> None:
+    e = _error(LC + text)
+    assert e.key == key, str(e)
+    for n in needles:
+        assert n in str(e), (n, str(e))
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # one ns after the migration's end (1.51 s) the VM can be paused again
+        (_MIG + _e("1.510000001", "pause", 'vm = "v"\n') + _e("2", "resume", 'vm = "v"\n'),
+         [("migrate", 1_510 * MS), ("resume", 2 * NS)]),
+        # a snapshot pauses the VM: resume goes on with the snapshot's recipe
+        (_e("1", "snapshot", 'vm = "v"\nname = "s"\nrecipe = "firecracker"\n')
+         + _e("2", "resume", 'vm = "v"\n'), [("resume", 2 * NS)]),
+        # the same snapshot restored twice, with a pause in between
+        (_SNAP + _e("2", "restore", 'snapshot = "s"\nhost = "h2"\n')
+         + _e("3", "pause", 'vm = "v"\n') + _e("3.5", "restore", 'snapshot = "s"\nhost = "h"\n'),
+         [("restore", 2 * NS), ("restore", 3_500 * MS)]),
+        # one ns after the host's resume (1 + 2 = 3 s)
+        (_SUSP + _e("3.000000001", "pause", 'vm = "v"\n') + _e("4", "resume", 'vm = "v"\n'),
+         [("host_suspend", 3 * NS), ("resume", 4 * NS)]),
+    ],
+)
+def test_lifecycle_timelines_at_the_limits_run(
+    tmp_path: Path, text: str, want: list[tuple[str, int]]
+) -> None:
+    r = run_scenario(_file(tmp_path, LC + text), "upstream")
+    assert [(x["action"], x["t_ns"]) for x in r["lifecycle"]] == want
+    assert all(x["completed"] for x in r["lifecycle"])
+
+
+_NO_SCALING = LC.replace('tsc_khz = 2593992\ntsc_scaling = "=scaling"',
+                         'tsc_khz = 3000000\ntsc_scaling = "none"')
+
+
+def test_a_refusal_at_run_time_names_the_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Firecracker treats KVM_SET_TSC_KHZ -EINVAL as fatal: KVM refuses a guest slower than a
+    host without TSC scaling (x86.c set_tsc_khz) when 2,593,992 kHz is more than 250 ppm
+    below 3,000,000 kHz.  The restore happens at 1 + 0.5 + 0.25 = 1.75 s, a later step of
+    the migration entry: the error names the entry, exit 2."""
+    from kvmclock.errors import ScenarioRunError, UsageError
+
+    path = _file(tmp_path, _NO_SCALING + _e(
+        "1", "migrate", 'vm = "v"\nto_host = "h2"\nrecipe = "firecracker"\nprecopy_s = 0.5\n'
+        "downtime_ms = 250\n"))
+    with pytest.raises(ScenarioRunError) as info:
+        run_scenario(path, "upstream")
+    e = info.value
+    assert isinstance(e, ScenarioFileError) and isinstance(e, UsageError)
+    assert e.key == "timeline[0]" and e.file == path and "\n" not in str(e)
+    assert "migrate at 1 s refused at run time, in its later step at 1.75 s: " in str(e)
+    assert "KVM_SET_TSC_KHZ 2593992 kHz refused" in str(e)
+    code, out, err = _main(capsys, "simulate", "--scenario", path)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{path}: timeline[0]: migrate at 1 s refused at run time" in err
+    # refused by the entry itself: a restore there
+    path = _file(tmp_path, _NO_SCALING + _e("1", "snapshot", 'vm = "v"\nname = "s"\n')
+                 + _e("2", "restore", 'snapshot = "s"\nhost = "h2"\nrecipe = "firecracker"\n'),
+                 "r.toml")
+    with pytest.raises(ScenarioRunError, match=r"r\.toml: timeline\[1\]: restore at 2 s refused "
+                       r"at run time: recipe firecracker"):
+        run_scenario(path, "upstream")
+
+
+# --------------------------------------------------------------------------- params, bools
+def test_a_str_parameter_keeps_none_as_a_string(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--param x=none`` arrives as None; a str parameter keeps the text "none" (only
+    ``run.fault`` reads it as no fault)."""
+    from kvmclock.scenario import check_params, resolve
+
+    path = _file(tmp_path, LC + _MIG)
+    sf = load(path)
+    p = check_params(sf.name, sf.params, {"scaling": None})
+    assert p["scaling"] == "none"
+    assert resolve(sf, p, strict=False).hosts[1].tsc_scaling == "none"
+    assert check_params(sf.name, sf.params, {"vmm": None})["vmm"] == "none"
+    r = run_scenario(path, "upstream", scaling=None)
+    assert r["params"]["scaling"] == "none"
+    code, _out, err = _main(capsys, "simulate", "--scenario", path, "--param", "scaling=none")
+    assert code == 0, err
+    r = run_scenario("migrate-tolerance", "upstream", dst_tsc_scaling=None)
+    assert r["params"]["dst_tsc_scaling"] == "none"
+    # the fault parameter: "none" (or None) is no fault
+    assert run_scenario("patch09-hang", "series", fault=None)["livelock"] is None
+
+
+def test_bool_keys_and_recipe_options_take_expressions(tmp_path: Path) -> None:
+    from kvmclock.scenario import resolve
+
+    text = LC.replace('name = "h"\ncpus = 2', 'name = "h"\ncpus = 2\nhpet = "=hp"\nacpi_pm = "=rt"')
+    text = text.replace('name = "v"\nhost = "h"\nvcpus = 2',
+                        'name = "v"\nhost = "h"\nvcpus = 2\nstable_bit = "=hp"\nkvm = "=hp"')
+    text += _e("1", "pause", 'vm = "v"\nrecipe = { name = "firecracker", '
+               'clock_realtime = "=rt", kvmclock_ctrl = "=ctrl" }\n')
+    text += _e("2", "resume", 'vm = "v"\nrecipe = "=vmm"\n')
+    text += _e("3", "tsc_write", 'vm = "v"\nvcpu = 1\nvalue = 5\nhost_initiated = "=hp"\n')
+    sf = loads(text)
+    plan = resolve(sf, sf.defaults(), strict=True)
+    assert (plan.hosts[0].hpet, plan.hosts[0].acpi_pm) == (False, True)
+    assert "kvmclock_stable_bit" not in plan.vms[0].features and plan.vms[0].kvm is False
+    pause, resume, write = plan.steps
+    assert pause.args["recipe"] == ("firecracker",
+                                    {"clock_realtime": True, "kvmclock_ctrl": "at-pause"})
+    assert resume.args["recipe"] == ("firecracker", {})
+    assert write.args["host_initiated"] is False
+    plan = resolve(sf, {**sf.defaults(), "hp": True, "rt": False}, strict=False)
+    assert plan.hosts[0].hpet and not plan.hosts[0].acpi_pm and plan.vms[0].kvm
+    assert plan.steps[0].args["recipe"][1]["clock_realtime"] is False
+    r = run_scenario(_file(tmp_path, text), "upstream")
+    assert [x["recipe"] for x in r["lifecycle"]] == ["firecracker(clock_realtime=False)"]
+    # the pause's kvmclock_ctrl = "=ctrl" (at-pause): KVM_KVMCLOCK_CTRL at the pause
+    assert any(t == NS and "KVMCLOCK_CTRL" in m for t, _lvl, m in r["moments"])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "needle"),
+    [
+        ("tsc_khz = 2593992\n[[host]]", 'tsc_khz = 2593992\nhpet = "=n"\n[[host]]',
+         "host[0].hpet", "'=n' = 3 is not a boolean; expected true or false"),
+        ("tsc_khz = 2593992\n[[host]]", 'tsc_khz = 2593992\nhpet = "yes"\n[[host]]',
+         "host[0].hpet", "'yes' is not allowed; expected a boolean (true or false) or an "
+         "expression string ('=...')"),
+        ("vcpus = 2\n", 'vcpus = 2\nkvm = "=vmm"\n', "vm[0].kvm",
+         "'=vmm' = 'firecracker' is not a boolean"),
+        ("vcpus = 2\n", 'vcpus = 2\n' + _e("1", "pause", 'vm = "v"\n'
+         'recipe = { name = "firecracker", clock_realtime = "yes" }\n'),
+         "timeline[0].recipe.clock_realtime", "expected a boolean (true or false)"),
+        ("vcpus = 2\n", 'vcpus = 2\n' + _e("1", "pause", 'vm = "v"\n'
+         'recipe = { name = "firecracker", clock_realtime = "=n" }\n'),
+         "timeline[0].recipe.clock_realtime", "'=n' = 3 is not a boolean"),
+        ("vcpus = 2\n", 'vcpus = 2\n' + _e("1", "pause", 'vm = "v"\n'
+         'recipe = { name = "cloud-hypervisor", tsc_offsets = "=vmm" }\n'),
+         "timeline[0].recipe.tsc_offsets",
+         "'=vmm' = firecracker is not allowed; choose one of per-vcpu, shared"),
+        ("vcpus = 2\n", 'vcpus = 2\n' + _e("1", "pause", 'vm = "v"\nrecipe = "=ctrl"\n'),
+         "timeline[0].recipe", "'=ctrl' = at-pause is not allowed; choose one of qemu"),
+    ],
+)
+def test_bad_bool_and_recipe_option_values(old: str, new: str, key: str, needle: str) -> None:
+    assert LC.count(old) == 1
+    e = _error(LC.replace(old, new))
+    assert e.key == key and needle in str(e), str(e)
+
+
+# --------------------------------------------------------------------------- static bounds
+def _field(schema: dict[str, Any], model: str, name: str) -> dict[str, Any]:
+    return schema["$defs"][model]["properties"][name]  # type: ignore[no-any-return]
+
+
+def test_schema_has_the_loaders_bounds() -> None:
+    schema = json.loads(schema_text())
+    ints = {
+        ("HostSpec", "cpus"): (1, 64),
+        ("HostSpec", "tsc_khz"): (1, 2**32 - 1),
+        ("VmSpec", "vcpus"): (1, 64),
+        ("VmSpec", "tsc_khz"): (1, 2**32 - 1),
+        ("RunSpec", "hz"): (1, 10_000),
+        ("VcpuMigrate", "host_cpu"): (0, 63),
+        ("HostSuspend", "tsc_after_resume_cycles"): (0, 2**64 - 1),
+    }
+    for (model, name), (lo, hi) in ints.items():
+        branch = next(b for b in _field(schema, model, name)["anyOf"]
+                      if b.get("type") == "integer")
+        assert (branch["minimum"], branch["maximum"]) == (lo, hi), (model, name)
+    for model, name in (("RunSpec", "duration_s"), ("HostSuspend", "duration_s"),
+                        ("RotateVcpus", "every_ms")):
+        numeric = [b for b in _field(schema, model, name)["anyOf"] if b.get("type") != "string"]
+        assert len(numeric) == 2 and all(b["exclusiveMinimum"] == 0 for b in numeric)
+    for model, name in (("Pause", "at_s"), ("Migrate", "downtime_ms"), ("Migrate", "precopy_s"),
+                        ("HostSpec", "uptime_s"), ("NaiveRecipe", "gap_ms")):
+        numeric = [b for b in _field(schema, model, name)["anyOf"]
+                   if b.get("type") in ("integer", "number")]
+        assert numeric and all(b["minimum"] == 0 for b in numeric), (model, name)
+    bools = [b["type"] for b in _field(schema, "HostSpec", "hpet")["anyOf"]]
+    assert bools == ["boolean", "string"]
+
+
+@pytest.mark.parametrize(
+    ("host_lines", "ok", "needle"),
+    [
+        ("cpus = 0\ntsc_khz = 1000", False, "host[0].cpus: 0 out of range (1..64)"),
+        ("cpus = 1\ntsc_khz = 1000", True, ""),
+        ("cpus = 64\ntsc_khz = 1000", True, ""),
+        ("cpus = 65\ntsc_khz = 1000", False, "host[0].cpus: 65 out of range (1..64)"),
+        ("cpus = 1\ntsc_khz = 0", False, "host[0].tsc_khz: 0 out of range (1..4294967295)"),
+        ("cpus = 1\ntsc_khz = 4294967295", True, ""),
+        ("cpus = 1\ntsc_khz = 4294967296", False,
+         "host[0].tsc_khz: 4294967296 out of range (1..4294967295)"),
+        ("cpus = 1\ntsc_khz = 1000\ndrift_ppm = -1000000", False,
+         "host[0].drift_ppm: -1000000 must be > -1000000"),
+        ("cpus = 1\ntsc_khz = 1000\ndrift_ppm = -999999.5", True, ""),
+        ("cpus = 1\ntsc_khz = 1000\nuptime_s = -0.5", False,
+         "host[0].uptime_s: -0.5 must be >= 0"),
+    ],
+)
+def test_static_bounds_of_host_values(host_lines: str, ok: bool, needle: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    text = f'name = "b"\n[run]\nduration_s = 1\n[[host]]\nname = "h"\n{host_lines}\n'
+    validator = jsonschema.Draft202012Validator(json.loads(schema_text()))
+    from kvmclock.scenario.loader import tomllib  # tomli on Python 3.10
+
+    assert validator.is_valid(tomllib.loads(text)) is ok
+    if ok:
+        loads(text)
+    else:
+        assert str(_error(text, "b.toml")) == f"b.toml: {needle}"
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ('duration_s = 0', "run.duration_s: 0 must be > 0"),
+        ('duration_s = 0.0', "run.duration_s: 0.0 must be > 0"),
+    ],
+)
+def test_static_bounds_of_run_values(entry: str, needle: str) -> None:
+    e = _error(LC.replace("duration_s = 6", entry))
+    assert str(e) == f"x.toml: {needle}"
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        (_e("-0.001", "pause", 'vm = "v"\n'), "timeline[0].at_s: -0.001 must be >= 0"),
+        (_e("1", "migrate", 'vm = "v"\nto_host = "h2"\ndowntime_ms = -1\n'),
+         "timeline[0].downtime_ms: -1 must be >= 0"),
+        (_e("1", "host_suspend", 'host = "h"\nduration_s = 0\n'),
+         "timeline[0].duration_s: 0 must be > 0"),
+        (_e("1", "tsc_write", 'vm = "v"\nvcpu = 64\nvalue = 0\n'),
+         "timeline[0].vcpu: 64 out of range (0..63)"),
+        (_e("1", "tsc_write", 'vm = "v"\nvcpu = 0\nvalue = -1\n'),
+         "timeline[0].value: -1 out of range (0..18446744073709551615)"),
+        (_e("1", "restore", 'snapshot = "s"\nhost = "h"\n'
+            'recipe = { name = "naive", gap_ms = -1 }\n'),
+         "timeline[0].recipe.gap_ms: -1 must be >= 0"),
+    ],
+)
+def test_static_bounds_of_timeline_values(entry: str, needle: str) -> None:
+    assert str(_error(LC + entry)) == f"x.toml: {needle}"
+
+
+def test_a_misspelled_key_is_named_with_the_missing_one() -> None:
+    e = _error(LC.replace('name = "h"\ncpus = 2\n', 'name = "h"\ncpu = 2\n'))
+    assert e.key == "host[0].cpu"
+    assert "unknown key; allowed here: name, cpus, tsc_khz" in str(e)
+    assert str(e).endswith("; missing here: cpus")
+    e = _error(LC + _e("1", "migrate", 'vm = "v"\nto_host = "h2"\ndowntime = 10\n'))
+    assert e.key == "timeline[0].downtime" and str(e).endswith("; missing here: downtime_ms")
+
+
+# --------------------------------------------------------------------------- run history
+def _by_name(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {lv["name"]: lv for lv in run["levels"]}
+
+
+def _alternates(tl: list[list[Any]]) -> bool:
+    return all(a[0] <= b[0] and bool(a[1]) != bool(b[1]) for a, b in itertools.pairwise(tl))
+
+
+def test_level_timelines_cover_every_vm_a_guest_ran_on() -> None:
+    """ch-restore: two VMs created at 1 and 2 ms, each restored at 12 s into a new KVM VM on
+    the same host.  Each guest's stable-bit timeline starts when its first VM was created and
+    ends in the state its lifecycle record saw after the restore; the host's KVM has one
+    masterclock timeline per VM name, each from the VM's creation to the state after."""
+    run = run_scenario("ch-restore", "upstream")
+    levels = _by_name(run)
+    recs = {x["vm"]: x for x in run["lifecycle"]}
+    host = levels["host"]
+    assert list(host["masterclock_timelines"]) == ["before-fix", "fixed"]
+    assert host["masterclock_timeline"] == host["masterclock_timelines"]["before-fix"]
+    for created_ms, vm in ((1, "before-fix"), (2, "fixed")):
+        stable = levels[vm]["pvclock_stable_timeline"]
+        assert stable[0] == [created_ms * MS, True] and _alternates(stable), vm
+        assert bool(stable[-1][1]) is recs[vm]["stable_after"] is levels[vm]["pvclock_stable"]
+        mc = host["masterclock_timelines"][vm]
+        assert mc[0][0] == created_ms * MS and _alternates(mc), vm
+        assert any(t >= 12 * NS for t, _on in mc), vm  # the restored VM's part
+        assert bool(mc[-1][1]) is recs[vm]["masterclock_after"]
+    # per-vCPU offsets keep masterclock off; the shared offset brings it back
+    assert recs["before-fix"]["masterclock_after"] is False
+    assert recs["fixed"]["masterclock_after"] is True
+
+
+def test_level_timelines_after_a_restore_and_a_migration() -> None:
+    """restore-shelf: the three guests' timelines start at their creation (1, 2, 3 ms), not
+    at the restore; migrate-tolerance: the source host's KVM ran the VM until the migration
+    (its timeline is kept though the VM left) and the destination's from then on."""
+    run = run_scenario("restore-shelf", "upstream")
+    guests = [lv for lv in run["levels"] if lv["level"] == 1]
+    assert [lv["pvclock_stable_timeline"][0][0] for lv in guests] == [1 * MS, 2 * MS, 3 * MS]
+    run = run_scenario("migrate-tolerance", "upstream")
+    levels = _by_name(run)
+    (rec,) = run["lifecycle"]
+    src, dst = levels["src"]["masterclock_timeline"], levels["dst"]["masterclock_timeline"]
+    # created at 1 ms on the source; the destination's VM at the restore, 2 + 0.5 + 0.3 s
+    assert src[0][0] == 1 * MS and src[-1][1] is True and _alternates(src)
+    assert dst[0][0] == 2_800 * MS and dst[-1][1] is rec["masterclock_after"]
+    assert "masterclock_timelines" not in levels["src"]  # one VM name: the one timeline
+    stable = levels["vm"]["pvclock_stable_timeline"]
+    assert stable[0] == [1 * MS, True] and stable[-1][1] is rec["stable_after"]
+
+
+def test_one_vm_per_kvm_keeps_the_run_json() -> None:
+    run = run_scenario("nested", "upstream")
+    assert all("masterclock_timelines" not in lv for lv in run["levels"])
+
+
+# --------------------------------------------------------------------------- key moments
+def test_lifecycle_steps_are_key_moments_and_a_note_replaces_the_first(tmp_path: Path) -> None:
+    text = LC + _e("1", "pause", 'vm = "v"\nnote = "the operator pauses v"\n') \
+        + _e("2", "resume", 'vm = "v"\n') \
+        + _e("3", "host_suspend", 'host = "h"\nduration_s = 0.5\nnote = "lid closed"\n') \
+        + _e("4", "migrate", 'vm = "v"\nto_host = "h2"\ndowntime_ms = 10\n')
+    run = run_scenario(_file(tmp_path, text), "upstream")
+    moments = run["moments"]
+    at = {t: [(lvl, m) for t2, lvl, m in moments if t2 == t] for t in
+          (NS, 2 * NS, 3 * NS, 3 * NS + NS // 2, 4 * NS, 4 * NS + 10 * MS)}
+    # the pause's first moment is the note (the default "VM v: paused ..." is not said)
+    pause = [m for lvl, m in at[NS] if lvl == 1 and (m.startswith("VM v: ") or "operator" in m)]
+    assert pause[0] == "the operator pauses v"
+    assert not any(m.startswith("VM v: paused") for m in pause)
+    # every other step has its default moment at the guest's level (the host's: level 0)
+    for t in (2 * NS, 4 * NS, 4 * NS + 10 * MS):
+        assert any(lvl == 1 and m.startswith("VM v: ") for lvl, m in at[t]), t
+    assert (0, "lid closed") in at[3 * NS]
+    assert any(lvl == 0 and "h" in m for lvl, m in at[3 * NS + NS // 2])  # the host resumed
+
+
+def test_an_action_the_run_ends_in_is_a_record_and_a_moment(tmp_path: Path) -> None:
+    """A migration at 5.5 s with 0.3 s of precopy and 1 s of downtime: the source stops at
+    5.8 s, the run ends at 6 s, 0.2 s into the downtime."""
+    text = LC + _e("5.5", "migrate", 'vm = "v"\nto_host = "h2"\nprecopy_s = 0.3\n'
+                   "downtime_ms = 1000\n")
+    run = run_scenario(_file(tmp_path, text), "upstream")
+    (rec,) = run["lifecycle"]
+    assert rec["completed"] is False and rec["t_ns"] is None
+    assert rec["stopped_ns"] == 5_800 * MS and "0.200 s into the downtime" in rec["reason"]
+    last = run["moments"][-1]
+    assert last[:2] == [6 * NS, 1]
+    assert last[2].startswith("VM v: migrate not completed") and "0.200 s" in last[2]
+
+
+def test_builtin_files_and_doc_examples_are_valid_by_the_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from kvmclock.scenario.loader import tomllib  # tomli on Python 3.10
+
+    validator = jsonschema.Draft202012Validator(json.loads(schema_text()))
+    jsonschema.Draft202012Validator.check_schema(validator.schema)
+    for name in builtin_names():
+        data = tomllib.loads(load_builtin(name).text)
+        assert not list(validator.iter_errors(data)), name
+    base = _doc_blocks()[0]
+    for block in _doc_blocks()[1:]:
+        assert validator.is_valid(tomllib.loads(base + block)), block

@@ -3,11 +3,16 @@ decision log (``Kvm.tsc_decisions``), with values written out from the kernel ru
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kvmclock.kernel import Kernel
 from kvmclock.kvm.x86 import MSR_IA32_TSC, MSR_KVM_SYSTEM_TIME_NEW, Kvm
 from kvmclock.machine import PhysicalMachine, World
+from kvmclock.profiles import PROFILES
+from kvmclock.vmm import Vmm
 from reference import kernel_math as ref
+from vmm_util import make_host
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -124,3 +129,38 @@ def test_decision_log_masterclock_reasons() -> None:
     h.kvm.kvm_gen_update_masterclock(vm, "test")
     last = [d for d in vm.tsc_decisions if d.rule.startswith("masterclock")][-1]
     assert last.rule == "masterclock-off" and "backwards_tsc_observed is set" in last.text
+
+
+@pytest.mark.parametrize(
+    ("profile", "text"),
+    [
+        (
+            "series",
+            "masterclock on: host clocksource is kvm-clock with PVCLOCK_TSC_STABLE_BIT set "
+            "(switch stable_pvclock_host: a stable kvm-clock counts as a stable host clock)",
+        ),
+        (
+            PROFILES["series"].with_(stable_pvclock_host=False),
+            "masterclock off: the host clocksource is kvm-clock, which counts as stable only "
+            "with switch stable_pvclock_host on",
+        ),
+        ("gtod", "masterclock off: the host clocksource is not TSC (vclock mode 2)"),
+    ],
+)
+def test_nested_masterclock_reason_names_the_real_condition(profile: Any, text: str) -> None:
+    """An L2 VM on an L1 hypervisor whose clocksource is kvm-clock: the masterclock sentence
+    names what decided it under the profile's switches, not 'host clocksource is TSC'."""
+    world = World(6)
+    host = make_host(world, "upstream", boot_at_ns=MS)
+    l1 = Vmm(host, name="l1", vcpus=2)
+    g1 = Kernel(l1.machine, profile, name="L1")
+    l1.guest = g1
+    g1.boot()
+    world.run_until(S)
+    assert g1.timekeeper.clock.name == "kvm-clock"
+    g1.load_kvm()
+    l2 = Vmm(g1, name="l2", vcpus=2)
+    world.run_until(2 * S)
+    texts = [d.text for d in l2.vm.tsc_decisions if d.rule.startswith("masterclock-")]
+    assert texts and texts[-1].startswith(f"VM l2: {text}"), texts
+    assert not any("host clocksource is TSC" in t for t in texts)

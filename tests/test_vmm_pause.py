@@ -95,8 +95,14 @@ def test_kvmclock_ctrl_reaches_the_guest_only_at_the_next_entry(ctrl: str) -> No
     for i in range(2):
         assert not record(vmm, i).flags & STOPPED
     vmm.resume(kvmclock_ctrl=ctrl == "resume")
-    for i in range(2):
-        assert bool(record(vmm, i).flags & STOPPED) is (ctrl != "none")
+    # vCPU 0's record at its entry (before the guest ran), vCPU 1's record now
+    assert vmm.entry_flags is not None
+    assert bool(vmm.entry_flags & STOPPED) is (ctrl != "none")
+    assert bool(record(vmm, 1).flags & STOPPED) is (ctrl != "none")
+    # the guest's overdue tick read kvm-clock on vCPU 0 (tick_do_timer_cpu):
+    # pvclock_clocksource_read cleared the flag it saw
+    assert vmm.guest is not None and vmm.guest.counters["ticks_overdue"] == 1
+    assert not record(vmm, 0).flags & STOPPED
 
 
 def test_kvmclock_ctrl_einval_is_ignored_without_kvmclock() -> None:
@@ -179,3 +185,33 @@ def test_pause_resume_snapshot_misuse() -> None:
 def test_recipe_errors_name_the_bad_input(name: str, opts: dict[str, object], match: str) -> None:
     with pytest.raises(RecipeError, match=match):
         recipes.get(name, **opts)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "ctrl_moment"),
+    [
+        (recipes.get("firecracker"), "before resume"),
+        (recipes.get("firecracker", kvmclock_ctrl="at-pause"), "at pause"),
+        (recipes.get("qemu"), "before resume"),
+    ],
+)
+def test_pause_resume_moments_and_stopped_ns(recipe: recipes.Recipe, ctrl_moment: str) -> None:
+    """Lifecycle's moment callback: (level, text) at the pause, at KVM_KVMCLOCK_CTRL (when
+    the VMM calls it) and at the resume; the record's stopped_ns is the pause time."""
+    world, _, vmm = setup("upstream")
+    seen: list[tuple[int, int, str]] = []
+    lc = Lifecycle(world, moment=lambda lvl, text: seen.append((world.now_ns, lvl, text)))
+    lc.pause(vmm, recipe)
+    world.run_until(7 * S)
+    rec = lc.resume(vmm, recipe)
+    assert rec["stopped_ns"] == 5 * S and rec["started_ns"] == 5 * S and rec["t_ns"] == 7 * S
+    assert rec["completed"] is True
+    ctrl = (
+        7 * S if ctrl_moment == "before resume" else 5 * S,
+        1,
+        f"VM vm: KVM_KVMCLOCK_CTRL on every vCPU {ctrl_moment}",
+    )
+    label = recipe.label()
+    want = [(5 * S, 1, f"VM vm: paused ({label})"), (7 * S, 1, f"VM vm: resumed ({label})")]
+    want.insert(1, ctrl)
+    assert seen == want

@@ -519,3 +519,128 @@ def test_move_to_machine_refusals() -> None:
     with pytest.raises(ValueError, match="runs VMs of its own"):
         g.move_to_machine(plain.machine)
     assert g.machine is vmm.machine
+
+
+@pytest.mark.parametrize(("scaling", "frac"), [("vmx", 48), ("svm", 32)])
+def test_migration_outside_250ppm_rule_says_scaled_with_the_ratio(scaling: str, frac: int) -> None:
+    """2,593,992 kHz -> 3,000,000 kHz: KVM scales (it does not refuse): the sentence names the
+    ratio 2**frac * 2593992 // 3000000 and the rate its truncation gives, 2,593,991 kHz."""
+    _dst, _vmm, rec = migrate(3_000_000, recipes.get("qemu"), scaling=scaling)
+    ratio = ref.tsc_scaling_ratio(KHZ, 3_000_000, frac)
+    assert ratio == (KHZ << frac) // 3_000_000
+    runs = ref.scale_tsc(3_000_000, ratio, frac)
+    assert runs == (3_000_000 * ratio) >> frac == 2_593_991
+    assert rec["guest_tsc_runs_khz"] == runs
+    rules = rec["rules"]
+    assert isinstance(rules, list)
+    assert not any("refused" in x for x in rules)
+    want = (
+        f"KVM_SET_TSC_KHZ {KHZ} kHz on a 3000000 kHz host ({scaling} TSC scaling): KVM scaled "
+        f"it with TSC scaling ratio {ratio:#x} ({frac} fraction bits, {scaling}): the guest TSC "
+        f"runs at {runs} kHz, the ratio's truncation (-0.386 ppm from the saved {KHZ} kHz)"
+    )
+    assert want in rules
+
+
+@pytest.mark.parametrize(
+    ("dst_khz", "words"),
+    [
+        (2_000_000, "KVM pushes it forward at every clock update (catch-up)"),
+        (3_000_000, "KVM refused it (host without TSC scaling (tsc_scaling=none)"),
+    ],
+)
+def test_migration_without_scaling_rule_says_catchup_or_refused(dst_khz: int, words: str) -> None:
+    """No TSC scaling hardware: a destination faster than the guest (3 GHz) cannot run it
+    slower: KVM refuses; a slower one (2 GHz): catch-up; the sentence says which."""
+    _dst, _vmm, rec = migrate(dst_khz, recipes.get("qemu"), scaling="none")
+    rules = rec["rules"]
+    assert isinstance(rules, list)
+    assert any(words in x for x in rules), rules
+    assert not any("KVM scaled it" in x for x in rules)
+
+
+def test_unfinished_migration_is_reported_at_finish() -> None:
+    """A migration whose downtime (or precopy) passes the end of the run: ``finish`` adds a
+    record with completed False, t_ns None and where the run ended; a finished one says
+    completed True, and ``stopped_ns`` is when the source stopped (after the precopy)."""
+    world = World(11)
+    src = make_host(world, "upstream", "src")
+    dst = make_host(world, "upstream", "dst")
+    a = make_guest(src, "upstream")
+    world.run_until(10 * S)
+    moments: list[tuple[int, int, str]] = []
+    lc = Lifecycle(world, moment=lambda lvl, text: moments.append((world.now_ns, lvl, text)))
+    r = recipes.get("qemu")
+    lc.migrate(a, dst, r, downtime_ns=2 * S, precopy_ns=500 * MS)
+    world.run_until(11 * S + 700 * MS)  # 1.2 s into the 2 s downtime
+    recs = lc.finish(world.now_ns)
+    assert len(recs) == 1
+    rec = recs[0]
+    assert rec["completed"] is False and rec["t_ns"] is None and rec["action"] == "migrate"
+    assert rec["started_ns"] == 10 * S and rec["stopped_ns"] == 10 * S + 500 * MS
+    assert rec["monotonic_jump_ns"] is None and rec["masterclock_after"] is None
+    assert rec["reason"] == "not completed: the run ended 1.200 s into the downtime"
+    assert [m[2] for m in moments][:2] == [
+        "VM vm: migration to dst started (qemu, precopy 500000000 ns)",
+        "VM vm: migration: source stopped (qemu)",
+    ]
+    assert [m[0] for m in moments][:2] == [10 * S, 10 * S + 500 * MS]
+    assert all(m[1] == 1 for m in moments)
+
+    # still in the precopy at the end: stopped_ns None
+    world2 = World(11)
+    s2 = make_host(world2, "upstream", "src")
+    d2 = make_host(world2, "upstream", "dst")
+    b = make_guest(s2, "upstream")
+    world2.run_until(S)
+    lc2 = Lifecycle(world2)
+    lc2.migrate(b, d2, r, downtime_ns=S, precopy_ns=3 * S)
+    world2.run_until(2 * S + 250 * MS)
+    (rec2,) = lc2.finish(world2.now_ns)
+    assert rec2["completed"] is False and rec2["stopped_ns"] is None
+    assert rec2["reason"] == (
+        "not completed: the run ended 1.250 s into the precopy (the guest still ran)"
+    )
+
+    # completed: stopped_ns after the precopy, moments for each step
+    world3 = World(11)
+    s3 = make_host(world3, "upstream", "src")
+    d3 = make_host(world3, "upstream", "dst")
+    c = make_guest(s3, "upstream")
+    world3.run_until(S)
+    seen: list[str] = []
+    lc3 = Lifecycle(world3, moment=lambda lvl, text: seen.append(text))
+    lc3.migrate(c, d3, r, downtime_ns=S, precopy_ns=S)
+    world3.run_until(4 * S)
+    (rec3,) = lc3.finish(world3.now_ns)
+    assert rec3["completed"] is True and rec3["t_ns"] == 3 * S
+    assert rec3["started_ns"] == S and rec3["stopped_ns"] == 2 * S
+    assert seen == [
+        "VM vm: migration to dst started (qemu, precopy 1000000000 ns)",
+        "VM vm: migration: source stopped (qemu)",
+        "VM vm: migrated to dst (qemu)",
+    ]
+
+
+def test_tsc_offset_sentences_print_signed_offsets() -> None:
+    """KVM_VCPU_TSC_OFFSET sentences print the offset as the signed s64 it is (a guest TSC
+    behind the host's is a negative offset), never as its u64 bit pattern."""
+    world = World(5)
+    h = make_host(world, "upstream", "h0")
+    world.run_until(MS)
+    vmm = make_guest(h, "upstream")
+    world.run_until(17 * S)
+    lc = Lifecycle(world)
+    r = recipes.get("cloud-hypervisor", tsc_offsets="shared")
+    lc.snapshot(vmm, "s", r)
+    world.run_until(world.now_ns + 10 * S)
+    lc.restore("s", vmm, h, r)
+    world.run_until(world.now_ns + S)
+    u = vmm.vm.vcpus[0].tsc_offset
+    assert u >= 1 << 63  # the host has run longer than the guest: negative
+    signed = u - (1 << 64)
+    attr = [x for x in lc.records[-1]["rules"] if "KVM_VCPU_TSC_OFFSET of" in x]
+    assert len(attr) == 2
+    for i, x in enumerate(attr):
+        assert x.startswith(f"vCPU {i}'s KVM_VCPU_TSC_OFFSET of {signed} equals"), x
+        assert str(u) not in x

@@ -15,6 +15,7 @@ __all__ = [
     "RealResourceUnavailable",
     "ScenarioError",
     "ScenarioFileError",
+    "ScenarioRunError",
     "SeqCountError",
     "TraceParseError",
     "UsageError",
@@ -61,6 +62,15 @@ class ScenarioFileError(ScenarioError):
         where = f"line {line}: " if line is not None else ""
         where += f"{key}: " if key else ""
         super().__init__(f"{file}: {where}{message}")
+
+
+class ScenarioRunError(ScenarioFileError, UsageError):
+    """A timeline entry of a scenario file that passed the file's checks but that KVM, a VMM
+    or a recipe refuses when the run reaches it (e.g. ``KVM_SET_TSC_KHZ`` -EINVAL on a
+    destination host without TSC scaling, which Firecracker treats as fatal): ``key`` names
+    the entry (``timeline[3]``) and the message says when and what refused.  It is bad input
+    found late, so it is also a :class:`UsageError` (``kvmclock`` exits 2), never an internal
+    error."""
 
 
 class TraceParseError(KvmclockError, ValueError):

@@ -138,6 +138,8 @@ class Kernel:
         self.pvclock_valid_flags = 0
         self.tick_cpu = 0  # tick_do_timer_cpu
         self.tick_timer: Periodic | None = None
+        self.tick_overdue = False
+        """A tick expired while the machine did not run (see :meth:`run_overdue_tick`)."""
 
     # -- CPUs ---------------------------------------------------------------------------------
     def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:
@@ -542,6 +544,8 @@ class Kernel:
         1. ``syscore_resume`` on the boot CPU (registered order): ``timekeeping_resume``
            (sleep time from the RTC, the clocksource watchdog reset), then KVM's
            ``kvm_resume`` (``kvm_arch_enable_virtualization_cpu``: the backwards-TSC check);
+           interrupts on again: the tick that expired during the sleep runs
+           (:meth:`run_overdue_tick`);
         2. ``pm_sleep_enable_secondary_cpus``: each secondary CPU comes online and KVM's
            hotplug callback enables virtualization on it (``kvm_online_cpu``; 4.13
            ``kvm_starting_cpu``), running the same check on that CPU;
@@ -562,6 +566,9 @@ class Kernel:
                 resume()
 
         self.run_on_cpu(0, syscore_resume)
+        # arch_suspend_enable_irqs: the tick that expired during the sleep fires now
+        # (timekeeping_resume ran hrtimers_resume)
+        self.run_overdue_tick()
         kvm = self.kvm
         if kvm is not None:
             for cpu in range(1, len(self.machine.cpus)):
@@ -579,8 +586,33 @@ class Kernel:
     def _tick(self) -> None:
         if not self.machine_running:
             self.counters["ticks_not_running"] += 1
+            self.tick_overdue = True
             return
+        self.tick_overdue = False
         self.run_on_cpu(self.tick_cpu, self._do_tick)
+
+    def run_overdue_tick(self) -> bool:
+        """The tick that expired while the machine was stopped fires now, at the first entry
+        after the stop, before anything else reads the clock; True when it ran.
+
+        A paused VM: its LAPIC timer (the tick's clockevent, an hrtimer in the host) expired
+        meanwhile, so KVM has a timer interrupt pending (``apic_timer_expired``) and injects
+        it at the vCPU's first ``KVM_RUN`` (``kvm_inject_pending_timer_irqs`` in
+        ``vcpu_enter_guest``); the guest's ``hrtimer_interrupt`` runs ``tick_sched_timer``
+        -> ``tick_do_update_jiffies64`` -> ``update_wall_time``, whose logarithmic
+        accumulation takes the whole offset since the last tick.  (``hrtimer_interrupt``
+        first reads the clock itself, wrapped under ``tk_delta_overflow_safe`` off; in the
+        rare case that wrapped reading is less than a tick after the last one, the kernel
+        fires the tick at most one tick period later: not modelled.)  A resumed host: the
+        hrtimers are retriggered on resume (``hrtimers_resume``) and the expired tick runs.
+        Nothing happens when no tick was missed, before boot, or while the machine still
+        does not run."""
+        if not self.tick_overdue or not self.booted or not self.machine_running:
+            return False
+        self.tick_overdue = False
+        self.counters["ticks_overdue"] += 1
+        self.run_on_cpu(self.tick_cpu, self._do_tick)
+        return True
 
     def _do_tick(self) -> None:
         """Tick on the timekeeping CPU: ``tick_do_update_jiffies64`` (jiffies_64++) then

@@ -123,6 +123,16 @@ SWITCHES: Mapping[str, Switch] = _switches(
         "series patches 07-08",
         "kernel/time/timekeeping.c clocksource_changes_notify",
     ),
+    Switch(
+        "tk_delta_overflow_safe",
+        ONOFF,
+        "a clock read whose cycles since the last tick exceed the clocksource's max_cycles "
+        "converts them with a 128-bit multiply (and forward_now in max_cycles chunks) "
+        "instead of wrapping delta * mult at 2**64 (every 2**41 ns on kvm-clock)",
+        "6.10",
+        "fcf190c36914 (timekeeping: Make delta calculation overflow safe)",
+        "kernel/time/timekeeping.c timekeeping_cycles_to_ns, timekeeping_forward_now",
+    ),
     # -- KVM: where the host clock comes from ---------------------------------------------------
     Switch(
         "kvm_host_clock",
@@ -443,6 +453,7 @@ _GTOD: dict[str, SwitchValue] = {
     "clocksource_watchdog": "4.13",
     "tsc_watchdog_exemption": False,
     "pvclock_trace_version": "odd",
+    "tk_delta_overflow_safe": False,
 }
 _SERIES: dict[str, SwitchValue] = {
     **_GTOD,
@@ -470,6 +481,7 @@ _UPSTREAM: dict[str, SwitchValue] = {
     "kvmclock_rating": "299_if_invariant_tsc",
     "clocksource_watchdog": "6.18",
     "tsc_watchdog_exemption": True,
+    "tk_delta_overflow_safe": True,
 }
 
 PROFILES: Mapping[str, Profile] = MappingProxyType(

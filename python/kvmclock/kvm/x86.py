@@ -1453,7 +1453,7 @@ class KvmModule:
             already_matched = self._kvm_synchronize_tsc_locked(
                 vcpu, offset, tsc, ns, matched, user_set=True
             )
-            who = f"vCPU {vcpu.vcpu_id}'s KVM_VCPU_TSC_OFFSET of {offset}"
+            who = f"vCPU {vcpu.vcpu_id}'s KVM_VCPU_TSC_OFFSET of {_s64(offset)}"
             gen = kvm.cur_tsc_generation
             if matched:
                 self._decide(
@@ -1468,7 +1468,7 @@ class KvmModule:
                     f"its {vcpu.virtual_tsc_khz} kHz differs from the last write's "
                     f"{last_khz} kHz"
                     if last_khz != vcpu.virtual_tsc_khz
-                    else f"it differs from the last written offset {last_offset} by "
+                    else f"it differs from the last written offset {_s64(last_offset)} by "
                     f"{_s64(offset - last_offset)} cycles"
                 )
                 self._decide(
@@ -1758,6 +1758,18 @@ class KvmModule:
         )
         kvm._record_masterclock()
 
+    def _host_clock_qualifies(self) -> str:
+        """Why the host clock qualified for masterclock, per the profile's switches: the
+        clocksource is the TSC, or (``stable_pvclock_host``, series patch 11) kvm-clock whose
+        record carries PVCLOCK_TSC_STABLE_BIT (a nested host)."""
+        if self.cfg.kvm_host_clock == "timekeeper":
+            if self.kernel.timekeeper.get_tk_mono_clock_mode() == VCLOCK_PVCLOCK:
+                return (
+                    "host clocksource is kvm-clock with PVCLOCK_TSC_STABLE_BIT set (switch "
+                    "stable_pvclock_host: a stable kvm-clock counts as a stable host clock)"
+                )
+        return "host clocksource is TSC"
+
     def _masterclock_decision(self, kvm: Kvm, host_ok: bool, vcpus_matched: bool) -> None:
         """Log why ``update_masterclock`` turned masterclock on or off (the four terms of
         ``use_master_clock`` in the kernel's order)."""
@@ -1766,7 +1778,7 @@ class KvmModule:
                 None,
                 "pvclock_update_vm_gtod_copy",
                 "masterclock-on",
-                f"VM {kvm.name}: masterclock on: host clocksource is TSC and all "
+                f"VM {kvm.name}: masterclock on: {self._host_clock_qualifies()} and all "
                 f"{kvm.online_vcpus} vCPUs matched (offsetmatched {kvm.nr_vcpus_matched_tsc})",
                 kvm,
             )
@@ -1774,7 +1786,18 @@ class KvmModule:
         why = []
         if not host_ok:
             if self.cfg.kvm_host_clock == "timekeeper":
-                why.append("the host clocksource is not stable (not TSC)")
+                if self.kernel.timekeeper.get_tk_mono_clock_mode() != VCLOCK_PVCLOCK:
+                    why.append("the host clocksource is not stable (not TSC)")
+                elif self.cfg.stable_pvclock_host:
+                    why.append(
+                        "the host clocksource is kvm-clock without PVCLOCK_TSC_STABLE_BIT in "
+                        "its record (switch stable_pvclock_host)"
+                    )
+                else:
+                    why.append(
+                        "the host clocksource is kvm-clock, which counts as stable only with "
+                        "switch stable_pvclock_host on"
+                    )
             else:
                 why.append(
                     "the host clocksource is not TSC (vclock mode "

@@ -6,6 +6,13 @@ that KVM at that level runs (kvm_track_tsc / kvm_write_tsc_offset / kvm_pvclock_
 Trace events and moments are instant events (``ph: "i"``); masterclock, the pvclock stable bit
 and the cross-vCPU skew samples are counter events (``ph: "C"``). ``ts`` is in microseconds
 (the format's unit, fractional values allowed); ``displayTimeUnit`` is ``"ns"``.
+
+Several kernels at one level (several guests of one host, several hosts): they share the
+level's process (trace events and moments carry only the level), its name lists them, and each
+kernel's counters are named after it (``pvclock stable vm1``, ``cross-vCPU skew ns vm1``). A
+host KVM's masterclock is one counter per VM it ran where the run has them
+(``masterclock_timelines``); lifecycle records are instant events on the VM's level with the
+record in ``args``.
 """
 
 from __future__ import annotations
@@ -42,30 +49,59 @@ def perfetto_trace(runs: Sequence[Run]) -> dict[str, Any]:
 
     for pi, run in enumerate(runs):
         profile = str(run["profile"])
-        for lv in run["levels"]:
-            level = int(lv["level"])
+        levels = list(run["levels"])
+        by_level: dict[int, list[str]] = {}
+        for lv in levels:
+            by_level.setdefault(int(lv["level"]), []).append(str(lv.get("name") or ""))
+        level_of_kernel: dict[str, int] = {}
+        for level, names in by_level.items():
             pid = _pid(pi, level)
-            name = f"{profile} L{level}" + (f" {lv['name']}" if lv.get("name") else "")
+            shown = ", ".join(n for n in names if n)
+            name = f"{profile} L{level}" + (f" {shown}" if shown else "")
             meta.append({"name": "process_name", "ph": "M", "ts": 0, "pid": pid, "tid": 0,
                          "args": {"name": name}})
             meta.append({"name": "process_sort_index", "ph": "M", "ts": 0, "pid": pid,
                          "tid": 0, "args": {"sort_index": pid}})
             thread(pid, 0, f"L{level} kernel")
-            for key, counter in (
-                ("masterclock_timeline", "masterclock"),
-                ("pvclock_stable_timeline", "pvclock stable"),
-            ):
-                for t_ns, state in lv.get(key) or []:
+        for lv in levels:
+            level = int(lv["level"])
+            pid = _pid(pi, level)
+            several = len(by_level[level]) > 1
+            kname = str(lv.get("name") or "")
+            level_of_kernel[kname] = level
+            suffix = f" {kname}" if several and kname else ""
+            series: list[tuple[str, Sequence[Any]]] = [
+                (f"pvclock stable{suffix}", lv.get("pvclock_stable_timeline") or [])
+            ]
+            per_vm = lv.get("masterclock_timelines")
+            if isinstance(per_vm, Mapping) and per_vm:
+                series += [(f"masterclock {vm}", tl or []) for vm, tl in per_vm.items()]
+            else:
+                series.append((f"masterclock{suffix}", lv.get("masterclock_timeline") or []))
+            for counter, timeline in series:
+                for t_ns, state in timeline:
                     events.append({"name": counter, "ph": "C", "ts": _us(int(t_ns)), "pid": pid,
                                    "tid": 0, "args": {counter: 1 if state else 0}})
         for t_ns, level, text in run.get("moments") or []:
             pid = _pid(pi, int(level))
             events.append({"name": str(text), "ph": "i", "s": "p", "ts": _us(int(t_ns)),
                            "pid": pid, "tid": 0, "cat": "moment", "args": {}})
-        for t_ns, level, skew_ns, _stable in run.get("samples") or []:
-            pid = _pid(pi, int(level))
-            events.append({"name": "cross-vCPU skew ns", "ph": "C", "ts": _us(int(t_ns)),
-                           "pid": pid, "tid": 0, "args": {"skew_ns": int(skew_ns)}})
+        for row in run.get("samples") or []:
+            t_ns, level, skew_ns = int(row[0]), int(row[1]), int(row[2])
+            pid = _pid(pi, level)
+            counter = "cross-vCPU skew ns" + (f" {row[4]}" if len(row) > 4 else "")
+            events.append({"name": counter, "ph": "C", "ts": _us(t_ns),
+                           "pid": pid, "tid": 0, "args": {"skew_ns": skew_ns}})
+        for rec in run.get("lifecycle") or []:
+            level = level_of_kernel.get(str(rec.get("vm")), 1)
+            done = rec.get("completed") is not False
+            t = rec.get("t_ns") if done else rec.get("started_ns")
+            if not isinstance(t, int) or isinstance(t, bool):
+                continue
+            what = f"{rec.get('vm')} {rec.get('action')}" + ("" if done else " (not completed)")
+            events.append({"name": what, "ph": "i", "s": "p", "ts": _us(t),
+                           "pid": _pid(pi, level), "tid": 0, "cat": "lifecycle",
+                           "args": {k: v for k, v in rec.items() if k != "rules"}})
         for t_ns, level, comm, tpid, cpu, event, fields in run.get("trace") or []:
             pid = _pid(pi, int(level))
             tid = 0

@@ -131,41 +131,74 @@ def describe_timeline(timeline: Sequence[Sequence[Any]], duration_ns: int | None
     return "; ".join(parts)
 
 
+def kernel_labels(levels: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A short label per level entry: ``L<level>``, or ``L<level> <name>`` when several
+    kernels (several guests of one host, several hosts) share that level."""
+    count: dict[int, int] = {}
+    for lv in levels:
+        count[int(lv["level"])] = count.get(int(lv["level"]), 0) + 1
+    out = []
+    for lv in levels:
+        tag = f"L{int(lv['level'])}"
+        name = str(lv.get("name") or "")
+        out.append(f"{tag} {name}" if count[int(lv["level"])] > 1 and name else tag)
+    return out
+
+
+def _masterclock_timelines(lv: Mapping[str, Any]) -> list[tuple[str | None, Sequence[Any]]]:
+    """The masterclock timelines of the KVM in a level's kernel: one per VM it ran
+    (``masterclock_timelines``, VM name -> timeline) where the run has them, else the one
+    ``masterclock_timeline`` (older runs)."""
+    per_vm = lv.get("masterclock_timelines")
+    if isinstance(per_vm, Mapping) and per_vm:
+        return [(str(vm), tl or []) for vm, tl in per_vm.items()]
+    return [(None, lv.get("masterclock_timeline") or [])]
+
+
 def headline(runs: Sequence[Run]) -> list[str]:
-    """Per profile: the deepest guest's stable bit over time (and, when a KVM level never gave
-    masterclock while it ran on kvm-clock, the switch that decides it), masterclock per KVM
-    level, and notifier calls against timekeeping updates."""
+    """Per profile: the pvclock stable bit over time of every guest kernel (deepest level
+    first, file order within a level; a level's kernels are named when it has several), when
+    a KVM level never gave masterclock while it ran on kvm-clock the switch that decides it,
+    notifier calls against timekeeping updates, and masterclock per KVM (per VM it ran)."""
     out = []
     w = max([7, *(len(str(r["profile"])) for r in runs)])
     for run in runs:
         levels = list(run["levels"])
         if not levels:
             continue
-        deepest = max(levels, key=lambda lv: int(lv["level"]))
+        labels = kernel_labels(levels)
         duration = run.get("duration_ns")
         calls = ", ".join(
-            f"L{lv['level']} {int(lv.get('notifier_calls') or 0):,}/"
+            f"{label} {int(lv.get('notifier_calls') or 0):,}/"
             f"{int(lv.get('timekeeping_updates') or 0):,}"
-            for lv in levels
+            for label, lv in zip(labels, levels, strict=True)
         )
-        stable = describe_timeline(deepest.get("pvclock_stable_timeline") or [], duration)
-        if deepest.get("pvclock_stable") is None and not deepest.get("pvclock_stable_timeline"):
-            stable = "no pvclock (physical host)"
-        out.append(
-            f"{run['profile']:>{w}}: L{deepest['level']} pvclock stable bit {stable}"
-        )
+        guests = [(lb, lv) for lb, lv in zip(labels, levels, strict=True) if int(lv["level"])]
+        if not guests:
+            deepest = max(range(len(levels)), key=lambda i: int(levels[i]["level"]))
+            guests = [(labels[deepest], levels[deepest])]
+        guests.sort(key=lambda g: -int(g[1]["level"]))  # stable: file order within a level
+        for i, (label, lv) in enumerate(guests):
+            stable = describe_timeline(lv.get("pvclock_stable_timeline") or [], duration)
+            if lv.get("pvclock_stable") is None and not lv.get("pvclock_stable_timeline"):
+                stable = "no pvclock (physical host)"
+            sep = ":" if " " in label else ""
+            head = f"{run['profile']:>{w}}: " if i == 0 else f"{'':>{w}}  "
+            out.append(f"{head}{label}{sep} pvclock stable bit {stable}")
         why = _kvmclock_host_reason(run)
         if why:
             out.append(f"{'':>{w}}  {why}")
         out.append(f"{'':>{w}}  notifier calls / timekeeping updates: {calls}")
-        for lv in levels:
-            tl = lv.get("masterclock_timeline") or []
-            if lv.get("masterclock") is None and not tl:
+        for label, lv in zip(labels, levels, strict=True):
+            timelines = _masterclock_timelines(lv)
+            if lv.get("masterclock") is None and not any(tl for _vm, tl in timelines):
                 continue
-            out.append(
-                f"{'':>{w}}  masterclock of KVM at L{lv['level']}: "
-                f"{describe_timeline(tl, duration)}"
-            )
+            for vm, tl in timelines:
+                for_vm = f" for VM {vm}" if vm is not None and len(timelines) > 1 else ""
+                out.append(
+                    f"{'':>{w}}  masterclock of KVM at {label}{for_vm}: "
+                    f"{describe_timeline(tl, duration)}"
+                )
         ll = run.get("livelock")
         if ll:
             out.append(
@@ -250,12 +283,32 @@ def _back(ns: object, on: object) -> str:
     return f"off, back after {fmt_time(ns)}"
 
 
+def _int_or_none(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def stopped_at(rec: Mapping[str, Any]) -> int | None:
+    """When a lifecycle record's guest stopped running (true ns): ``stopped_ns`` where the
+    record has it, else ``t_ns - downtime_ns`` (runs recorded before ``stopped_ns``
+    existed), else ``started_ns``; None when the guest never stopped (a migration whose
+    precopy the run's end cut short)."""
+    if "stopped_ns" in rec:
+        return _int_or_none(rec.get("stopped_ns"))
+    t, down = _int_or_none(rec.get("t_ns")), _int_or_none(rec.get("downtime_ns"))
+    if t is not None and down is not None:
+        return t - down
+    return _int_or_none(rec.get("started_ns"))
+
+
 def lifecycle_lines(runs: Sequence[Run]) -> list[str]:
     """One block per lifecycle record of every run: what ended the stop (resume, restore,
     migrate, host_suspend), the recipe, the downtime, the guest's CLOCK_MONOTONIC and
     CLOCK_REALTIME against a guest that never stopped (signed: negative = behind) and how far
     each moved while the guest did not run, masterclock and the stable bit after it (and when
-    they came back), the cross-vCPU skew after it, and the kernel rule that decided."""
+    they came back), the cross-vCPU skew after it, and the kernel rule that decided.  A
+    record with ``completed`` false (an action the run's end cut short) is two lines: when
+    it began and when its guest stopped, and ``why:`` where the run's end cut it.
+    docs/vmm.md ("Reading the lifecycle block") describes every field."""
     out: list[str] = []
     for run in runs:
         for rec in run.get("lifecycle") or []:
@@ -263,10 +316,28 @@ def lifecycle_lines(runs: Sequence[Run]) -> list[str]:
             how = f" ({recipe})" if recipe else ""
             host = rec.get("host")
             where = f" on host {host}" if host else ""
+            started = _int_or_none(rec.get("started_ns"))
+            stopped = stopped_at(rec)
+            what = f"{run['profile']}: {rec.get('vm')} {rec.get('action')}{how}{where}"
+            if rec.get("completed") is False:
+                line = f"{what} began at {fmt_time(started)}, not completed"
+                if stopped is not None:
+                    line += f"; guest stopped at {fmt_time(stopped)}, not running at the end"
+                else:
+                    line += "; the guest still ran at the end"
+                out.append(line)
+                reason = str(rec.get("reason") or "")
+                if reason:
+                    out.append(f"  why: {reason.removeprefix('not completed: ')}")
+                continue
+            began = ""
+            if started is not None and stopped is not None and started < stopped:
+                began = (
+                    f" (began at {fmt_time(started)}; the guest ran until {fmt_time(stopped)})"
+                )
             out.append(
-                f"{run['profile']}: {rec.get('vm')} {rec.get('action')}{how}{where} at "
-                f"{fmt_time(rec.get('t_ns'))}, guest stopped "
-                f"{fmt_time(rec.get('downtime_ns'))}"
+                f"{what} at {fmt_time(rec.get('t_ns'))}, guest stopped "
+                f"{fmt_time(rec.get('downtime_ns'))}{began}"
             )
             out.append(
                 f"  vs a guest that never stopped: MONOTONIC "
@@ -276,7 +347,7 @@ def lifecycle_lines(runs: Sequence[Run]) -> list[str]:
                 f"{fmt_signed_ns(rec.get('realtime_step_ns'))}"
             )
             seen = rec.get("guest_stopped_seen")
-            stopped = (
+            gs_seen = (
                 ""
                 if seen is None
                 else f"; PVCLOCK_GUEST_STOPPED {'seen' if seen else 'never seen'} by the guest"
@@ -286,7 +357,7 @@ def lifecycle_lines(runs: Sequence[Run]) -> list[str]:
                 f"  masterclock {mc}"
                 f", stable bit {_back(rec.get('stable_back_ns'), rec.get('stable_after'))}"
                 f", cross-vCPU skew {_num(rec.get('cross_vcpu_skew_ns'), ' ns')}"
-                f", guest clocksource {rec.get('guest_clocksource') or '-'}{stopped}"
+                f", guest clocksource {rec.get('guest_clocksource') or '-'}{gs_seen}"
             )
             reason = rec.get("reason")
             if reason:

@@ -14,7 +14,9 @@ profile, seed, params).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, cast
 
 from kvmclock.errors import LivelockDetected, ScenarioError
@@ -103,6 +105,7 @@ def run_plan(
     lifecycle: list[dict[str, Any]] = []
     if eng.lifecycle is not None:
         eng.lifecycle.finish(sim.world.now_ns)
+        eng.unfinished_moments()
         lifecycle = list(eng.lifecycle.records)
     level_of = {k.name: k.level for k in sim.kernels}
     moments = _moments(sim, level_of)
@@ -140,6 +143,7 @@ class _Engine:
         self.kernels: dict[str, Kernel] = {}
         self.vmms: dict[str, Vmm] = {}
         self.lifecycle: Any = None
+        self._step: Step | None = None  # the entry being scheduled
         if any(s.action in LIFECYCLE_ACTIONS for s in plan.steps):
             try:
                 from kvmclock.vmm.lifecycle import Lifecycle
@@ -148,7 +152,10 @@ class _Engine:
                     f"scenario {plan.name!r}: its lifecycle actions need "
                     "kvmclock.vmm.lifecycle, which this installation lacks"
                 ) from None
-            self.lifecycle = Lifecycle(sim.world)
+            self.lifecycle = Lifecycle(sim.world, moment=self._lifecycle_moment)
+        #: the running lifecycle entry's ``note``, not yet used: it replaces the text of the
+        #: first moment the entry gives
+        self._note: str | None = None
 
     # -- construction ---------------------------------------------------------------------
     def build(self) -> None:
@@ -199,7 +206,57 @@ class _Engine:
         for step in self.plan.steps:
             if step.t_ns < sim.world.now_ns:
                 continue  # before the start (only with overridden parameters): skipped
+            self._step = step
             getattr(self, f"_do_{step.action}")(step)
+
+    def at(self, t_ns: int, fn: Callable[[], object]) -> None:
+        """Schedule ``fn`` for the entry being scheduled, under :meth:`guarded`."""
+        assert self._step is not None
+        self.sim.at(t_ns, self.guarded(self._step, fn))
+
+    def guarded(self, step: Step, fn: Callable[[], object]) -> Callable[[], None]:
+        """``fn`` run for timeline entry ``step``: a refusal it meets at run time (a
+        ``ValueError`` from KVM, a VMM or a recipe: an ioctl's -EINVAL, ``RecipeError``)
+        becomes a :class:`~kvmclock.errors.ScenarioRunError` naming the entry (exit 2),
+        never an internal error; a livelock (a result) and anything else pass through.
+        The steps the entry schedules for later on the world (``kvmclock.vmm``: a
+        migration's stop and restore, a recipe's vCPUs restored in turn, a host's resume)
+        run under the same guard."""
+        from kvmclock.errors import ScenarioRunError
+        from kvmclock.machine.world import World
+
+        world = self.sim.world
+
+        def later(dt_ns: int, f: Callable[..., object], *args: Any) -> Any:
+            if str(getattr(f, "__module__", "")).startswith("kvmclock.vmm"):
+                inner = functools.partial(f, *args)
+                return World.after(world, dt_ns, self.guarded(step, inner))
+            return World.after(world, dt_ns, f, *args)
+
+        def run() -> None:
+            had = "after" in vars(world)
+            saved = vars(world).get("after")
+            setattr(world, "after", later)  # noqa: B010 - an instance attribute, undone below
+            try:
+                fn()
+            except ScenarioError:
+                raise
+            except ValueError as exc:
+                when = _secs(step.t_ns)
+                now = world.now_ns
+                at = "" if now == step.t_ns else f", in its later step at {_secs(now)}"
+                raise ScenarioRunError(
+                    self.plan.label or self.plan.name,
+                    step.key,
+                    f"{step.action} at {when} refused at run time{at}: {exc}",
+                ) from None
+            finally:
+                if had:
+                    setattr(world, "after", saved)  # noqa: B010
+                else:
+                    delattr(world, "after")
+
+        return run
 
     def _vmm(self, name: str) -> Vmm:
         return self.vmms[name]
@@ -209,7 +266,7 @@ class _Engine:
         return g.level if g is not None else 0
 
     def _moment_at(self, step: Step, level: int, default: str) -> None:
-        self.sim.at(step.t_ns, lambda: self.sim.moment(level, step.note or default))
+        self.at(step.t_ns, lambda: self.sim.moment(level, step.note or default))
 
     def _do_moment(self, step: Step) -> None:
         a = step.args
@@ -224,7 +281,7 @@ class _Engine:
                 lvl = self.kernels[a["host"]].level
             sim.moment(lvl, step.note or a["text"])
 
-        sim.at(step.t_ns, note)
+        self.at(step.t_ns, note)
 
     def _do_tsc_jump(self, step: Step) -> None:
         from kvmclock.machine.physical import PhysicalMachine
@@ -282,7 +339,7 @@ class _Engine:
                 text += " (guest-initiated)"
             sim.moment(self._level(a["vm"]), step.note or text)
 
-        sim.at(step.t_ns, write)
+        self.at(step.t_ns, write)
 
     def _do_vcpu_hotplug(self, step: Step) -> None:
         from kvmclock.timekeeping.clocksource import MSR_KVM_SYSTEM_TIME_NEW
@@ -304,7 +361,7 @@ class _Engine:
                 step.note or f"vCPU {v.vcpu_id} hotplugged (host-initiated TSC write of 0)",
             )
 
-        sim.at(step.t_ns, hotplug)
+        self.at(step.t_ns, hotplug)
 
     def _do_vcpu_migrate(self, step: Step) -> None:
         a = step.args
@@ -315,7 +372,7 @@ class _Engine:
             if step.note:
                 sim.moment(self._level(a["vm"]), step.note)
 
-        sim.at(step.t_ns, migrate)
+        self.at(step.t_ns, migrate)
 
     def _do_rotate_vcpus(self, step: Step) -> None:
         a = step.args
@@ -332,7 +389,7 @@ class _Engine:
         self.sim.world.every(a["period_ns"], rotate, start_ns=step.t_ns)
         if step.note:
             note = step.note
-            self.sim.at(step.t_ns, lambda: self.sim.moment(self._level(a["vm"]), note))
+            self.at(step.t_ns, lambda: self.sim.moment(self._level(a["vm"]), note))
 
     def _do_set_clock(self, step: Step) -> None:
         from kvmclock.kvm.x86 import KVM_CLOCK_REALTIME
@@ -373,7 +430,7 @@ class _Engine:
                 f"system_time={st} (advanced {st - target} ns)",
             )
 
-        sim.at(step.t_ns, set_clock)
+        self.at(step.t_ns, set_clock)
 
     def _do_get_clock(self, step: Step) -> None:
         a = step.args
@@ -388,7 +445,7 @@ class _Engine:
                 f"host_tsc={d.host_tsc}",
             )
 
-        sim.at(step.t_ns, get)
+        self.at(step.t_ns, get)
 
     def _do_tick_in_read_section(self, step: Step) -> None:
         a = step.args
@@ -419,7 +476,7 @@ class _Engine:
         # At an exact tick time, scheduled before the tick's own event: the concurrent tick
         # does the update (a full cycle_interval has elapsed), the regular one finds nothing.
         tick = (NSEC_PER_SEC + self.plan.hz // 2) // self.plan.hz
-        sim.at((step.t_ns // tick) * tick, trigger)
+        self.at((step.t_ns // tick) * tick, trigger)
 
     # -- lifecycle (kvmclock.vmm.lifecycle) -----------------------------------------------
     def _recipe(self, spec: tuple[str, dict[str, Any]]) -> Any:
@@ -431,24 +488,49 @@ class _Engine:
     def _host_kernel(self, name: str) -> Kernel:
         return self.kernels[name]
 
+    def _lifecycle_moment(self, level: int, text: str) -> None:
+        """The ``moment`` callback of the Lifecycle: a key moment at ``level``; the first one
+        of an entry with a ``note`` says the note instead."""
+        if self._note is not None:
+            text, self._note = self._note, None
+        self.sim.moment(level, text)
+
+    def _lifecycle_at(self, step: Step, level: Callable[[], int], fn: Callable[[], object]) -> None:
+        """Run lifecycle call ``fn`` at the entry's time; its ``note`` replaces the first
+        moment the call gives (or is a moment at ``level()`` when it gives none then)."""
+
+        def run() -> None:
+            self._note = step.note
+            try:
+                fn()
+            finally:
+                note, self._note = self._note, None
+            if note is not None:
+                self.sim.moment(level(), note)
+
+        self.at(step.t_ns, run)
+
     def _do_pause(self, step: Step) -> None:
         a = step.args
-        self.sim.at(
-            step.t_ns,
+        self._lifecycle_at(
+            step,
+            lambda: self._level(a["vm"]),
             lambda: self.lifecycle.pause(self._vmm(a["vm"]), self._recipe(a["recipe"])),
         )
 
     def _do_resume(self, step: Step) -> None:
         a = step.args
-        self.sim.at(
-            step.t_ns,
+        self._lifecycle_at(
+            step,
+            lambda: self._level(a["vm"]),
             lambda: self.lifecycle.resume(self._vmm(a["vm"]), self._recipe(a["recipe"])),
         )
 
     def _do_snapshot(self, step: Step) -> None:
         a = step.args
-        self.sim.at(
-            step.t_ns,
+        self._lifecycle_at(
+            step,
+            lambda: self._level(a["vm"]),
             lambda: self.lifecycle.snapshot(
                 self._vmm(a["vm"]), a["name"], self._recipe(a["recipe"])
             ),
@@ -456,8 +538,9 @@ class _Engine:
 
     def _do_restore(self, step: Step) -> None:
         a = step.args
-        self.sim.at(
-            step.t_ns,
+        self._lifecycle_at(
+            step,
+            lambda: self._level(a["vm"]),
             lambda: self.lifecycle.restore(
                 a["snapshot"],
                 self._vmm(a["vm"]),
@@ -468,8 +551,9 @@ class _Engine:
 
     def _do_migrate(self, step: Step) -> None:
         a = step.args
-        self.sim.at(
-            step.t_ns,
+        self._lifecycle_at(
+            step,
+            lambda: self._level(a["vm"]),
             lambda: self.lifecycle.migrate(
                 self._vmm(a["vm"]),
                 self._host_kernel(a["host"]),
@@ -490,12 +574,30 @@ class _Engine:
             cycles = a["tsc_cycles"] if a["tsc_cycles"] is not None else RESUME_TSC_CYCLES
             self.lifecycle.host_suspend(host, on_it, a["duration_ns"], cycles)
 
-        self.sim.at(step.t_ns, suspend)
+        self._lifecycle_at(step, lambda: self._host_kernel(a["host"]).level, suspend)
+
+    def unfinished_moments(self) -> None:
+        """After ``Lifecycle.finish``: a key moment (now, the run's end) for every action
+        the run ended in the middle of (its record has ``"completed": false``)."""
+        if self.lifecycle is None:
+            return
+        for rec in self.lifecycle.records:
+            if rec.get("completed", True):
+                continue
+            k = self.kernels.get(str(rec["vm"]))
+            level = k.level if k is not None else 0
+            what = str(rec["action"]).replace("_", " ")
+            reason = str(rec.get("reason") or "not completed")
+            self.sim.moment(level, f"VM {rec['vm']}: {what} {reason}")
 
 
 # --------------------------------------------------------------------------------------------
 # the run dict
 # --------------------------------------------------------------------------------------------
+def _secs(ns: int) -> str:
+    return fmt_number(Fraction(ns, NSEC_PER_SEC)) + " s"
+
+
 def _own_vm(sim: Sim, k: Kernel) -> Any:
     """The KVM VM whose machine ``k`` runs on (None for a host kernel)."""
     if k.level == 0:
@@ -509,23 +611,70 @@ def _own_vm(sim: Sim, k: Kernel) -> Any:
     return None
 
 
+def _merge(timelines: list[list[list[Any]]]) -> list[list[Any]]:
+    """Timelines of ``[t_ns, state]`` changes, one per KVM VM in the order they were
+    created, as one: time-ordered (stable: creation order at equal times), an entry that
+    repeats the state before it dropped."""
+    out: list[list[Any]] = []
+    for e in sorted((list(e) for tl in timelines for e in tl), key=lambda e: e[0]):
+        if not out or bool(out[-1][1]) != bool(e[1]):
+            out.append(e)
+    return out
+
+
+def _guest_vms(sim: Sim, k: Kernel) -> list[Any]:
+    """Every KVM VM guest kernel ``k`` ran on, in order: its VMM's ``vm_history`` (a restore
+    or a migration adds a VM); the VM under it when no VMM drove it."""
+    for vmm in sim.vmms:
+        if vmm.guest is k:
+            return list(vmm.vm_history)
+    own = _own_vm(sim, k)
+    return [own] if own is not None else []
+
+
+def _hosted_vms(sim: Sim, k: Kernel) -> dict[str, list[Any]]:
+    """VM name -> the KVM VMs of that name host kernel ``k``'s KVM ran (a VM restored on
+    the same host twice has two), in the order the VMMs were created."""
+    out: dict[str, list[Any]] = {}
+    if k.kvm is None:
+        return out
+    seen: set[int] = set()
+    for vmm in sim.vmms:
+        for vm in vmm.vm_history:
+            if vm.module is k.kvm:
+                out.setdefault(vmm.name, []).append(vm)
+                seen.add(id(vm))
+    for vm in k.kvm.vm_list:
+        if id(vm) not in seen:
+            out.setdefault(vm.name, []).append(vm)
+    return out
+
+
 def _level_entry(sim: Sim, k: Kernel) -> dict[str, Any]:
+    """One ``levels`` entry.  A guest's ``pvclock_stable_timeline`` covers every VM it ran
+    on (restores, migrations); a host's ``masterclock_timeline`` is that of the first VM its
+    KVM ran (every VM of that name), and when it ran VMs of several names
+    ``masterclock_timelines`` (VM name -> timeline) has each (the key is absent otherwise,
+    so that runs with one VM per KVM keep their JSON)."""
     own_vm = k.kvm.vm_list[0] if k.kvm is not None and k.kvm.vm_list else None
     host_vm = _own_vm(sim, k)
     assert sim.recorder is not None
     st = sim.recorder.stats_of(k)
-    stable_tl = [list(e) for e in host_vm.pvclock_stable_timeline] if host_vm is not None else []
-    return {
+    guest_vms = _guest_vms(sim, k) if k.level > 0 else []
+    stable_tl = _merge([vm.pvclock_stable_timeline for vm in guest_vms])
+    hosted = {
+        name: _merge([vm.masterclock_timeline for vm in vms])
+        for name, vms in _hosted_vms(sim, k).items()
+    }
+    entry: dict[str, Any] = {
         "level": k.level,
         "name": k.name,
         "clocksource": k.timekeeper.clock.name,
         "masterclock": own_vm.use_master_clock if own_vm is not None else None,
         "pvclock_stable": (bool(stable_tl[-1][1]) if stable_tl else False)
-        if host_vm is not None
+        if host_vm is not None or guest_vms
         else None,
-        "masterclock_timeline": [list(e) for e in own_vm.masterclock_timeline]
-        if own_vm is not None
-        else [],
+        "masterclock_timeline": next(iter(hosted.values()), []),
         "pvclock_stable_timeline": stable_tl,
         "masterclock_updates": k.kvm.counters["masterclock_updates"] if k.kvm is not None else 0,
         "notifier_calls": k.kvm.counters["notifier_calls"] if k.kvm is not None else 0,
@@ -546,6 +695,9 @@ def _level_entry(sim: Sim, k: Kernel) -> dict[str, Any]:
         "kvm_entries": k.kvm.counters["entries"] if k.kvm is not None else 0,
         "clock_definitions": dict(st.max_abs),
     }
+    if len(hosted) > 1:
+        entry["masterclock_timelines"] = hosted
+    return entry
 
 
 def _moments(sim: Sim, level_of: dict[str, int]) -> list[list[Any]]:

@@ -5,7 +5,9 @@ check its structure with the pydantic models of :mod:`kvmclock.scenario.model`, 
 it with the parameters' defaults (:func:`resolve`, ``strict``) so that every cross check runs
 before anything is simulated: times in order and within ``run.duration_s``, VMs on known
 hosts, actions on VMs that exist at that time, vCPU and host CPU numbers that exist, a
-snapshot taken before it is restored, names used once.  Every problem is one
+snapshot taken before it is restored, names used once, and the lifecycle actions in an order
+they can run (a pause of a running VM, a restore into a paused one, nothing acting on a VM
+being migrated or restored or on a suspended host: :class:`_State`).  Every problem is one
 :class:`~kvmclock.errors.ScenarioFileError` naming the file, the key path
 (``timeline[3].vm``; the line for a TOML syntax error) and what is allowed.
 
@@ -20,12 +22,12 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from importlib import resources
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,6 +36,11 @@ from kvmclock.machine.physical import TSC_SCALING_KINDS
 from kvmclock.scenario.expr import ExprError, evaluate, is_expr, to_fraction
 from kvmclock.scenario.model import (
     ACTION_MODELS,
+    CLOCKSOURCES,
+    MAX_CPUS,
+    RECIPE_NAMES,
+    U32_MAX,
+    U64_MAX,
     CloudHypervisorRecipe,
     FirecrackerRecipe,
     HostSpec,
@@ -68,10 +75,12 @@ NSEC_PER_SEC = 1_000_000_000
 NSEC_PER_MSEC = 1_000_000
 # ktime_t is an s64 of ns (include/linux/ktime.h KTIME_MAX): no simulated time lies beyond it.
 KTIME_MAX_NS = (1 << 63) - 1
-U32_MAX = 0xFFFFFFFF
-U64_MAX = (1 << 64) - 1
-MAX_CPUS = 64
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# recipe options that are names: their allowed values
+_RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
+    "kvmclock_ctrl": ("before-resume", "at-pause"),
+    "tsc_offsets": ("per-vcpu", "shared"),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,9 +134,9 @@ class Param:
                     f"(at most {KTIME_MAX_NS} ns, about 292 years)"
                 )
         elif self.type == "str":
-            ok = isinstance(v, str) or (v is None and self.choices is not None)
+            ok = isinstance(v, str)
             if self.choices is not None:
-                ok = (v is None and "none" in self.choices) or v in self.choices
+                ok = v in self.choices
                 if not ok:
                     raise ScenarioError(
                         f"{key}={v!r} invalid; choose one of: {', '.join(self.choices)}"
@@ -199,6 +208,10 @@ def check_params(
         )
     p = {name: given.get(name, d.default) for name, d in decls.items()}
     for name, v in p.items():
+        if v is None and decls[name].type == "str":
+            # ``--param x=none`` arrives as None: a str parameter keeps the text "none"
+            # (only ``run.fault`` reads "none" as no fault)
+            p[name] = v = "none"
         decls[name].check(v)
     return p
 
@@ -314,7 +327,7 @@ _KINDS = {
     "float_type": "a number",
     "string_pattern_mismatch": "an expression string ('=...')",
     "string_type": "a string",
-    "bool_type": "true or false",
+    "bool_type": "a boolean (true or false)",
     "list_type": "a list",
     "model_type": "a table",
     "model_attributes_type": "a table",
@@ -323,9 +336,12 @@ _KINDS = {
 }
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[list[str], Any]:
+def _walk(loc: tuple[Any, ...]) -> tuple[list[str], Any, Any]:
+    """The key path of a pydantic error location, the model (or marker) it ends in, and the
+    last ``(model, field name)`` entered (None at the top)."""
     parts: list[str] = []
     cur: Any = ScenarioModel
+    field_of: Any = None
     for el in loc:
         if isinstance(el, int):
             if parts:
@@ -335,6 +351,7 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], Any]:
             continue
         if isinstance(cur, type) and issubclass(cur, BaseModel) and el in cur.model_fields:
             parts.append(el)
+            field_of = (cur, el)
             nxt = _CHILD.get((cur.__name__, el))
             if nxt is None and el == "recipe":
                 nxt = "recipe"
@@ -352,7 +369,7 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], Any]:
             parts.append(el)
             cur = None
         # else: a union member's label ('int', 'constrained-str', 'literal[...]', ...)
-    return parts, cur
+    return parts, cur, field_of
 
 
 def _allowed(cur: Any) -> str:
@@ -361,27 +378,83 @@ def _allowed(cur: Any) -> str:
     return "none"
 
 
+_RANGE_ERRORS = ("greater_than_equal", "greater_than", "less_than_equal", "less_than")
+
+
+def _bounds(field_of: Any) -> tuple[bool, dict[str, Any]]:
+    """``(integer, {"ge": .., "gt": .., "le": ..})``: the static bounds of a model field (from
+    the ``Field(ge=..)`` metadata of its union members, lists looked into); ``integer`` when
+    no float member has bounds."""
+    found: dict[str, Any] = {}
+    integer = True
+    if field_of is None:
+        return integer, found
+    model, name = field_of
+
+    def visit(tp: Any) -> None:
+        nonlocal integer
+        args = get_args(tp)
+        if getattr(tp, "__metadata__", None) is not None:
+            base = args[0]
+            for meta in tp.__metadata__:
+                for m in getattr(meta, "metadata", ()):
+                    for k in ("ge", "gt", "le", "lt"):
+                        if getattr(m, k, None) is not None:
+                            found[k] = getattr(m, k)
+                            if base is float:
+                                integer = False
+            return
+        for a in args:
+            visit(a)
+
+    visit(model.model_fields[name].annotation)
+    return integer, found
+
+
+def _range_message(value: Any, field_of: Any) -> str:
+    integer, b = _bounds(field_of)
+    if integer and ("ge" in b or "le" in b):
+        lo = b.get("ge", "-inf")
+        hi = b.get("le", "inf")
+        return f"{value!r} out of range ({lo}..{hi})"
+    conds = [f"{op} {b[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+             if k in b]
+    return f"{value!r} must be {' and '.join(conds)}"
+
+
 def _explain(exc: ValidationError) -> tuple[str | None, str]:
     errors = exc.errors()
-    walked: list[tuple[list[str], Any, Any, str | None]] = []
+    walked: list[tuple[list[str], Any, Any, str | None, Any]] = []
     for e in errors:
         loc = tuple(e["loc"])
         if e["type"] == "extra_forbidden":
-            parts, cur = _walk(loc[:-1])
-            walked.append((parts, e, cur, str(loc[-1])))
+            parts, cur, field_of = _walk(loc[:-1])
+            walked.append((parts, e, cur, str(loc[-1]), field_of))
         else:
-            parts, cur = _walk(loc)
-            walked.append((parts, e, cur, None))
-    first = walked[0][0]
-    group = [w for w in walked if w[0] == first]
-    # a table the user clearly meant (an unknown or missing key in it) is the best message
-    for parts, _e, cur, extra in group:
+            parts, cur, field_of = _walk(loc)
+            walked.append((parts, e, cur, None, field_of))
+    # An unknown key comes first (a misspelled key usually also makes a required one
+    # missing: both are said); the table it is in is the one the user meant.
+    for parts, _e, cur, extra, _f in walked:
         if extra is not None:
-            return ".".join([*parts, extra]), f"unknown key; allowed here: {_allowed(cur)}"
-    for parts, e, _cur, _ in group:
+            missing = [
+                p[-1] for p, e2, _c, x, _f2 in walked
+                if x is None and e2["type"] == "missing" and p[:-1] == parts
+            ]
+            also = f"; missing here: {', '.join(missing)}" if missing else ""
+            return (
+                ".".join([*parts, extra]),
+                f"unknown key; allowed here: {_allowed(cur)}{also}",
+            )
+    for parts, e, _cur, _x, _f in walked:
         if e["type"] == "missing":
             return ".".join(parts), "missing (a required key)"
-    parts, e, cur, _ = group[0]
+    # the deepest location is the value the user meant (a recipe table's option rather
+    # than the recipe names it is not)
+    deepest = max(len(w[0]) for w in walked)
+    first = next(w[0] for w in walked if len(w[0]) == deepest)
+    group = [w for w in walked if w[0] == first]
+    parts, e, cur, _x, field_of = group[0]
     key: str | None = ".".join(parts) or None
     ctx = e.get("ctx") or {}
     if e["type"] == "union_tag_invalid":
@@ -395,8 +468,11 @@ def _explain(exc: ValidationError) -> tuple[str | None, str]:
         return f"{key}.action" if key else "action", f"missing; one of: {allowed}"
     if e["type"] == "too_short" and key == "host":
         return key, "at least one [[host]] table is needed"
+    for w in group:
+        if w[1]["type"] in _RANGE_ERRORS:
+            return key, _range_message(w[1]["input"], w[4])
     kinds: list[str] = []
-    for _p, err, _c, _x in group:
+    for _p, err, _c, _x, _f in group:
         if err["type"] == "literal_error":
             k = "one of " + str((err.get("ctx") or {}).get("expected", ""))
         elif err["type"] == "string_type" and tuple(err["loc"])[-1] == "constrained-str":
@@ -472,6 +548,7 @@ class Plan:
     start_ns: int
     steps: list[Step] = field(default_factory=list)
     shared_levels: bool = False
+    label: str = ""  # the file (its path, or builtin:NAME.toml), for messages
 
 
 def fmt_number(v: Any) -> str:
@@ -550,14 +627,35 @@ class _Resolver:
             raise self.err(key, f"{self.show(raw, v)} is not a name")
         return v
 
+    def bool_(self, raw: Any, key: str) -> bool:
+        """A bool field: true/false, or an expression whose value is a bool parameter."""
+        v = self.val(raw, key)
+        if not isinstance(v, bool):
+            shown = f"{raw!r} = {v!r}" if is_expr(raw) else repr(v)
+            raise self.err(key, f"{shown} is not a boolean; expected true or false")
+        return v
+
+    def choice(self, raw: Any, key: str, choices: Sequence[str]) -> str:
+        """A name that must be one of ``choices`` (given as is or by an expression)."""
+        v = self.str_(raw, key)
+        if v not in choices:
+            raise self.err(
+                key, f"{self.show(raw, v)} is not allowed; choose one of {', '.join(choices)}"
+            )
+        return v
+
     def recipe(self, raw: Any, key: str) -> tuple[str, dict[str, Any]]:
         if isinstance(raw, str):
-            return raw, {}
+            return self.choice(raw, key, RECIPE_NAMES), {}
         opts: dict[str, Any] = {}
         for k, v in raw.model_dump(exclude={"name"}).items():
             if v is None:
                 continue
-            if k in ("gap_ms", "vcpu_restore_us"):
+            if k == "clock_realtime":
+                v = self.bool_(v, f"{key}.{k}")
+            elif k in _RECIPE_CHOICES:
+                v = self.choice(v, f"{key}.{k}", _RECIPE_CHOICES[k])
+            elif k in ("gap_ms", "vcpu_restore_us"):
                 f = self.num(v, f"{key}.{k}")
                 if f < 0:
                     raise self.err(f"{key}.{k}", f"{self.show(v, f)} must be >= 0")
@@ -570,10 +668,7 @@ class _Resolver:
 
 def _choice(r: _Resolver, raw: Any, key: str, choices: tuple[str, ...]) -> str:
     """A name that must be one of ``choices`` (given as is or by an expression)."""
-    v = r.str_(raw, key)
-    if v not in choices:
-        raise r.err(key, f"{r.show(raw, v)} is not allowed; choose one of {', '.join(choices)}")
-    return v
+    return r.choice(raw, key, choices)
 
 
 def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
@@ -649,8 +744,8 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
                 skew,
                 drift,
                 _choice(r, h.tsc_scaling, f"{key}.tsc_scaling", TSC_SCALING_KINDS),
-                h.hpet,
-                h.acpi_pm,
+                r.bool_(h.hpet, f"{key}.hpet"),
+                r.bool_(h.acpi_pm, f"{key}.acpi_pm"),
                 r.ns(h.uptime_s, f"{key}.uptime_s"),
             )
         )
@@ -707,35 +802,40 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
         tsc_khz = None if v.tsc_khz is None else r.int_(v.tsc_khz, f"{key}.tsc_khz", 1, U32_MAX)
         feats = {
             f
-            for f, on in (
-                ("kvmclock", v.kvmclock),
-                ("kvmclock_stable_bit", v.stable_bit),
-                ("constant_tsc", v.constant_tsc),
-                ("nonstop_tsc", v.invariant_tsc),
-                ("tsc_reliable", v.tsc_reliable),
-                ("hpet", v.hpet),
-                ("acpi_pm", v.acpi_pm),
+            for f, field_name, on in (
+                ("kvmclock", "kvmclock", v.kvmclock),
+                ("kvmclock_stable_bit", "stable_bit", v.stable_bit),
+                ("constant_tsc", "constant_tsc", v.constant_tsc),
+                ("nonstop_tsc", "invariant_tsc", v.invariant_tsc),
+                ("tsc_reliable", "tsc_reliable", v.tsc_reliable),
+                ("hpet", "hpet", v.hpet),
+                ("acpi_pm", "acpi_pm", v.acpi_pm),
             )
-            if on
+            if r.bool_(on, f"{key}.{field_name}")
         }
+        clocksource = (
+            None
+            if v.clocksource is None
+            else r.choice(v.clocksource, f"{key}.clocksource", CLOCKSOURCES)
+        )
         need = {"kvm-clock": "kvmclock", "hpet": "hpet", "acpi_pm": "acpi_pm"}.get(
-            v.clocksource or ""
+            clocksource or ""
         )
         if need is not None and need not in feats:
             raise r.err(
                 f"{key}.clocksource",
-                f"{v.clocksource!r} needs {need} = true on this VM",
+                f"{clocksource!r} needs {need} = true on this VM",
             )
         plan = VmPlan(
             name,
             host,
             r.int_(v.vcpus, f"{key}.vcpus", 1, MAX_CPUS),
             tsc_khz,
-            v.kvm,
+            r.bool_(v.kvm, f"{key}.kvm"),
             created,
             v.created_at_s is None,
             frozenset(feats),
-            v.clocksource,
+            clocksource,
             level,
             tsc_khz if tsc_khz is not None else host_khz,
         )
@@ -768,6 +868,8 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
                     f"{key}.at_s", f"{_fmt_s(t)} is past run.duration_s = {_fmt_s(duration_ns)}"
                 )
         prev = (t, key)
+        if not strict and not start_ns <= t <= duration_ns:
+            continue  # before the start: skipped; past the end: not reached
         timed.append((t, i, a))
     timed.sort(key=lambda x: x[0])
 
@@ -789,6 +891,7 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
         start_ns,
         steps,
         shared,
+        sf.label,
     )
 
 
@@ -803,8 +906,128 @@ class _State:
         self.vms = vms
         self.vcpus = {n: v.vcpus for n, v in vms.items()}
         self.where = {n: v.host for n, v in vms.items()}
-        self.paused: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: paused VMs: the recipe of the pause and the entry that paused them
+        self.paused: dict[str, tuple[tuple[str, dict[str, Any]], str]] = {}
         self.snapshots: dict[str, str] = {}
+        self.snapshot_vcpus: dict[str, int] = {}
+        #: VMs in the middle of a migration or a restore: until (ns, inclusive: the action's
+        #: later steps run after any entry at the same time), the entry, what, from, to
+        self.busy: dict[str, tuple[int, str, str, str, str]] = {}
+        #: suspended hosts: until (ns, inclusive) and the entry
+        self.suspended: dict[str, tuple[int, str]] = {}
+        #: what last let a VM run again (for messages)
+        self.since: dict[str, str] = {}
+
+    # -- lifecycle state ---------------------------------------------------------------------
+    @staticmethod
+    def _by(key: str, t: int) -> str:
+        return f"{key} at {_fmt_s(t)}"
+
+    def _runs_since(self, vm: str) -> str:
+        return f" (running again: {self.since[vm]})" if vm in self.since else ""
+
+    @staticmethod
+    def _restore_ns(recipe: tuple[str, dict[str, Any]], vcpus: int) -> int:
+        """True ns a recipe's restore takes (its vCPUs restored one after another:
+        ``vmm/recipes.py`` ``_in_turn``): naive ``gap_ms``, cloud-hypervisor
+        ``vcpu_restore_us`` between two vCPUs; the others at once."""
+        name, opts = recipe
+        if name == "naive":
+            gap_ms: float = opts.get("gap_ms", 0)
+            gap = round(gap_ms * NSEC_PER_MSEC)
+        elif name == "cloud-hypervisor":
+            gap = int(opts.get("vcpu_restore_us", 0)) * 1000
+        else:
+            gap = 0
+        return gap * (vcpus - 1)
+
+    def _physical(self, name: str) -> str:
+        """The physical host under a host or VM name (through nested VMs)."""
+        while name not in self.hosts:
+            name = self.where[name]
+        return name
+
+    def _asleep(self, name: str, t: int) -> tuple[str, int, str] | None:
+        """``(host, until, entry)`` when the physical host under ``name`` sleeps at ``t``."""
+        host = self._physical(name)
+        s = self.suspended.get(host)
+        if s is not None and t <= s[0]:
+            return host, s[0], s[1]
+        return None
+
+    def _in_flight(self, vm: str, t: int) -> tuple[int, str, str, str, str] | None:
+        b = self.busy.get(vm)
+        return b if b is not None and t <= b[0] else None
+
+    def can_act(self, vm: str, key: str, t: int) -> None:
+        """``vm``'s VMM can act on it at ``t``: the VM is not in the middle of a migration or
+        restore, its host does not sleep, and no VM it runs in is paused or moving."""
+        r = self.r
+        b = self._in_flight(vm, t)
+        if b is not None:
+            raise r.err(
+                key,
+                f"VM {vm!r} is {b[2]} (by {b[1]}) until {_fmt_s(b[0])}; act on it after that",
+            )
+        self.can_host(self.where[vm], key, t, vm=vm)
+
+    def can_host(self, host: str, key: str, t: int, *, vm: str | None = None) -> None:
+        """Nothing stops ``host`` (a physical host or a VM running KVM) at ``t``."""
+        r = self.r
+        who = f"the host {host!r} of VM {vm!r}" if vm is not None else f"host {host!r}"
+        asleep = self._asleep(host, t)
+        if asleep is not None:
+            h, until, by = asleep
+            under = "" if h == host else f" (on host {h!r})"
+            raise r.err(
+                key,
+                f"{who}{under} is suspended (by {by}) until {_fmt_s(until)}: its VMMs and "
+                "guests do not run; act after its resume",
+            )
+        name = host
+        while name not in self.hosts:
+            if name in self.paused:
+                raise r.err(
+                    key,
+                    f"{who}: VM {name!r} is paused (by {self.paused[name][1]}); resume it first",
+                )
+            b = self._in_flight(name, t)
+            if b is not None:
+                raise r.err(
+                    key, f"{who}: VM {name!r} is {b[2]} (by {b[1]}) until {_fmt_s(b[0])}"
+                )
+            name = self.where[name]
+
+    def can_suspend(self, host: str, key: str, t: int, end: int) -> None:
+        """``host`` can sleep from ``t`` to ``end``: not asleep already, no VM moving from or
+        to it, no paused VM on it, no VM created on it meanwhile."""
+        r = self.r
+        s = self.suspended.get(host)
+        if s is not None and t <= s[0]:
+            raise r.err(
+                key, f"host {host!r} is already suspended (by {s[1]}) until {_fmt_s(s[0])}"
+            )
+        for vm, b in self.busy.items():
+            if t <= b[0] and host in (self._physical(b[3]), self._physical(b[4])):
+                raise r.err(
+                    key,
+                    f"VM {vm!r} is {b[2]} (by {b[1]}) from or to host {host!r} until "
+                    f"{_fmt_s(b[0])}; suspend the host after that",
+                )
+        for vm, (_recipe, by) in self.paused.items():
+            if self._physical(self.where[vm]) == host:
+                raise r.err(
+                    key,
+                    f"VM {vm!r} on host {host!r} is paused (by {by}); a host suspend with a "
+                    "paused VM on it is not modelled: resume it first",
+                )
+        for vm, plan in self.vms.items():
+            if t <= plan.created_ns <= end and self._physical(plan.host) == host:
+                raise r.err(
+                    key,
+                    f"VM {vm!r} is created on host {host!r} at {_fmt_s(plan.created_ns)}, "
+                    f"while it sleeps (until {_fmt_s(end)})",
+                )
 
     def vm(self, raw: Any, key: str, t: int) -> str:
         r = self.r
@@ -856,6 +1079,7 @@ class _State:
         args: dict[str, Any] = {}
         if kind == "tsc_write":
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_host(self.where[vm], f"{key}.vm", t, vm=vm)
             if (a.value is None) == (a.relative_to is None):
                 raise r.err(key, "give value or relative_to (with ahead_ms), exactly one")
             args["vcpu"] = "all" if a.vcpu == "all" else self.vcpu(a.vcpu, f"{key}.vcpu", vm)
@@ -876,14 +1100,16 @@ class _State:
                         f"{self.vms[vm].khz} kHz",
                     )
                 args["ahead_cycles"] = int(cycles)
-            args["host_initiated"] = a.host_initiated
+            args["host_initiated"] = r.bool_(a.host_initiated, f"{key}.host_initiated")
         elif kind == "vcpu_hotplug":
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_act(vm, f"{key}.vm", t)
             if self.vcpus[vm] >= MAX_CPUS:
                 raise r.err(f"{key}.vm", f"VM {vm!r} already has {MAX_CPUS} vCPUs (the most)")
             self.vcpus[vm] += 1
         elif kind == "vcpu_migrate":
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_host(self.where[vm], f"{key}.vm", t, vm=vm)
             args["vcpu"] = self.vcpu(a.vcpu, f"{key}.vcpu", vm)
             where, n_cpus = self.where[vm], self.host_cpus(self.where[vm])
             args["host_cpu"] = r.int_(a.host_cpu, f"{key}.host_cpu")
@@ -891,7 +1117,8 @@ class _State:
                 raise r.err(f"{key}.host_cpu", f"CPU {args['host_cpu']} does not exist; "
                             f"{where!r} has {count_ids(n_cpus, 'CPU')}")
         elif kind == "rotate_vcpus":
-            args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_host(self.where[vm], f"{key}.vm", t, vm=vm)
             ms = r.num(a.every_ms, f"{key}.every_ms")
             period = int(ms * NSEC_PER_MSEC)
             if period <= 0:
@@ -924,7 +1151,8 @@ class _State:
                 args["cycles"] = int(cycles)
                 args["ms"] = ms
         elif kind == "set_clock":
-            args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_host(self.where[vm], f"{key}.vm", t, vm=vm)
             args["realtime"] = "realtime" in a.flags
             step = r.num(a.step_s, f"{key}.step_s")
             args["step_ns"] = int(step * NSEC_PER_SEC)
@@ -937,10 +1165,12 @@ class _State:
                 args["lag_ns"] = 0
                 args["lag_text"] = "0"
         elif kind == "get_clock":
-            args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_host(self.where[vm], f"{key}.vm", t, vm=vm)
         elif kind == "tick_in_read_section":
             host = args["host"] = self.host(a.host, f"{key}.host")
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_host(self.where[vm], f"{key}.vm", t, vm=vm)
             if self.where[vm] != host:
                 raise r.err(f"{key}.vm", f"VM {vm!r} runs on {self.where[vm]!r}, not {host!r}")
         elif kind == "moment":
@@ -951,22 +1181,33 @@ class _State:
             args["host"] = self.host(a.host, f"{key}.host", physical=False) if a.host else None
         elif kind == "pause":
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_act(vm, f"{key}.vm", t)
             if vm in self.paused:
-                raise r.err(f"{key}.vm", f"VM {vm!r} is already paused")
-            args["recipe"] = self.paused[vm] = r.recipe(a.recipe, f"{key}.recipe")
+                raise r.err(f"{key}.vm", f"VM {vm!r} is already paused (by {self.paused[vm][1]})")
+            args["recipe"] = r.recipe(a.recipe, f"{key}.recipe")
+            self.paused[vm] = (args["recipe"], self._by(key, t))
         elif kind == "resume":
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_act(vm, f"{key}.vm", t)
             if vm not in self.paused:
-                raise r.err(f"{key}.vm", f"VM {vm!r} is not paused (pause it first)")
-            paused = self.paused.pop(vm)
+                raise r.err(
+                    f"{key}.vm",
+                    f"VM {vm!r} is not paused{self._runs_since(vm)}; pause it first",
+                )
+            paused, _by = self.paused.pop(vm)
             args["recipe"] = paused if a.recipe is None else r.recipe(a.recipe, f"{key}.recipe")
+            self.since[vm] = f"resumed by {self._by(key, t)}"
         elif kind == "snapshot":
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_act(vm, f"{key}.vm", t)
             name = args["name"] = r.str_(a.name, f"{key}.name")
             if name in self.snapshots:
                 raise r.err(f"{key}.name", f"snapshot {name!r} already taken; names are unique")
             self.snapshots[name] = vm
+            self.snapshot_vcpus[name] = self.vcpus[vm]
             args["recipe"] = r.recipe(a.recipe, f"{key}.recipe")
+            # a running VM is paused the recipe's way first; it stays paused
+            self.paused.setdefault(vm, (args["recipe"], self._by(key, t)))
         elif kind == "restore":
             name = args["snapshot"] = r.str_(a.snapshot, f"{key}.snapshot")
             if name not in self.snapshots:
@@ -976,24 +1217,61 @@ class _State:
                     f"{', '.join(self.snapshots) or 'none'}",
                 )
             vm = args["vm"] = self.snapshots[name]
+            self.can_act(vm, f"{key}.snapshot", t)
             self.movable(vm, f"{key}.snapshot")
+            if vm not in self.paused:
+                raise r.err(
+                    f"{key}.snapshot",
+                    f"snapshot {name!r} is of VM {vm!r}, which is not paused"
+                    f"{self._runs_since(vm)}; a snapshot is restored into its VM while that "
+                    "is paused (a guest runs in one place): pause or snapshot it first",
+                )
+            if self.snapshot_vcpus[name] != self.vcpus[vm]:
+                raise r.err(
+                    f"{key}.snapshot",
+                    f"snapshot {name!r} has {self.snapshot_vcpus[name]} vCPUs, VM {vm!r} "
+                    f"now has {self.vcpus[vm]} (a vCPU was hotplugged since)",
+                )
+            src = self.where[vm]
             host = args["host"] = self.host(a.host, f"{key}.host", physical=False)
+            self.can_host(host, f"{key}.host", t)
+            args["recipe"] = r.recipe(a.recipe, f"{key}.recipe")
+            took = self._restore_ns(args["recipe"], self.vcpus[vm])
+            if took:
+                self.busy[vm] = (t + took, self._by(key, t), "being restored", src, host)
             self.where[vm] = host
             self.paused.pop(vm, None)
-            args["recipe"] = r.recipe(a.recipe, f"{key}.recipe")
+            self.since[vm] = f"restored by {self._by(key, t)}"
         elif kind == "migrate":
             vm = args["vm"] = self.vm(a.vm, f"{key}.vm", t)
+            self.can_act(vm, f"{key}.vm", t)
             self.movable(vm, f"{key}.vm")
+            if vm in self.paused:
+                raise r.err(
+                    f"{key}.vm",
+                    f"VM {vm!r} is paused (by {self.paused[vm][1]}): a live migration moves a "
+                    "running VM; resume it first (or restore a snapshot on the other host)",
+                )
+            src = self.where[vm]
             host = args["host"] = self.host(a.to_host, f"{key}.to_host", physical=False)
-            self.where[vm] = host
+            self.can_host(host, f"{key}.to_host", t)
             args["recipe"] = r.recipe(a.recipe, f"{key}.recipe")
             ms = r.num(a.downtime_ms, f"{key}.downtime_ms")
             if ms < 0:
                 raise r.err(f"{key}.downtime_ms", f"{r.show(a.downtime_ms, ms)} must be >= 0")
             args["downtime_ns"] = int(ms * NSEC_PER_MSEC)
             args["precopy_ns"] = r.ns(a.precopy_s, f"{key}.precopy_s")
+            end = (
+                t
+                + args["precopy_ns"]
+                + args["downtime_ns"]
+                + self._restore_ns(args["recipe"], self.vcpus[vm])
+            )
+            self.busy[vm] = (end, self._by(key, t), "being migrated", src, host)
+            self.where[vm] = host
+            self.since[vm] = f"migrated by {self._by(key, t)}"
         elif kind == "host_suspend":
-            args["host"] = self.host(a.host, f"{key}.host")
+            host = args["host"] = self.host(a.host, f"{key}.host")
             args["duration_ns"] = r.ns(a.duration_s, f"{key}.duration_s", positive=True)
             args["tsc_cycles"] = (
                 None
@@ -1001,6 +1279,9 @@ class _State:
                 else r.int_(a.tsc_after_resume_cycles, f"{key}.tsc_after_resume_cycles", 0,
                             U64_MAX)
             )
+            end = t + args["duration_ns"]
+            self.can_suspend(host, f"{key}.host", t, end)
+            self.suspended[host] = (end, self._by(key, t))
         else:  # pragma: no cover - the model admits no other action
             raise r.err(f"{key}.action", f"{kind!r} unknown")
         note = None

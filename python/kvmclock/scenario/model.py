@@ -54,6 +54,32 @@ Int = StrictInt | Expr
 Num = StrictInt | StrictFloat | Expr
 """A number (a float is taken by its decimal text, exactly), or an expression."""
 
+Bool = StrictBool | Expr
+"""true or false, or an expression whose value is a bool parameter (``"=hpet"``)."""
+
+U32_MAX = 0xFFFFFFFF
+U64_MAX = (1 << 64) - 1
+MAX_CPUS = 64
+
+# Bounded values: the bounds are in the JSON Schema and checked on literal values; the loader
+# checks the values of expressions against the same bounds.
+Count = Annotated[StrictInt, Field(ge=1, le=MAX_CPUS)] | Expr
+"""CPUs or vCPUs: 1..64."""
+CpuIndex = Annotated[StrictInt, Field(ge=0, le=MAX_CPUS - 1)] | Expr
+"""A CPU or vCPU number: 0..63."""
+Khz = Annotated[StrictInt, Field(ge=1, le=U32_MAX)] | Expr
+"""A TSC frequency in kHz: 1..2**32-1 (a u32, as KVM_SET_TSC_KHZ takes it)."""
+U64 = Annotated[StrictInt, Field(ge=0, le=U64_MAX)] | Expr
+"""A u64 (a TSC value in cycles)."""
+PosInt = Annotated[StrictInt, Field(ge=1)] | Expr
+"""An integer >= 1."""
+NonNegInt = Annotated[StrictInt, Field(ge=0)] | Expr
+"""An integer >= 0."""
+NonNeg = Annotated[StrictInt, Field(ge=0)] | Annotated[StrictFloat, Field(ge=0)] | Expr
+"""A number >= 0."""
+Positive = Annotated[StrictInt, Field(gt=0)] | Annotated[StrictFloat, Field(gt=0)] | Expr
+"""A number > 0."""
+
 Name = Annotated[StrictStr, StringConstraints(min_length=1)]
 
 RECIPE_NAMES = ("qemu", "firecracker", "cloud-hypervisor", "naive")
@@ -90,9 +116,11 @@ ParamDeclaration = ParamSpec | StrictBool | StrictInt | StrictFloat | StrictStr
 class RunSpec(_Model):
     """``[run]``: how long, how often, under which profiles and switches."""
 
-    duration_s: Num = Field(description="simulated seconds (> 0)")
-    hz: Int = Field(250, description="CONFIG_HZ of every kernel (1..10000)")
-    sample_ms: Int = Field(10, description="guest clock sampling period in ms")
+    duration_s: Positive = Field(description="simulated seconds (> 0)")
+    hz: Annotated[StrictInt, Field(ge=1, le=10_000)] | Expr = Field(
+        250, description="CONFIG_HZ of every kernel (1..10000)"
+    )
+    sample_ms: PosInt = Field(10, description="guest clock sampling period in ms (>= 1)")
     profiles: StrictStr | list[StrictStr] = Field(
         default_factory=lambda: ["gtod", "series", "upstream"],
         description="profile name or list of names run by default (kvmclock profiles)",
@@ -101,7 +129,9 @@ class RunSpec(_Model):
         default_factory=dict, description="switches flipped in every profile (--set wins)"
     )
     fault: StrictStr | None = Field(None, description="'none' or a fault to inject")
-    spin_limit: Int = Field(100_000, description="spins before a kernel loop counts as a livelock")
+    spin_limit: PosInt = Field(
+        100_000, description="spins before a kernel loop counts as a livelock (>= 1)"
+    )
     seed: StrictInt = Field(0, description="seed when the command line gives none")
 
 
@@ -109,19 +139,23 @@ class HostSpec(_Model):
     """``[[host]]``: a physical machine (level 0) with its kernel and KVM."""
 
     name: Name
-    cpus: Int = Field(description="CPUs (1..64)")
-    tsc_khz: Int = Field(description="nominal TSC kHz (1..2**32-1)")
-    tsc_skew_us: Num | None = Field(
-        None, description="CPU TSCs start up to this many us apart (seeded)"
+    cpus: Count = Field(description="CPUs (1..64)")
+    tsc_khz: Khz = Field(description="nominal TSC kHz (1..2**32-1)")
+    tsc_skew_us: NonNeg | None = Field(
+        None, description="CPU TSCs start up to this many us apart (seeded; >= 0)"
     )
-    tsc_skew_cycles: Int | None = Field(None, description="the same in cycles")
-    drift_ppm: Num = Field(0, description="true TSC rate error in ppm (> -1000000)")
+    tsc_skew_cycles: NonNegInt | None = Field(None, description="the same in cycles (>= 0)")
+    drift_ppm: (
+        Annotated[StrictInt, Field(gt=-1_000_000)]
+        | Annotated[StrictFloat, Field(gt=-1_000_000)]
+        | Expr
+    ) = Field(0, description="true TSC rate error in ppm (> -1000000)")
     tsc_scaling: Literal["vmx", "svm", "none"] | Expr = Field(
         "vmx", description="the CPUs' TSC-scaling hardware: vmx, svm or none (or an expression)"
     )
-    hpet: StrictBool = True
-    acpi_pm: StrictBool = True
-    uptime_s: Num = Field(
+    hpet: Bool = Field(True, description="an HPET")
+    acpi_pm: Bool = Field(True, description="an ACPI PM timer")
+    uptime_s: NonNeg = Field(
         0,
         description="how long the host has been up when the scenario starts: its TSC and "
         "CLOCK_MONOTONIC/BOOTTIME start there (another boot time than the other hosts)",
@@ -134,24 +168,26 @@ class VmSpec(_Model):
 
     name: Name
     host: Name
-    vcpus: Int = Field(description="vCPUs (1..64)")
-    tsc_khz: Int | None = Field(None, description="guest TSC kHz (KVM_SET_TSC_KHZ); none = host's")
-    kvm: StrictBool = Field(False, description="the guest loads KVM (can host nested VMs)")
-    created_at_s: Num | None = Field(
+    vcpus: Count = Field(description="vCPUs (1..64)")
+    tsc_khz: Khz | None = Field(
+        None, description="guest TSC kHz (KVM_SET_TSC_KHZ, 1..2**32-1); none = host's"
+    )
+    kvm: Bool = Field(False, description="the guest loads KVM (can host nested VMs)")
+    created_at_s: NonNeg | None = Field(
         None,
         description="creation time; without it the VM is created at start (the k-th such VM "
         "at k ms)",
     )
-    clocksource: Literal["kvm-clock", "tsc", "hpet", "acpi_pm", "jiffies"] | None = Field(
+    clocksource: Literal["kvm-clock", "tsc", "hpet", "acpi_pm", "jiffies"] | Expr | None = Field(
         None, description="the guest's clocksource= override"
     )
-    invariant_tsc: StrictBool = Field(False, description="CPUID invariant TSC (nonstop_tsc)")
-    constant_tsc: StrictBool = True
-    tsc_reliable: StrictBool = False
-    kvmclock: StrictBool = Field(True, description="the kvm-clock paravirt feature")
-    stable_bit: StrictBool = Field(True, description="KVM_FEATURE_CLOCKSOURCE_STABLE_BIT")
-    hpet: StrictBool = Field(False, description="an emulated HPET")
-    acpi_pm: StrictBool = Field(False, description="an emulated ACPI PM timer")
+    invariant_tsc: Bool = Field(False, description="CPUID invariant TSC (nonstop_tsc)")
+    constant_tsc: Bool = Field(True, description="CPUID constant_tsc")
+    tsc_reliable: Bool = Field(False, description="tsc_reliable (no clocksource watchdog)")
+    kvmclock: Bool = Field(True, description="the kvm-clock paravirt feature")
+    stable_bit: Bool = Field(True, description="KVM_FEATURE_CLOCKSOURCE_STABLE_BIT")
+    hpet: Bool = Field(False, description="an emulated HPET")
+    acpi_pm: Bool = Field(False, description="an emulated ACPI PM timer")
 
 
 # -- recipes --------------------------------------------------------------------------------
@@ -161,37 +197,39 @@ class QemuRecipe(_Model):
 
 class FirecrackerRecipe(_Model):
     name: Literal["firecracker"]
-    clock_realtime: StrictBool | None = Field(
+    clock_realtime: Bool | None = Field(
         None, description="KVM_SET_CLOCK with KVM_CLOCK_REALTIME on restore (5.16+)"
     )
-    kvmclock_ctrl: Literal["before-resume", "at-pause"] | None = Field(
+    kvmclock_ctrl: Literal["before-resume", "at-pause"] | Expr | None = Field(
         None, description="when KVM_KVMCLOCK_CTRL is called (1.14+: before-resume)"
     )
 
 
 class CloudHypervisorRecipe(_Model):
     name: Literal["cloud-hypervisor"]
-    tsc_offsets: Literal["per-vcpu", "shared"] | None = Field(
+    tsc_offsets: Literal["per-vcpu", "shared"] | Expr | None = Field(
         None, description="shared (the fix, default) or per-vcpu (before it)"
     )
-    vcpu_restore_us: Int | None = Field(None, description="time between vCPU restores (us)")
+    vcpu_restore_us: NonNegInt | None = Field(
+        None, description="time between vCPU restores (us, >= 0)"
+    )
 
 
 class NaiveRecipe(_Model):
     name: Literal["naive"]
-    gap_ms: Num | None = Field(None, description="time between vCPU restores (ms)")
+    gap_ms: NonNeg | None = Field(None, description="time between vCPU restores (ms, >= 0)")
 
 
 RecipeTable = Annotated[
     QemuRecipe | FirecrackerRecipe | CloudHypervisorRecipe | NaiveRecipe,
     Field(discriminator="name"),
 ]
-Recipe = Literal["qemu", "firecracker", "cloud-hypervisor", "naive"] | RecipeTable
+Recipe = Literal["qemu", "firecracker", "cloud-hypervisor", "naive"] | Expr | RecipeTable
 
 
 # -- timeline actions -----------------------------------------------------------------------
 class _Action(_Model):
-    at_s: Num = Field(description="when, in simulated seconds")
+    at_s: NonNeg = Field(description="when, in simulated seconds (>= 0)")
     note: StrictStr | None = Field(
         None, description="key-moment text instead of the default ({param} is replaced)"
     )
@@ -203,11 +241,11 @@ class TscWrite(_Action):
 
     action: Literal["tsc_write"]
     vm: Name
-    vcpu: Int | Literal["all"]
-    value: Int | None = None
-    relative_to: Int | None = None
+    vcpu: CpuIndex | Literal["all"]
+    value: U64 | None = None
+    relative_to: CpuIndex | None = None
     ahead_ms: Num = 0
-    host_initiated: StrictBool = True
+    host_initiated: Bool = True
 
 
 class VcpuHotplug(_Action):
@@ -222,8 +260,8 @@ class VcpuMigrate(_Action):
 
     action: Literal["vcpu_migrate"]
     vm: Name
-    vcpu: Int
-    host_cpu: Int
+    vcpu: CpuIndex
+    host_cpu: CpuIndex
 
 
 class RotateVcpus(_Action):
@@ -231,7 +269,7 @@ class RotateVcpus(_Action):
 
     action: Literal["rotate_vcpus"]
     vm: Name
-    every_ms: Num
+    every_ms: Positive
 
 
 class TscJump(_Action):
@@ -240,7 +278,7 @@ class TscJump(_Action):
 
     action: Literal["tsc_jump"]
     host: Name
-    cpus: list[Int] | Literal["all"] = "all"
+    cpus: list[CpuIndex] | Literal["all"] = "all"
     cycles: Int | None = None
     ms: Num | None = None
 
@@ -254,7 +292,7 @@ class SetClock(_Action):
     vm: Name
     flags: list[Literal["realtime"]] = Field(default_factory=list)
     step_s: Num = 0
-    realtime_lag_s: Num | None = None
+    realtime_lag_s: NonNeg | None = None
 
 
 class GetClock(_Action):
@@ -314,16 +352,16 @@ class Migrate(_Action):
     vm: Name
     to_host: Name
     recipe: Recipe = "qemu"
-    downtime_ms: Num
-    precopy_s: Num = 0
+    downtime_ms: NonNeg = Field(description="the guest stopped (ms, >= 0)")
+    precopy_s: NonNeg = Field(0, description="the guest runs while memory is copied (s, >= 0)")
 
 
 class HostSuspend(_Action):
     action: Literal["host_suspend"]
     host: Name
-    duration_s: Num
-    tsc_after_resume_cycles: Int | None = Field(
-        None, description="the TSC on resume (default: the host model's)"
+    duration_s: Positive = Field(description="how long the host sleeps (s, > 0)")
+    tsc_after_resume_cycles: U64 | None = Field(
+        None, description="the TSC on resume (cycles; default: the host model's)"
     )
 
 

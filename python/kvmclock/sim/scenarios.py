@@ -262,12 +262,17 @@ def run_scenario(
     already flipped keeps its value), and ``params`` overriding the file's ``[params]``.
     Returns one run: ``scenario``, ``seed``, ``profile`` (its name, which records the flipped
     switches), ``switches`` (every switch's value), ``params``, ``duration_ns``, ``end_ns``,
-    ``levels`` (one entry per kernel), ``moments``, ``samples``, ``livelock``, ``stats``,
-    ``lifecycle`` (the lifecycle records; empty without lifecycle actions) and ``trace`` rows
+    ``levels`` (one entry per kernel: a guest's ``pvclock_stable_timeline`` covers every KVM
+    VM it ran on, a host's ``masterclock_timeline`` is that of the first VM its KVM ran, and
+    ``masterclock_timelines``, VM name -> timeline, is there when it ran VMs of several
+    names), ``moments``, ``samples``, ``livelock``, ``stats``, ``lifecycle`` (the lifecycle
+    records; empty without lifecycle actions) and ``trace`` rows
     ``[t_ns, level, comm, pid, cpu, event, fields]`` when ``trace=True``.  Bad input raises
     ``ScenarioError`` (a ValueError; ``ScenarioFileError`` for a bad file) naming the valid
-    choices, before anything is simulated. ``progress(now_ns, duration_ns)``, when given, is
-    called as simulated time advances (the run is the same with or without it)."""
+    choices, before anything is simulated; what KVM, a VMM or a recipe refuses only when the
+    run reaches it raises ``ScenarioRunError`` (a ScenarioFileError) naming the timeline
+    entry.  ``progress(now_ns, duration_ns)``, when given, is called as simulated time
+    advances (the run is the same with or without it)."""
     from kvmclock.scenario.engine import run_plan
 
     sf = _scenario_file(name)

@@ -198,25 +198,44 @@ class Timekeeper:
         mono.mult = raw.mult = clock.mult
 
     def _normalize_xtime(self) -> None:
-        """``tk_normalize_xtime``: carry whole seconds out of both xtime_nsec fields."""
+        """``tk_normalize_xtime``: carry whole seconds out of both xtime_nsec fields (the
+        kernel subtracts one second per iteration: one divmod gives the same values)."""
         mono, raw = self.tkr_mono, self.tkr_raw
-        nsps = NSEC_PER_SEC << mono.shift
-        while mono.xtime_nsec >= nsps:
-            mono.xtime_nsec -= nsps
-            self.xtime_sec += 1
-        nsps = NSEC_PER_SEC << raw.shift
-        while raw.xtime_nsec >= nsps:
-            raw.xtime_nsec -= nsps
-            self.raw_sec += 1
+        secs, mono.xtime_nsec = divmod(mono.xtime_nsec, NSEC_PER_SEC << mono.shift)
+        self.xtime_sec += secs
+        secs, raw.xtime_nsec = divmod(raw.xtime_nsec, NSEC_PER_SEC << raw.shift)
+        self.raw_sec += secs
 
     def _forward_now(self) -> None:
         """``timekeeping_forward_now``: fold the cycles since cycle_last into xtime_nsec (mono and
         raw).
+
+        Switch ``tk_delta_overflow_safe`` off (4.13): ``xtime_nsec += delta * mult`` in u64
+        (wraps once ``delta`` exceeds about ``max_cycles``).  On (6.10+, fcf190c36914): the
+        delta is added in chunks of at most ``max_cycles``, normalising after each, so the
+        u64 sums never wrap: the result is the exact sum, computed here at once.
         """
         mono, raw = self.tkr_mono, self.tkr_raw
         cycle_now = self.clock.read()[0]
         delta = clocksource_delta(cycle_now, mono.cycle_last, mono.mask)
         mono.cycle_last = raw.cycle_last = cycle_now
+        if self.kernel.cfg.tk_delta_overflow_safe:
+            step = self.clock.max_cycles
+            safe = step > 0 and all(
+                (NSEC_PER_SEC << t.shift) + step * t.mult <= U64_MASK for t in (mono, raw)
+            )
+            if safe:
+                mono.xtime_nsec += delta * mono.mult
+                raw.xtime_nsec += delta * raw.mult
+                self._normalize_xtime()
+                return
+            while delta > 0:  # the kernel's loop (a clocksource whose chunks could wrap)
+                incr = min(delta, step) if step > 0 else delta
+                mono.xtime_nsec = (mono.xtime_nsec + incr * mono.mult) & U64_MASK
+                raw.xtime_nsec = (raw.xtime_nsec + incr * raw.mult) & U64_MASK
+                self._normalize_xtime()
+                delta -= incr
+            return
         mono.xtime_nsec = (mono.xtime_nsec + delta * mono.mult) & U64_MASK
         raw.xtime_nsec = (raw.xtime_nsec + delta * raw.mult) & U64_MASK
         self._normalize_xtime()
@@ -534,9 +553,28 @@ class Timekeeper:
         k.world.log("timekeeping_resume", kernel=k.name, sleep_ns=delta)
 
     # -- readers ----------------------------------------------------------------------------
-    @staticmethod
-    def _delta_to_ns(tkr: TkReadBase, cycles: int) -> int:
-        """``timekeeping_get_ns``: ((clocksource_delta * mult + xtime_nsec) mod 2**64) >> shift."""
+    def _delta_to_ns(self, tkr: TkReadBase, cycles: int) -> int:
+        """ns since the last tick of one clocksource read ``cycles``.
+
+        Switch ``tk_delta_overflow_safe`` off: 4.13 ``timekeeping_get_ns`` (without
+        CONFIG_DEBUG_TIMEKEEPING) = ``((clocksource_delta * mult + xtime_nsec) mod 2**64) >>
+        shift``: once the delta exceeds about ``max_cycles`` (a clock nobody ticked for
+        2**41 ns on kvm-clock) the product wraps and the clock reads 2**(64 - shift) ns
+        behind per wrap.  On: 6.10+ ``timekeeping_cycles_to_ns`` (fcf190c36914): a delta
+        above ``clock->max_cycles`` with the mask's top bit set is negative motion
+        (``xtime_nsec >> shift``), any other is converted by ``delta_to_ns_safe``
+        (``mul_u64_u32_add_u64_shr``: the exact 128-bit ``(delta * mult + xtime_nsec) >>
+        shift``, truncated to u64).
+        """
+        if self.kernel.cfg.tk_delta_overflow_safe:
+            mask = tkr.mask
+            delta = (cycles - tkr.cycle_last) & mask
+            clock = tkr.clock
+            if clock is not None and delta > clock.max_cycles:
+                if delta & ~(mask >> 1):
+                    return tkr.xtime_nsec >> tkr.shift
+                return ((delta * tkr.mult + tkr.xtime_nsec) >> tkr.shift) & U64_MASK
+            return ((delta * tkr.mult + tkr.xtime_nsec) & U64_MASK) >> tkr.shift
         delta = clocksource_delta(cycles, tkr.cycle_last, tkr.mask)
         return ((delta * tkr.mult + tkr.xtime_nsec) & U64_MASK) >> tkr.shift
 

@@ -8,6 +8,9 @@ ran again, against a guest that never stopped (``before + true time elapsed``), 
 masterclock and PVCLOCK_TSC_STABLE_BIT in vCPU 0's record at the first entry after, the
 cross-vCPU kvm-clock skew, whether PVCLOCK_GUEST_STOPPED reached the guest, and the sentences
 of the kernel rules that decided (KVM's TSC-sync decision log, ``Kvm.tsc_decisions``).
+``stopped_ns`` is when the guest stopped running (after a migration's precopy), and
+``completed`` is False for an action the run ended in the middle of (see ``finish``).  The
+"after" readings come after the guest's overdue tick (``Vmm.enter_all``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,20 @@ class _Stop:
     decisions_from: dict[int, int] = field(default_factory=dict)  # id(Kvm) -> log index
 
 
+@dataclass
+class _Pending:
+    """A scheduled action not completed yet (migration, host suspend): what
+    :meth:`Lifecycle.finish` reports when the run ends first."""
+
+    action: str
+    vmm: Vmm
+    host: str
+    recipe: Recipe | None
+    started_ns: int
+    stopped_ns: int | None = None  # None: still in precopy (the guest runs)
+    phase: str = "precopy"
+
+
 class Lifecycle:
     """The lifecycle actions of one run on ``world`` (see the module docstring).
 
@@ -51,9 +68,17 @@ class Lifecycle:
     fill ``masterclock_back_ns`` and ``stable_back_ns``.
     """
 
-    def __init__(self, world: World) -> None:
+    def __init__(
+        self, world: World, moment: Callable[[int, str], None] | None = None
+    ) -> None:
         self.world = world
+        self.moment = moment
+        """Called ``moment(level, text)`` at each step (paused, KVMCLOCK_CTRL, snapshot
+        taken, migration started / source stopped / restored, host suspended / resumed):
+        ``level`` is the guest's level for a VM step, the host kernel's for a host step
+        (``Sim.moment`` fits)."""
         self.records: list[dict[str, Any]] = []
+        self._pending: dict[int, _Pending] = {}  # id(Vmm) -> pending scheduled action
         self.snapshots: dict[str, VmSnapshot] = {}
         self._stops: dict[int, _Stop] = {}
         self._record_vms: list[tuple[dict[str, Any], Kvm]] = []
@@ -94,9 +119,22 @@ class Lifecycle:
         return max(values) - min(values)
 
     # -- stop / start bookkeeping ---------------------------------------------------------------
+    def _moment(self, level: int, text: str) -> None:
+        if self.moment is not None:
+            self.moment(level, text)
+
+    def _vm_moment(self, vmm: Vmm, text: str) -> None:
+        self._moment(vmm.machine.level, f"VM {vmm.name}: {text}")
+
+    def _pause_moments(self, vmm: Vmm, recipe: Recipe, what: str) -> None:
+        self._vm_moment(vmm, f"{what} ({recipe.label()})")
+        if recipe.kvmclock_ctrl == "at-pause":
+            self._vm_moment(vmm, "KVM_KVMCLOCK_CTRL on every vCPU at pause")
+
     def _note_stop(self, vmm: Vmm, started_ns: int | None = None) -> None:
         now = self.world.now_ns
         mono, real = self.guest_clocks(vmm)
+        vmm.entry_flags = None
         self._stops[id(vmm)] = _Stop(now, mono, real, now if started_ns is None else started_ns, {})
 
     def _mark_decisions(self, stop: _Stop, vm: Kvm) -> None:
@@ -113,7 +151,9 @@ class Lifecycle:
         """Measure now (the vCPUs have just entered once) and append the record."""
         now = self.world.now_ns
         vm = vmm.vm
-        flags = self.record_flags(vm)
+        # the record at the first entry, before the guest's overdue tick read the clock
+        flags = vmm.entry_flags if vmm.entry_flags is not None else self.record_flags(vm)
+        vmm.entry_flags = None
         stopped_seen = None if flags is None else bool(flags & _STOPPED)
         stable = None if flags is None else bool(flags & _STABLE)
         skew = self.kvmclock_skew_ns(vm)
@@ -135,6 +175,8 @@ class Lifecycle:
             if not rules or rules[-1] != d.text:
                 rules.append(d.text)
         rules.extend(vmm.restore_notes if action in ("restore", "migrate") else [])
+        if action == "host_suspend":
+            rules.extend(self._host_suspend_rules(vmm, elapsed, stopped_seen))
         g = vmm.guest
         cs = g.timekeeper.clock.name if g is not None else None
         v0 = vm.vcpus[0] if vm.vcpus else None
@@ -146,6 +188,8 @@ class Lifecycle:
             "host": vmm.host.name,
             "recipe": recipe.label() if recipe is not None else None,
             "downtime_ns": elapsed,
+            "stopped_ns": stop.t_ns,
+            "completed": True,
             "monotonic_jump_ns": jump(mono, stop.mono_ns),
             "realtime_jump_ns": jump(real, stop.real_ns),
             "monotonic_step_ns": step(mono, stop.mono_ns),
@@ -167,7 +211,60 @@ class Lifecycle:
         self.records.append(rec)
         self._record_vms.append((rec, vm))
         self._stops.pop(id(vmm), None)
+        self._pending.pop(id(vmm), None)
         return rec
+
+    @staticmethod
+    def _host_suspend_rules(vmm: Vmm, downtime_ns: int, stopped_seen: bool | None) -> list[str]:
+        """The switches that decide what a host suspend does to the guest beyond KVM's TSC
+        rules: the host's PM notifier (``pm_notifier``) and the guest's clocksource
+        watchdog (``clocksource_watchdog``)."""
+        host = vmm.host
+        out: list[str] = []
+        if host.cfg.pm_notifier:
+            out.append(
+                f"host {host.name}: KVM's PM notifier (switch pm_notifier on, 5.14+) marked "
+                "every kvmclock vCPU paused at PM_SUSPEND_PREPARE "
+                "(kvm_arch_suspend_notifier -> kvm_set_guest_paused): PVCLOCK_GUEST_STOPPED "
+                + (
+                    "reached the guest at its first entry"
+                    if stopped_seen
+                    else "was pending but did not reach vCPU 0's record"
+                )
+            )
+        else:
+            out.append(
+                f"host {host.name}: no KVM PM notifier (switch pm_notifier off; it came in "
+                "5.14): nothing sets PVCLOCK_GUEST_STOPPED on a host suspend, so the guest "
+                "is not told it was stopped"
+            )
+        g = vmm.guest
+        if g is not None:
+            wd = g.watchdog
+            if g.cfg.clocksource_watchdog == "6.18":
+                if downtime_ns > wd.interval_max_ns:
+                    out.append(
+                        f"guest {g.name}: its clocksource watchdog (switch "
+                        "clocksource_watchdog=6.18) does not judge the interval across the "
+                        f"{downtime_ns / 1e9:.3f} s stop: longer than WATCHDOG_INTERVAL_MAX "
+                        f"({wd.interval_max_ns} ns), 'Long readout interval, skipping "
+                        "watchdog check', so the stop cannot mark a clocksource unstable"
+                    )
+                else:
+                    out.append(
+                        f"guest {g.name}: its clocksource watchdog (switch "
+                        "clocksource_watchdog=6.18) judges the interval across the stop "
+                        "against both clocksources' uncertainty margins"
+                    )
+            else:
+                out.append(
+                    f"guest {g.name}: its clocksource watchdog (switch "
+                    "clocksource_watchdog=4.13) judges the interval across the "
+                    f"{downtime_ns / 1e9:.3f} s stop at its next run, however long: a watched "
+                    "clocksource that counted the stop differently from the watchdog by more "
+                    f"than WATCHDOG_THRESHOLD ({wd.threshold_ns} ns) is marked unstable"
+                )
+        return out
 
     @staticmethod
     def _reason(vm: Kvm, decisions: Sequence[Any]) -> str:
@@ -205,13 +302,17 @@ class Lifecycle:
         stop = self._stops[id(vmm)]
         self._mark_decisions(stop, vmm.vm)
         recipe.pause(vmm)
+        self._pause_moments(vmm, recipe, "paused")
 
     def resume(self, vmm: Vmm, recipe: Recipe) -> dict[str, Any]:
         """Resume ``vmm``'s paused VM now (``Recipe.resume``) and record action "resume"."""
         stop = self._stops.get(id(vmm))
         if stop is None:
             raise ValueError(f"VM {vmm.name} was not paused through this Lifecycle")
+        if recipe.kvmclock_ctrl == "before-resume":
+            self._vm_moment(vmm, "KVM_KVMCLOCK_CTRL on every vCPU before resume")
         recipe.resume(vmm)
+        self._vm_moment(vmm, f"resumed ({recipe.label()})")
         return self._record("resume", vmm, recipe, stop)
 
     def snapshot(self, vmm: Vmm, name: str, recipe: Recipe) -> VmSnapshot:
@@ -221,6 +322,7 @@ class Lifecycle:
             self.pause(vmm, recipe)
         snap = vmm.snapshot()
         self.snapshots[name] = snap
+        self._vm_moment(vmm, f"snapshot {name!r} taken")
         return snap
 
     def restore(
@@ -248,6 +350,11 @@ class Lifecycle:
 
         def done() -> None:
             stop.decisions_from.setdefault(id(vmm.vm), 0)  # the new VM: its whole log
+            self._vm_moment(
+                vmm,
+                ("migrated to" if action == "migrate" else "restored on")
+                + f" {vmm.host.name} ({recipe.label()})",
+            )
             rec = self._record(action, vmm, recipe, stop)
             if on_done is not None:
                 on_done(rec)
@@ -273,11 +380,19 @@ class Lifecycle:
         recipe.check(vmm.host.cfg)
         started = self.world.now_ns
         key = f"migrate:{vmm.name}:{started}"
+        pending = _Pending("migrate", vmm, host.name, recipe, started)
+        self._pending[id(vmm)] = pending
+        self._vm_moment(
+            vmm, f"migration to {host.name} started ({recipe.label()}, precopy {precopy_ns} ns)"
+        )
 
         def stop_and_copy() -> None:
             self._note_stop(vmm, started)
             self._mark_decisions(self._stops[id(vmm)], vmm.vm)
             recipe.pause(vmm)
+            pending.stopped_ns = self.world.now_ns
+            pending.phase = "downtime"
+            self._pause_moments(vmm, recipe, "migration: source stopped")
             self.snapshots[key] = vmm.snapshot()
             self.world.after(
                 downtime_ns, lambda: self.restore(key, vmm, host, recipe, action="migrate")
@@ -306,34 +421,92 @@ class Lifecycle:
             if v.host is not host_kernel:
                 raise ValueError(f"VM {v.name} runs on {v.host.name}, not on {host_kernel.name}")
         stops = []
+        now = self.world.now_ns
         for v in vmms_on_it:
             self._note_stop(v)
             st = self._stops[id(v)]
             self._mark_decisions(st, v.vm)
             stops.append(st)
+            self._pending[id(v)] = _Pending(
+                "host_suspend", v, host_kernel.name, None, now, now, "host suspend"
+            )
         host_kernel.pm_suspend()
+        self._moment(
+            host_kernel.level,
+            f"host {host_kernel.name} suspended for {duration_ns} ns"
+            + (f" (VMs {', '.join(v.name for v in vmms_on_it)})" if vmms_on_it else ""),
+        )
 
         def wake() -> None:
             host_kernel.pm_resume(tsc_cycles)
+            self._moment(host_kernel.level, f"host {host_kernel.name} resumed")
             for v, st in zip(vmms_on_it, stops, strict=True):
                 if not v.machine.paused:
-                    for i in range(len(v.vm.vcpus)):
-                        v.machine.run_on_cpu(i, lambda: None)
+                    v.enter_all()
                 self._record("host_suspend", v, None, st)
 
         self.world.after(duration_ns, wake)
 
     # -- end of run ----------------------------------------------------------------------------
+    def _unfinished(self, pending: _Pending, end_ns: int) -> None:
+        self.records.append(_unfinished_record(pending, end_ns))
+
     def finish(self, end_ns: int) -> list[dict[str, Any]]:
         """Fill every record's ``masterclock_back_ns`` / ``stable_back_ns``: true ns after
         its ``t_ns`` until the VM's masterclock timeline (``Kvm.masterclock_timeline``) and
         pvclock stable timeline are on again (0 when on right after; None when not before
-        ``end_ns``).  Returns :attr:`records`."""
+        ``end_ns``), and add a record with ``"completed": False`` for each action still
+        under way at ``end_ns`` (a migration in its precopy or downtime, a host still
+        suspended): ``t_ns`` None, every clock jump and state None, ``stopped_ns`` when the
+        guest stopped (None in precopy) and ``reason`` saying where the run ended.
+        Returns :attr:`records`."""
+        for pending in list(self._pending.values()):
+            self._unfinished(pending, end_ns)
+        self._pending.clear()
         for rec, vm in self._record_vms:
             t = rec["t_ns"]
             rec["masterclock_back_ns"] = _back(vm.masterclock_timeline, t, end_ns)
             rec["stable_back_ns"] = _back(vm.pvclock_stable_timeline, t, end_ns)
         return self.records
+
+
+def _secs(ns: int) -> str:
+    return f"{ns / 1e9:.3f} s"
+
+
+def _unfinished_record(p: _Pending, end_ns: int) -> dict[str, Any]:
+    vmm = p.vmm
+    if p.stopped_ns is None:
+        where = f"{_secs(end_ns - p.started_ns)} into the precopy (the guest still ran)"
+    else:
+        where = f"{_secs(end_ns - p.stopped_ns)} into the {p.phase}"
+    g = vmm.guest
+    return {
+        "t_ns": None,
+        "started_ns": p.started_ns,
+        "action": p.action,
+        "vm": vmm.name,
+        "host": p.host,
+        "recipe": p.recipe.label() if p.recipe is not None else None,
+        "downtime_ns": None,
+        "stopped_ns": p.stopped_ns,
+        "completed": False,
+        "monotonic_jump_ns": None,
+        "realtime_jump_ns": None,
+        "monotonic_step_ns": None,
+        "realtime_step_ns": None,
+        "masterclock_after": None,
+        "stable_after": None,
+        "masterclock_back_ns": None,
+        "stable_back_ns": None,
+        "cross_vcpu_skew_ns": None,
+        "guest_stopped_seen": None,
+        "guest_clocksource": g.timekeeper.clock.name if g is not None else None,
+        "guest_tsc_khz": None,
+        "guest_tsc_runs_khz": None,
+        "reason": f"not completed: the run ended {where}",
+        "rules": [],
+    }
 
 
 def _back(timeline: Sequence[Sequence[Any]], t_ns: int, end_ns: int) -> int | None:

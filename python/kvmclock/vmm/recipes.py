@@ -154,6 +154,14 @@ def khz_sentence(vm: Kvm, vcpu_id: int, saved_khz: int, asked: bool, vmm_name: s
         )
         return f"{head}: {how}: the guest TSC keeps {saved_khz} kHz"
     plan = m.set_tsc_khz_plan(saved_khz, host)[0] if asked else None
+    if plan == "ratio":
+        # kvm_set_tsc_khz scaled it; the rate is the ratio's truncation (kvm_scale_tsc)
+        return (
+            f"{head}: KVM scaled it with TSC scaling ratio {v.tsc_scaling_ratio:#x} "
+            f"({m.tsc_scaling_ratio_frac_bits} fraction bits, {m.tsc_scaling}): the guest TSC "
+            f"runs at {runs} kHz, the ratio's truncation ({ppm:+.3f} ppm from the saved "
+            f"{saved_khz} kHz)"
+        )
     if plan == "default":
         why = f"within the {TSC_TOLERANCE_PPM} ppm tolerance KVM applies no scaling"
     elif asked:

@@ -53,6 +53,9 @@ class Vmm:
         self.name = name
         self.host = host
         self.vm: Kvm = host.kvm.create_vm(name=name, tsc_khz=tsc_khz, features=features)
+        self.vm_history: list[Kvm] = [self.vm]
+        """Every KVM VM this VMM drove, in order (a restore or migration adds the new one);
+        the current one (:attr:`vm`) last."""
         self.guest: Kernel | None = None
         #: the clock a recipe saved at pause (QEMU ``s->clock``, cloud-hypervisor
         #: ``saved_clock``), set back at resume; None when none was saved
@@ -62,6 +65,9 @@ class Vmm:
         #: sentences about the last restore (e.g. what became of the TSC frequency)
         self.restore_notes: list[str] = []
         self.restoring = False
+        #: vCPU 0's pvclock flags right after the last :meth:`enter_all` entries, before the
+        #: guest ran (the guest clears PVCLOCK_GUEST_STOPPED when it reads the clock)
+        self.entry_flags: int | None = None
         for _ in range(vcpus):
             self.vm.create_vcpu()
         for i in range(vcpus):
@@ -104,8 +110,30 @@ class Vmm:
         if kvmclock_ctrl:
             self._kvmclock_ctrl_all()
         self.machine.paused = False
+        self.enter_all()
+
+    def enter_all(self) -> None:
+        """Each vCPU thread enters ``KVM_RUN`` once (``vcpu_enter_guest`` processes its
+        requests: a pending clock update writes the guest's pvclock record), then the guest
+        kernel's tick that expired while the VM did not run fires
+        (``Kernel.run_overdue_tick``: KVM injects the pending LAPIC timer interrupt at the
+        entry), so its ``update_wall_time`` runs before anything else reads the clock.
+        The tick does not run while the machine does not (its host still suspended)."""
         for i in range(len(self.vm.vcpus)):
             self.machine.run_on_cpu(i, lambda: None)
+        self.entry_flags = self._record_flags()
+        if self.guest is not None:
+            self.guest.run_overdue_tick()
+
+    def _record_flags(self) -> int | None:
+        """The flags byte of vCPU 0's pvclock record in guest memory now (None without a
+        vCPU or with its kvmclock off)."""
+        if not self.vm.vcpus:
+            return None
+        v = self.vm.vcpus[0]
+        if not v.pv_time_enabled:
+            return None
+        return int(self.machine.memory[v.pv_time_gpa + 29])
 
     # -- snapshot / restore ------------------------------------------------------------------------
     def host_realtime_ns(self) -> int:
@@ -200,6 +228,7 @@ class Vmm:
             if not old.destroyed:
                 old.destroy()
             self.vm = new
+            self.vm_history.append(new)
             self.host = host
             self.restoring = False
             self.resume()
