@@ -196,8 +196,11 @@ def test_real_commands_exit_codes(cmd: str) -> None:
 
 
 def schema_run(profile: str) -> dict[str, Any]:
-    stable_l2 = [[0, False]] if profile == "gtod" else [[0, False], [1_000_000, True],
-                                                        [5_000_000_000, False]]
+    def tl(*changes: tuple[int, bool]) -> list[dict[str, Any]]:
+        return [{"t_ns": t, "on": on} for t, on in changes]
+
+    stable_l2 = tl((0, False)) if profile == "gtod" else tl(
+        (0, False), (1_000_000, True), (5_000_000_000, False))
     levels = []
     for lvl, name, cs in ((0, "host", "hpet"), (1, "L1 guest", "kvm-clock"),
                           (2, "L2 guest", "kvm-clock")):
@@ -205,9 +208,9 @@ def schema_run(profile: str) -> dict[str, Any]:
             "level": lvl, "name": name, "clocksource": cs,
             "masterclock": None if lvl == 2 else False,
             "pvclock_stable": None if lvl == 0 else False,
-            "masterclock_timeline": [] if lvl == 2 else [[0, True], [5_000_000_000, False]],
+            "masterclock_timeline": [] if lvl == 2 else tl((0, True), (5_000_000_000, False)),
             "pvclock_stable_timeline": [] if lvl == 0 else (
-                stable_l2 if lvl == 2 else [[0, True], [5_000_000_000, False]]),
+                stable_l2 if lvl == 2 else tl((0, True), (5_000_000_000, False))),
             "masterclock_updates": 3 + lvl, "notifier_calls": 2500 if profile == "gtod" else 2,
             "gtod_copies": 2500 if profile == "gtod" else 0, "guest_backwards": 0,
             "max_cross_vcpu_skew_ns": None if lvl == 0 else 40 * lvl,
@@ -218,13 +221,18 @@ def schema_run(profile: str) -> dict[str, Any]:
     fields = T.fields_track_tsc(profile, 1, True, 1, 4, host_clock=1, host_clock_stable=True)
     return {
         "scenario": "nested", "seed": 0, "profile": profile, "params": {"duration_s": 10.0},
-        "duration_ns": 10_000_000_000, "levels": levels,
-        "moments": [[5_000_000_000, 0, "watchdog marks tsc unstable; clocksource hpet"]],
-        "samples": [[t, 2, 10 + t // 10**9, t < 5 * 10**9] for t in range(0, 10**10, 10**9)],
+        "duration_ns": 10_000_000_000, "end_ns": 10_000_000_000, "stopped_early": False,
+        "stop_reason": None, "levels": levels,
+        "moments": [{"t_ns": 5_000_000_000, "level": 0,
+                     "text": "watchdog marks tsc unstable; clocksource hpet"}],
+        "samples": [{"t_ns": t, "level": 2, "kernel": "L2 guest", "skew_ns": 10 + t // 10**9,
+                     "stable": t < 5 * 10**9} for t in range(0, 10**10, 10**9)],
         "livelock": None, "stats": {"events": 1000, "guest_reads": 500},
-        "trace": [[1_000_000, 1, "qemu", 100, 0, "kvm_track_tsc", fields],
-                  [1_000_500, 1, "qemu", 100, 0, "kvm_write_tsc_offset",
-                   T.fields_write_tsc_offset(1, 0, -5)]],
+        "trace": [{"t_ns": 1_000_000, "level": 1, "comm": "qemu", "pid": 100, "cpu": 0,
+                   "event": "kvm_track_tsc", "fields": fields},
+                  {"t_ns": 1_000_500, "level": 1, "comm": "qemu", "pid": 100, "cpu": 0,
+                   "event": "kvm_write_tsc_offset",
+                   "fields": T.fields_write_tsc_offset(1, 0, -5)}],
     }
 
 
@@ -236,7 +244,7 @@ def test_render_text_from_schema_run() -> None:
     assert "set from 0.001 s, lost at 5.000 s" in text
     assert "watchdog marks tsc unstable" in text
     assert "2,000 events/s" in text
-    assert describe_timeline([[0, True]], None) == "set from 0.000 s to the end"
+    assert describe_timeline([{"t_ns": 0, "on": True}], None) == "set from 0.000 s to the end"
 
 
 def test_render_ftrace_and_perfetto_from_schema_run() -> None:
@@ -268,8 +276,8 @@ def test_render_plot_from_schema_run(tmp_path: Any) -> None:
 
 # ---------------------------------------------------------------------------- simulate e2e
 
-RUN_KEYS = {"scenario", "seed", "profile", "params", "duration_ns", "levels", "moments",
-            "samples", "livelock", "stats"}
+RUN_KEYS = {"scenario", "seed", "profile", "params", "duration_ns", "end_ns", "stopped_early",
+            "stop_reason", "levels", "moments", "samples", "livelock", "stats"}
 LEVEL_KEYS = {"level", "clocksource", "masterclock", "pvclock_stable", "masterclock_timeline",
               "pvclock_stable_timeline", "masterclock_updates", "notifier_calls", "gtod_copies",
               "guest_backwards", "max_cross_vcpu_skew_ns"}
@@ -301,7 +309,12 @@ def test_simulate_json_schema_and_determinism(tmp_path: Any) -> None:
     p1 = run("simulate", *short, "--seed", "7", "--json", "-")
     assert p1.returncode == 0, p1.stderr
     doc = json.loads(p1.stdout)
+    assert doc["schema"] == "kvmclock.simulate" and doc["schema_version"] == 1
+    assert list(doc)[:2] == ["schema", "schema_version"]
     assert doc["scenario"] == "nested" and doc["seed"] == 7
+    from kvmclock import sim
+
+    assert doc["description"] == sim.SCENARIOS["nested"].description
     assert [r["profile"] for r in doc["runs"]] == ["gtod", "series", "upstream"]
     assert [r["switches"]["kvmclock_base"] for r in doc["runs"]] == ["boot", "boot", "raw"]
     for r in doc["runs"]:
@@ -311,8 +324,9 @@ def test_simulate_json_schema_and_determinism(tmp_path: Any) -> None:
         for lv in r["levels"]:
             assert LEVEL_KEYS <= set(lv)
             for key in ("masterclock_timeline", "pvclock_stable_timeline"):
-                for t, state in lv[key]:
-                    assert isinstance(t, int) and isinstance(state, bool)
+                for e in lv[key]:
+                    assert set(e) == {"t_ns", "on"}
+                    assert isinstance(e["t_ns"], int) and isinstance(e["on"], bool)
     out = tmp_path / "run.json"
     p2 = run("simulate", *short, "--seed", "7", "--json", str(out))
     assert p2.returncode == 0, p2.stderr
@@ -435,8 +449,8 @@ def test_simulate_headline_of_spec_section_6() -> None:
     assert p.returncode == 0, p.stderr
     runs = {r["profile"]: r for r in json.loads(p.stdout)["runs"]}
     l2 = {prof: r["levels"][2]["pvclock_stable_timeline"] for prof, r in runs.items()}
-    assert not any(state for _, state in l2["gtod"])
-    states = [state for _, state in l2["series"]]
+    assert not any(e["on"] for e in l2["gtod"])
+    states = [e["on"] for e in l2["series"]]
     assert True in states and states[-1] is False
     text = run("simulate").stdout
     assert "L2 pvclock stable bit never set" in text

@@ -140,9 +140,9 @@ def test_cloud_hypervisor_offsets_before_and_after_the_fix() -> None:
     # the trace a user would capture: kvm_track_tsc says offsetmatched 0 after the restore
     restore_ns = 12 * NS
     tracks = [
-        str(f)
-        for t, _lvl, _comm, _pid, _cpu, ev, f in run["trace"]
-        if ev == "kvm_track_tsc" and t >= restore_ns
+        str(r["fields"])
+        for r in run["trace"]
+        if r["event"] == "kvm_track_tsc" and r["t_ns"] >= restore_ns
     ]
     assert any("offsetmatched 0" in f for f in tracks)
 
@@ -179,10 +179,10 @@ def test_host_suspend_moments_and_history(profile: str) -> None:
     state the record saw after the resume (the host's backwards TSC clears it for good)."""
     run = run_scenario("host-suspend", profile)
     (rec,) = run["lifecycle"]
-    host_moments = {(m[0], m[1]) for m in run["moments"] if "host host " in m[2]}
+    host_moments = {(m["t_ns"], m["level"]) for m in run["moments"] if "host host " in m["text"]}
     assert {(2 * NS, 0), (32 * NS, 0)} <= host_moments
     levels = {lv["name"]: lv for lv in run["levels"]}
     stable = levels["vm"]["pvclock_stable_timeline"]
-    assert stable[0] == [1_000_000, True]
-    assert bool(stable[-1][1]) is rec["stable_after"] is False
-    assert levels["host"]["masterclock_timeline"][-1][1] is rec["masterclock_after"] is False
+    assert stable[0] == {"t_ns": 1_000_000, "on": True}
+    assert stable[-1]["on"] is rec["stable_after"] is False
+    assert levels["host"]["masterclock_timeline"][-1]["on"] is rec["masterclock_after"] is False

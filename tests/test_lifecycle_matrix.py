@@ -108,12 +108,15 @@ def test_action_recipe_profile(tmp_path: Path, action: str, recipe: str, profile
     # 1 ms, the masterclock of every host that ran it (the source's too, after it left)
     levels = {lv["name"]: lv for lv in run["levels"]}
     stable = levels["vm"]["pvclock_stable_timeline"]
-    assert stable[0] == [MS, True] and stable[-1][1] is True
-    assert levels["a"]["masterclock_timeline"][0][0] == MS
+    assert stable[0] == {"t_ns": MS, "on": True} and stable[-1]["on"] is True
+    assert levels["a"]["masterclock_timeline"][0]["t_ns"] == MS
     dest = levels[rec["host"]]["masterclock_timeline"]
-    assert dest[-1][1] is True
+    assert dest[-1]["on"] is True
     # the stop is a key moment of the guest's level at 1 s
-    assert any(m[:2] == [NS, 1] and m[2].startswith("VM vm: ") for m in run["moments"])
+    assert any(
+        (m["t_ns"], m["level"]) == (NS, 1) and m["text"].startswith("VM vm: ")
+        for m in run["moments"]
+    )
 
 
 @pytest.mark.parametrize("profile", ["gtod", "upstream"])
@@ -133,5 +136,5 @@ def test_migration_the_run_ends_in(tmp_path: Path, recipe: str, profile: str) ->
     assert rec["completed"] is False and rec["t_ns"] is None
     assert rec["stopped_ns"] == NS and rec["monotonic_jump_ns"] is None
     assert "0.500 s into the downtime" in rec["reason"]
-    end = [m for m in run["moments"] if m[0] == 3 * NS // 2]
-    assert any(lvl == 1 and "VM vm: migrate not completed" in text for _t, lvl, text in end)
+    end = [m for m in run["moments"] if m["t_ns"] == 3 * NS // 2]
+    assert any(m["level"] == 1 and "VM vm: migrate not completed" in m["text"] for m in end)

@@ -200,11 +200,11 @@ def test_switch_kvm_host_clock(host_clock: str) -> None:
     if host_clock == "pvclock_gtod_copy":
         # registration (one call) plus one per update after KVM loaded
         assert l0["notifier_calls"] == l0["gtod_copies"] > 200
-        assert any("hostclock tsc" in r[6] for r in run["trace"])
+        assert any("hostclock tsc" in r["fields"] for r in run["trace"])
     else:
         assert l0["notifier_calls"] == 1 and l0["gtod_copies"] == 0  # the registration call
     # masterclock at L0 on a TSC host either way
-    assert l0["masterclock_timeline"][-1][1] is True
+    assert l0["masterclock_timeline"][-1]["on"] is True
 
 
 @pytest.mark.parametrize("on", [False, True])
@@ -214,7 +214,7 @@ def test_switch_stable_pvclock_host(on: bool) -> None:
     run = run_scenario("nested", PROFILES["series"].with_(stable_pvclock_host=on), duration_s=1)
     l1, l2 = run["levels"][1], run["levels"][2]
     assert l1["clocksource"] == "kvm-clock"
-    assert [s for _t, s in l1["masterclock_timeline"]][-1] is on
+    assert l1["masterclock_timeline"][-1]["on"] is on
     assert (l2["pvclock_stable"] is True) is on
 
 
@@ -222,7 +222,8 @@ def test_switch_stable_pvclock_host(on: bool) -> None:
 def test_switch_trace_format(fmt: str) -> None:
     run = run_scenario("nested", PROFILES["series"].with_(trace_format=fmt), duration_s=1,
                        trace=True)
-    fields = [r[6] for r in run["trace"] if r[5] == "kvm_update_master_clock" and r[1] == 0]
+    fields = [r["fields"] for r in run["trace"]
+              if r["event"] == "kvm_update_master_clock" and r["level"] == 0]
     assert fields
     want = "hostclock stable 1" if fmt == "hostclock_stable" else "hostclock 0x1"
     # series passes the bool "stable" where 4.13 passes the vclock mode: as a symbol, the

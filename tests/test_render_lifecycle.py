@@ -161,14 +161,18 @@ def test_stopped_at(fields: dict[str, object], expected: int | None) -> None:
 
 
 # ------------------------------------------------------------------ headline per guest kernel
+def _tl(changes: list[list[object]] | None) -> list[dict[str, object]]:
+    return [{"t_ns": t, "on": on} for t, on in changes or []]
+
+
 def _level(level: int, name: str, stable: list[list[object]] | None,
            master: list[list[object]] | None = None) -> dict[str, object]:
     return {
         "level": level, "name": name, "clocksource": "kvm-clock" if level else "tsc",
         "masterclock": None if master is None else bool(master[-1][1]),
         "pvclock_stable": None if stable is None else bool(stable[-1][1]) if stable else False,
-        "pvclock_stable_timeline": stable or [],
-        "masterclock_timeline": master or [],
+        "pvclock_stable_timeline": _tl(stable),
+        "masterclock_timeline": _tl(master),
         "notifier_calls": 3 * level, "timekeeping_updates": 10 + level,
     }
 
@@ -185,7 +189,7 @@ def test_headline_names_every_guest_kernel() -> None:
             _level(1, "fixed", [[s // 1000, True], [12 * s, False], [12 * s, True]]),
         ],
     }
-    assert headline([run]) == [
+    assert headline([run])[:4] == [
         "upstream: L1 before-fix: pvclock stable bit set from 0.001 s, lost at 12.000 s",
         "          L1 fixed: pvclock stable bit set from 0.001 s, lost at 12.000 s; "
         "set from 12.000 s to the end",
@@ -222,8 +226,8 @@ def test_headline_per_vm_masterclock_timelines() -> None:
     s = 10**9
     host = _level(0, "src", None, [[s // 1000, True]])
     dst = _level(0, "dst", None, None)
-    host["masterclock_timelines"] = {"a": [[s // 1000, True], [2 * s, False]],
-                                     "b": [[3 * s, True]]}
+    host["masterclock_timelines"] = {"a": _tl([[s // 1000, True], [2 * s, False]]),
+                                     "b": _tl([[3 * s, True]])}
     run = {"profile": "upstream", "duration_ns": 4 * s, "switches": {}, "lifecycle": [],
            "levels": [host, dst, _level(1, "a", [[s // 1000, True]])]}
     lines = headline([run])
@@ -245,61 +249,6 @@ def test_headline_physical_host_only() -> None:
     assert headline([run])[0] == "   gtod: L0 pvclock stable bit no pvclock (physical host)"
 
 
-# ------------------------------------------------------------------ plot shading (no matplotlib)
-class _Axes:
-    """Records the calls _mark_lifecycle makes on an axis."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[float, float, float, float, object]] = []
-        self.vlines: list[tuple[float, str]] = []
-        self.notes: list[str] = []
-
-    def axvspan(self, a: float, b: float, ymin: float = 0.0, ymax: float = 1.0,
-                **kw: object) -> None:
-        self.spans.append((a, b, ymin, ymax, kw.get("hatch")))
-
-    def axvline(self, x: float, **kw: object) -> None:
-        self.vlines.append((x, str(kw.get("linestyle", "-"))))
-
-    def annotate(self, text: str, **kw: object) -> None:
-        self.notes.append(text)
-
-
-@pytest.mark.parametrize(
-    ("ns", "text"),
-    [(63, "+63 ns"), (-999, "-999 ns"), (1_904, "+1.904 us"), (-300_000_000, "-300.000 ms"),
-     (-60_000_000_000, "-60.000 s"), (0, "+0 ns")],
-)
-def test_plot_label_durations(ns: int, text: str) -> None:
-    from kvmclock.render.plot import _short_ns
-
-    assert _short_ns(ns) == text
-
-
-def test_plot_shades_from_stopped_not_from_precopy_start() -> None:
-    from kvmclock.render.plot import _mark_lifecycle
-
-    mig = {**REC, "vm": "b", "action": "migrate", "started_ns": 2_000_000_000,
-           "stopped_ns": 2_500_000_000, "t_ns": 2_800_000_000, "downtime_ns": 300_000_000,
-           "realtime_jump_ns": -300_000_000}
-    old = {k: v for k, v in mig.items() if k != "stopped_ns"}  # a run without stopped_ns
-    cut = {**mig, "vm": "a", "completed": False, "t_ns": None, "stopped_ns": 4_000_000_000,
-           "started_ns": 3_500_000_000, "realtime_jump_ns": None}
-    run = {"profile": "upstream", "duration_ns": 5 * 10**9, "end_ns": 5 * 10**9,
-           "lifecycle": [mig, old, cut]}
-    skew, bit = _Axes(), _Axes()
-    _mark_lifecycle(run, skew, bit, {"a": (0.5, 1.0), "b": (0.0, 0.5)})
-    # the same interval twice (mig and old) is shaded once on the skew axis
-    assert skew.spans == [(2.5, 2.8, 0.0, 1.0, None), (4.0, 5.0, 0.0, 1.0, "///")]
-    # on the stable-bit axis over the VM's own row
-    assert bit.spans == [(2.5, 2.8, 0.0, 0.5, None), (2.5, 2.8, 0.0, 0.5, None),
-                         (4.0, 5.0, 0.5, 1.0, "///")]
-    assert (2.0, ":") in skew.vlines and (2.8, "-") in skew.vlines
-    assert (5.0, "-") not in skew.vlines  # no "ran again" line for the cut-short record
-    assert "b migrate\nREALTIME -300.000 ms" in skew.notes
-    assert "a migrate\nnot completed" in skew.notes
-
-
 # ------------------------------------------------------------------ several guests at a level
 @pytest.fixture(scope="module")
 def multi_guest_runs() -> dict[str, dict[str, object]]:
@@ -314,7 +263,8 @@ def multi_guest_runs() -> dict[str, dict[str, object]]:
 def test_builtins_have_named_sample_rows(multi_guest_runs: dict[str, dict[str, object]]) -> None:
     for run in multi_guest_runs.values():
         rows = run["samples"]
-        assert isinstance(rows, list) and rows and all(len(r) == 5 for r in rows)
+        names = {lv["name"] for lv in run["levels"]}  # type: ignore[attr-defined]
+        assert isinstance(rows, list) and rows and all(r["kernel"] in names for r in rows)
 
 
 def test_perfetto_of_several_guests(multi_guest_runs: dict[str, dict[str, object]]) -> None:

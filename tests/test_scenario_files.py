@@ -77,16 +77,62 @@ def _golden_cases() -> list[tuple[str, str, int]]:
     return [(n, p, s) for n in names for p in ("gtod", "series", "upstream") for s in (0, 7)]
 
 
+def _old_arrays(run: dict[str, Any]) -> dict[str, Any]:
+    """The run in the layout the golden hashes were made from (before schema_version 1 named
+    every field): ``moments`` rows ``[t_ns, level, text]``, ``samples`` rows ``[t_ns, level,
+    skew_ns, stable]`` (the kernel's name as a fifth element only when several guests share
+    a level), timelines ``[t_ns, on]``, ``backwards_events`` ``[t_ns, cpu, step_ns, stable]``,
+    ``trace`` rows ``[t_ns, level, comm, pid, cpu, event, fields]``, and no
+    ``stopped_early``/``stop_reason`` (derived from ``end_ns`` and ``livelock``).  Values are
+    taken as they are: equal hashes mean equal values."""
+    old = dict(run)
+    assert old.pop("stopped_early") is (run["end_ns"] < run["duration_ns"])
+    reason = old.pop("stop_reason")
+    assert (reason is None) is (run["livelock"] is None)
+    guest_levels = [lv["level"] for lv in run["levels"] if lv["level"] > 0]
+    shared = len(guest_levels) != len(set(guest_levels))
+
+    def tl(entries: list[dict[str, Any]]) -> list[list[Any]]:
+        return [[e["t_ns"], e["on"]] for e in entries]
+
+    old["moments"] = [[m["t_ns"], m["level"], m["text"]] for m in run["moments"]]
+    old["samples"] = [
+        [s["t_ns"], s["level"], s["skew_ns"], s["stable"]] + ([s["kernel"]] if shared else [])
+        for s in run["samples"]
+    ]
+    levels = []
+    for lv in run["levels"]:
+        lv = dict(lv)
+        lv["masterclock_timeline"] = tl(lv["masterclock_timeline"])
+        lv["pvclock_stable_timeline"] = tl(lv["pvclock_stable_timeline"])
+        if "masterclock_timelines" in lv:
+            lv["masterclock_timelines"] = {
+                k: tl(v) for k, v in lv["masterclock_timelines"].items()
+            }
+        lv["backwards_events"] = [
+            [e["t_ns"], e["cpu"], e["step_ns"], e["stable"]] for e in lv["backwards_events"]
+        ]
+        levels.append(lv)
+    old["levels"] = levels
+    if "trace" in run:
+        old["trace"] = [
+            [r["t_ns"], r["level"], r["comm"], r["pid"], r["cpu"], r["event"], r["fields"]]
+            for r in run["trace"]
+        ]
+    return old
+
+
 @pytest.mark.parametrize(("name", "profile", "seed"), _golden_cases())
 def test_builtin_scenarios_give_the_results_of_the_python_setups(
     name: str, profile: str, seed: int
 ) -> None:
     """Byte-identical runs: the hashes were made by the Python setup functions the files
-    replaced.  The new ``lifecycle`` key (empty here: no lifecycle action) is left out of the
-    hash, and so are switches added since (a new switch adds its entry to ``switches`` but must
-    not change these runs)."""
+    replaced, in the old array layout (:func:`_old_arrays` converts back).  The new
+    ``lifecycle`` key (empty here: no lifecycle action) is left out of the hash, and so are
+    switches added since (a new switch adds its entry to ``switches`` but must not change
+    these runs)."""
     golden = json.loads(GOLDEN.read_text())
-    run_ = run_scenario(name, profile, seed, trace=True)
+    run_ = _old_arrays(run_scenario(name, profile, seed, trace=True))
     assert run_.pop("lifecycle") == []
     run_["switches"] = {k: v for k, v in run_["switches"].items() if k in golden["switches"]}
     digest = hashlib.sha256(json.dumps(run_, sort_keys=True).encode()).hexdigest()
@@ -349,14 +395,14 @@ def test_overridden_times_run_in_order_and_past_the_end_are_not_reached(tmp_path
         'at_s = "=a_s"\naction = "moment"\ntext = "A"\n' + _TL + \
         'at_s = "=b_s"\naction = "moment"\ntext = "B"\n'
     path = _file(tmp_path, text)
-    texts = [m[2] for m in run_scenario(path, "upstream")["moments"] if m[2] in "AB"]
+    texts = [m["text"] for m in run_scenario(path, "upstream")["moments"] if m["text"] in "AB"]
     assert texts == ["A", "B"]
     swapped = run_scenario(path, "upstream", a_s=1.5)
-    assert [(m[0], m[2]) for m in swapped["moments"] if m[2] in "AB"] == [
+    assert [(m["t_ns"], m["text"]) for m in swapped["moments"] if m["text"] in "AB"] == [
         (NS, "B"), (3 * NS // 2, "A"),
     ]
     short = run_scenario(path, "upstream", duration_s=0.75)
-    assert [m[2] for m in short["moments"] if m[2] in "AB"] == ["A"]
+    assert [m["text"] for m in short["moments"] if m["text"] in "AB"] == ["A"]
 
 
 # --------------------------------------------------------------------------- runs
@@ -425,17 +471,19 @@ def test_multi_host_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("a", 0, 2), ("b", 0, 4), ("va", 1, 2), ("vb", 1, 3), ("late", 1, 1),
     ]
     # several guests at level 1: every sample row names its kernel
-    assert {s[4] for s in r["samples"]} == {"va", "vb", "late"}
-    first = {n: min(s[0] for s in r["samples"] if s[4] == n) for n in ("va", "vb", "late")}
+    assert {s["kernel"] for s in r["samples"]} == {"va", "vb", "late"}
+    first = {n: min(s["t_ns"] for s in r["samples"] if s["kernel"] == n)
+             for n in ("va", "vb", "late")}
     # sampling every 10 ms from the start (2 ms: after the two VMs created at 1 and 2 ms)
     assert first["va"] == first["vb"] == 12 * MS and 500 * MS < first["late"] <= 512 * MS
     reads = {lv["name"]: lv["guest_reads"] for lv in r["levels"]}
     assert reads["va"] == 2 * 99 and reads["vb"] == 3 * 99  # 12 ms .. 992 ms, all vCPUs
-    assert reads["late"] == sum(1 for s in r["samples"] if s[4] == "late")
+    assert reads["late"] == sum(1 for s in r["samples"] if s["kernel"] == "late")
     assert r["stats"]["guest_reads"] == sum(reads.values())
     # the default moment of a relative TSC write names the cycles: 300 ms at 3,000,000 kHz
-    assert [250 * MS, 1, "vCPU 1: TSC write of vCPU 0's TSC + 900000000 cycles"] in r["moments"]
-    assert [600 * MS, 1, "late is up"] in r["moments"]
+    assert {"t_ns": 250 * MS, "level": 1,
+            "text": "vCPU 1: TSC write of vCPU 0's TSC + 900000000 cycles"} in r["moments"]
+    assert {"t_ns": 600 * MS, "level": 1, "text": "late is up"} in r["moments"]
     # the hosts share one wall-clock epoch: the first host's, drawn as for a single host
     (sim,) = sims
     epochs = {k.name: k.machine.rtc_epoch_ns for k in sim.kernels if k.level == 0}
@@ -830,7 +878,7 @@ def test_bool_keys_and_recipe_options_take_expressions(tmp_path: Path) -> None:
     r = run_scenario(_file(tmp_path, text), "upstream")
     assert [x["recipe"] for x in r["lifecycle"]] == ["firecracker(clock_realtime=False)"]
     # the pause's kvmclock_ctrl = "=ctrl" (at-pause): KVM_KVMCLOCK_CTRL at the pause
-    assert any(t == NS and "KVMCLOCK_CTRL" in m for t, _lvl, m in r["moments"])
+    assert any(m["t_ns"] == NS and "KVMCLOCK_CTRL" in m["text"] for m in r["moments"])
 
 
 @pytest.mark.parametrize(
@@ -974,8 +1022,8 @@ def _by_name(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {lv["name"]: lv for lv in run["levels"]}
 
 
-def _alternates(tl: list[list[Any]]) -> bool:
-    return all(a[0] <= b[0] and bool(a[1]) != bool(b[1]) for a, b in itertools.pairwise(tl))
+def _alternates(tl: list[dict[str, Any]]) -> bool:
+    return all(a["t_ns"] <= b["t_ns"] and a["on"] != b["on"] for a, b in itertools.pairwise(tl))
 
 
 def test_level_timelines_cover_every_vm_a_guest_ran_on() -> None:
@@ -991,12 +1039,12 @@ def test_level_timelines_cover_every_vm_a_guest_ran_on() -> None:
     assert host["masterclock_timeline"] == host["masterclock_timelines"]["before-fix"]
     for created_ms, vm in ((1, "before-fix"), (2, "fixed")):
         stable = levels[vm]["pvclock_stable_timeline"]
-        assert stable[0] == [created_ms * MS, True] and _alternates(stable), vm
-        assert bool(stable[-1][1]) is recs[vm]["stable_after"] is levels[vm]["pvclock_stable"]
+        assert stable[0] == {"t_ns": created_ms * MS, "on": True} and _alternates(stable), vm
+        assert stable[-1]["on"] is recs[vm]["stable_after"] is levels[vm]["pvclock_stable"]
         mc = host["masterclock_timelines"][vm]
-        assert mc[0][0] == created_ms * MS and _alternates(mc), vm
-        assert any(t >= 12 * NS for t, _on in mc), vm  # the restored VM's part
-        assert bool(mc[-1][1]) is recs[vm]["masterclock_after"]
+        assert mc[0]["t_ns"] == created_ms * MS and _alternates(mc), vm
+        assert any(e["t_ns"] >= 12 * NS for e in mc), vm  # the restored VM's part
+        assert mc[-1]["on"] is recs[vm]["masterclock_after"]
     # per-vCPU offsets keep masterclock off; the shared offset brings it back
     assert recs["before-fix"]["masterclock_after"] is False
     assert recs["fixed"]["masterclock_after"] is True
@@ -1008,17 +1056,17 @@ def test_level_timelines_after_a_restore_and_a_migration() -> None:
     (its timeline is kept though the VM left) and the destination's from then on."""
     run = run_scenario("restore-shelf", "upstream")
     guests = [lv for lv in run["levels"] if lv["level"] == 1]
-    assert [lv["pvclock_stable_timeline"][0][0] for lv in guests] == [1 * MS, 2 * MS, 3 * MS]
+    assert [lv["pvclock_stable_timeline"][0]["t_ns"] for lv in guests] == [1 * MS, 2 * MS, 3 * MS]
     run = run_scenario("migrate-tolerance", "upstream")
     levels = _by_name(run)
     (rec,) = run["lifecycle"]
     src, dst = levels["src"]["masterclock_timeline"], levels["dst"]["masterclock_timeline"]
     # created at 1 ms on the source; the destination's VM at the restore, 2 + 0.5 + 0.3 s
-    assert src[0][0] == 1 * MS and src[-1][1] is True and _alternates(src)
-    assert dst[0][0] == 2_800 * MS and dst[-1][1] is rec["masterclock_after"]
+    assert src[0]["t_ns"] == 1 * MS and src[-1]["on"] is True and _alternates(src)
+    assert dst[0]["t_ns"] == 2_800 * MS and dst[-1]["on"] is rec["masterclock_after"]
     assert "masterclock_timelines" not in levels["src"]  # one VM name: the one timeline
     stable = levels["vm"]["pvclock_stable_timeline"]
-    assert stable[0] == [1 * MS, True] and stable[-1][1] is rec["stable_after"]
+    assert stable[0] == {"t_ns": 1 * MS, "on": True} and stable[-1]["on"] is rec["stable_after"]
 
 
 def test_one_vm_per_kvm_keeps_the_run_json() -> None:
@@ -1034,7 +1082,7 @@ def test_lifecycle_steps_are_key_moments_and_a_note_replaces_the_first(tmp_path:
         + _e("4", "migrate", 'vm = "v"\nto_host = "h2"\ndowntime_ms = 10\n')
     run = run_scenario(_file(tmp_path, text), "upstream")
     moments = run["moments"]
-    at = {t: [(lvl, m) for t2, lvl, m in moments if t2 == t] for t in
+    at = {t: [(m["level"], m["text"]) for m in moments if m["t_ns"] == t] for t in
           (NS, 2 * NS, 3 * NS, 3 * NS + NS // 2, 4 * NS, 4 * NS + 10 * MS)}
     # the pause's first moment is the note (the default "VM v: paused ..." is not said)
     pause = [m for lvl, m in at[NS] if lvl == 1 and (m.startswith("VM v: ") or "operator" in m)]
@@ -1057,8 +1105,8 @@ def test_an_action_the_run_ends_in_is_a_record_and_a_moment(tmp_path: Path) -> N
     assert rec["completed"] is False and rec["t_ns"] is None
     assert rec["stopped_ns"] == 5_800 * MS and "0.200 s into the downtime" in rec["reason"]
     last = run["moments"][-1]
-    assert last[:2] == [6 * NS, 1]
-    assert last[2].startswith("VM v: migrate not completed") and "0.200 s" in last[2]
+    assert (last["t_ns"], last["level"]) == (6 * NS, 1)
+    assert last["text"].startswith("VM v: migrate not completed") and "0.200 s" in last["text"]
 
 
 def test_builtin_files_and_doc_examples_are_valid_by_the_schema() -> None:

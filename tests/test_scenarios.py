@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -35,6 +36,9 @@ RUN_KEYS = {
     "profile",
     "params",
     "duration_ns",
+    "end_ns",
+    "stopped_early",
+    "stop_reason",
     "levels",
     "moments",
     "samples",
@@ -48,8 +52,8 @@ def nested() -> dict[str, dict[str, Any]]:
     return {p: run_scenario("nested", p, seed=0, trace=True) for p in ("gtod", "series")}
 
 
-def _first(timeline: list[list[Any]], value: bool) -> int | None:
-    return next((t for t, v in timeline if v == value), None)
+def _first(timeline: list[dict[str, Any]], value: bool) -> int | None:
+    return next((e["t_ns"] for e in timeline if e["on"] == value), None)
 
 
 def test_nested_schema_and_json(nested: dict[str, dict[str, Any]]) -> None:
@@ -67,7 +71,7 @@ def test_nested_schema_and_json(nested: dict[str, dict[str, Any]]) -> None:
         assert run["levels"][0]["pvclock_stable"] is None
         assert run["levels"][2]["masterclock"] is None
         json.dumps(run)
-        times = [m[0] for m in run["moments"]]
+        times = [m["t_ns"] for m in run["moments"]]
         assert times == sorted(times)
 
 
@@ -75,9 +79,9 @@ def test_nested_headline_gtod(nested: dict[str, dict[str, Any]]) -> None:
     run = nested["gtod"]
     l0, l1, l2 = run["levels"]
     # L2 never sees the stable bit; L1's KVM never enables masterclock (host clock PVCLOCK)
-    assert not any(v for _, v in l2["pvclock_stable_timeline"])
-    assert not any(v for _, v in l1["masterclock_timeline"])
-    assert all(s[3] is False for s in run["samples"] if s[1] == 2)
+    assert not any(e["on"] for e in l2["pvclock_stable_timeline"])
+    assert not any(e["on"] for e in l1["masterclock_timeline"])
+    assert all(s["stable"] is False for s in run["samples"] if s["level"] == 2)
     # L1 itself is stable until L0's watchdog marks the TSC unstable, then not
     t_on = _first(l1["pvclock_stable_timeline"], True)
     t_off = _first(l1["pvclock_stable_timeline"], False)
@@ -111,7 +115,7 @@ def test_nested_headline_series(nested: dict[str, dict[str, Any]]) -> None:
     assert l0["gtod_copies"] == 0 == l1["gtod_copies"]
     assert l0["timekeeping_updates"] > 1500
     # the L1 loss went through L1's notifier chain (patch 10 flip -> process_clocksource_change)
-    texts = [m[2] for m in run["moments"] if m[1] == 1]
+    texts = [m["text"] for m in run["moments"] if m["level"] == 1]
     assert any("clocksource change notifier" in t for t in texts)
     assert run["livelock"] is None
     # no guest read went backwards at any level
@@ -142,9 +146,9 @@ def test_nested_deterministic() -> None:
 def test_tsc_sync(profile: str) -> None:
     run = run_scenario("tsc-sync", profile)
     l0, l1 = run["levels"]
-    assert [v for _, v in l0["masterclock_timeline"]] == [False, True, False, True]
-    t_off = l0["masterclock_timeline"][2][0]
-    t_on = l0["masterclock_timeline"][3][0]
+    assert [e["on"] for e in l0["masterclock_timeline"]] == [False, True, False, True]
+    t_off = l0["masterclock_timeline"][2]["t_ns"]
+    t_on = l0["masterclock_timeline"][3]["t_ns"]
     assert 3 * NS <= t_off < 3 * NS + 20_000_000 and 4 * NS <= t_on < 4 * NS + 20_000_000
     assert l1["vcpus"] == 5  # hotplugged vCPU
     assert l1["guest_backwards_clamped"] == 0
@@ -155,7 +159,7 @@ def test_unstable_tsc(profile: str) -> None:
     run = run_scenario("unstable-tsc", profile)
     l0, l1 = run["levels"]
     assert l0["tsc_unstable"] and l0["clocksource"] == "hpet"
-    assert any("backwards TSC" in m[2] for m in run["moments"])
+    assert any("backwards TSC" in m["text"] for m in run["moments"])
     assert l0["masterclock"] is False and l1["pvclock_stable"] is False
     # without the stable bit the last_value clamp keeps the guest monotonic
     assert l1["guest_backwards_clamped"] == 0
@@ -164,7 +168,7 @@ def test_unstable_tsc(profile: str) -> None:
 @pytest.mark.parametrize("profile", ["gtod", "series", "upstream"])
 def test_set_clock(profile: str) -> None:
     run = run_scenario("set-clock", profile)
-    texts = [m[2] for m in run["moments"]]
+    texts = [m["text"] for m in run["moments"]]
     assert any("flags=0 " in t and "(diff 0 ns)" in t for t in texts)
     if profile == "upstream":  # switch kvm_clock_realtime (5.16)
         assert any("flags=REALTIME" in t and "(advanced 1000000000 ns)" in t for t in texts)
@@ -181,10 +185,41 @@ def test_patch09_livelock_detected_only_with_fault() -> None:
     assert hung["livelock"]["spins"] == 100_000 and hung["livelock"]["level"] == 0
     assert hung["livelock"]["t_ns"] == pytest.approx(NS, abs=10_000_000)
     assert hung["end_ns"] < hung["duration_ns"]
+    # where the run stopped and why, in the run itself
+    assert hung["stopped_early"] is True
+    assert hung["stop_reason"] == "livelock in kvm_get_host_time_and_cycles at 1 s"
     clean = run_scenario("patch09-hang", "series", fault="none")
     assert clean["livelock"] is None and clean["end_ns"] == clean["duration_ns"]
-    assert any("inside a tk_core.seq read section" in m[2] for m in clean["moments"])
+    assert clean["stopped_early"] is False and clean["stop_reason"] is None
+    assert any("inside a tk_core.seq read section" in m["text"] for m in clean["moments"])
     assert run_scenario("patch09-hang", "gtod")["livelock"] is None
+
+
+def test_run_lists_are_named_objects() -> None:
+    """Every list of the run holds objects with named fields (no unnamed arrays): samples
+    name their guest kernel, backwards events their vCPU and step, timelines their state."""
+    run = run_scenario("tsc-sync", "series", trace=True)
+    l0, l1 = run["levels"]
+    assert run["samples"] and all(
+        set(s) == {"t_ns", "level", "kernel", "skew_ns", "stable"} and s["kernel"] == "L1"
+        for s in run["samples"]
+    )
+    # one row per sample time (sample_ms = 10 by default) for the one guest
+    times = [s["t_ns"] for s in run["samples"]]
+    assert len(set(times)) == len(times)
+    assert all(b - a == 10_000_000 for a, b in itertools.pairwise(times))
+    assert all(set(m) == {"t_ns", "level", "text"} for m in run["moments"])
+    for tl in (l0["masterclock_timeline"], l1["pvclock_stable_timeline"]):
+        assert tl and all(set(e) == {"t_ns", "on"} and isinstance(e["on"], bool) for e in tl)
+    ev = l1["backwards_events"]
+    assert len(ev) == min(100, l1["guest_backwards"]) and ev
+    for e in ev:
+        assert set(e) == {"t_ns", "cpu", "step_ns", "stable"}
+        assert 0 <= e["cpu"] < l1["vcpus"] and e["step_ns"] > 0 and isinstance(e["stable"], bool)
+    assert run["trace"] and all(
+        set(r) == {"t_ns", "level", "comm", "pid", "cpu", "event", "fields"} for r in run["trace"]
+    )
+    assert run["stopped_early"] is False and run["stop_reason"] is None
 
 
 def test_scenarios_table() -> None:

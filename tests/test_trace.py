@@ -426,9 +426,9 @@ def test_model_trace_rows_are_the_formatters_text(profile: str) -> None:
 
     run = run_scenario("nested", profile, trace=True, duration_s=1)
     rows = run["trace"]
-    assert {r[5] for r in rows} == set(T.CLOCK_EVENTS)
+    assert {r["event"] for r in rows} == set(T.CLOCK_EVENTS)
     want_fmt = "before" if profile == "gtod" else "after"
-    for _t, _lvl, _comm, _pid, _cpu, event, fields in rows:
+    for event, fields in ((r["event"], r["fields"]) for r in rows):
         parsed = T.parse_fields(event, fields)
         assert parsed is not None, (event, fields)
         d, fmt = parsed

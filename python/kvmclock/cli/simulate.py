@@ -208,7 +208,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         doc = {
+            "schema": "kvmclock.simulate",
+            "schema_version": 1,
             "scenario": name,
+            "description": sf.description or "",
             "seed": args.seed,
             "runs": [{k: v for k, v in run.items() if k != "trace"} for run in runs],
         }

@@ -12,7 +12,8 @@ from kvmclock.trace import format_line
 
 def trace_text(run: Mapping[str, Any], scenario: str, seed: int) -> str:
     """The ``trace`` file body of one run: a ``# ``-comment header like tracefs's, then one
-    line per row ``[t_ns, level, comm, pid, cpu, event, fields_text]`` in time order.
+    line per trace row ``{"t_ns", "level", "comm", "pid", "cpu", "event", "fields"}`` in
+    time order (stable: rows of one time keep their order).
     ``kvm_write_tsc_offset`` gets the flags ``d...`` (traced with irqs off under
     tsc_write_lock), the other events ``....``."""
     rows = run.get("trace")
@@ -27,10 +28,11 @@ def trace_text(run: Mapping[str, Any], scenario: str, seed: int) -> str:
         "#  LEVEL         TASK-PID     CPU#  ||||   TIMESTAMP  FUNCTION",
         "#                   | |         |   ||||      |         |",
     ]
-    for t_ns, level, comm, pid, cpu, event, fields in sorted(rows, key=lambda r: r[0]):
+    for row in sorted(rows, key=lambda r: int(r["t_ns"])):
+        event = str(row["event"])
         flags = "d..." if event == "kvm_write_tsc_offset" else "...."
         lines.append(
-            format_line(str(comm), int(pid), int(cpu), int(t_ns), str(event), str(fields),
-                        flags=flags, level=int(level))
+            format_line(str(row["comm"]), int(row["pid"]), int(row["cpu"]), int(row["t_ns"]),
+                        event, str(row["fields"]), flags=flags, level=int(row["level"]))
         )
     return "\n".join(lines) + "\n"

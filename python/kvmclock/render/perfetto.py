@@ -1,5 +1,8 @@
 """Chrome trace-event JSON (opens in ui.perfetto.dev and chrome://tracing) of simulation runs.
 
+Input: runs in the simulate run format (``kvmclock simulate --json``: moments, samples,
+timelines and trace rows as lists of named objects).
+
 Layout: one process per (profile, level) named ``<profile> L<level> <name>``; thread 0 is the
 level's kernel (moments, VM-wide KVM events), thread ``vcpu + 1`` is vCPU ``vcpu`` of the VM
 that KVM at that level runs (kvm_track_tsc / kvm_write_tsc_offset / kvm_pvclock_update).
@@ -79,19 +82,22 @@ def perfetto_trace(runs: Sequence[Run]) -> dict[str, Any]:
             else:
                 series.append((f"masterclock{suffix}", lv.get("masterclock_timeline") or []))
             for counter, timeline in series:
-                for t_ns, state in timeline:
-                    events.append({"name": counter, "ph": "C", "ts": _us(int(t_ns)), "pid": pid,
-                                   "tid": 0, "args": {counter: 1 if state else 0}})
-        for t_ns, level, text in run.get("moments") or []:
-            pid = _pid(pi, int(level))
-            events.append({"name": str(text), "ph": "i", "s": "p", "ts": _us(int(t_ns)),
-                           "pid": pid, "tid": 0, "cat": "moment", "args": {}})
-        for row in run.get("samples") or []:
-            t_ns, level, skew_ns = int(row[0]), int(row[1]), int(row[2])
+                for p in timeline:
+                    events.append({"name": counter, "ph": "C", "ts": _us(int(p["t_ns"])),
+                                   "pid": pid, "tid": 0, "args": {counter: 1 if p["on"] else 0}})
+        for m in run.get("moments") or []:
+            pid = _pid(pi, int(m["level"]))
+            events.append({"name": str(m["text"]), "ph": "i", "s": "p",
+                           "ts": _us(int(m["t_ns"])), "pid": pid, "tid": 0, "cat": "moment",
+                           "args": {}})
+        for smp in run.get("samples") or []:
+            level = int(smp["level"])
             pid = _pid(pi, level)
-            counter = "cross-vCPU skew ns" + (f" {row[4]}" if len(row) > 4 else "")
-            events.append({"name": counter, "ph": "C", "ts": _us(t_ns),
-                           "pid": pid, "tid": 0, "args": {"skew_ns": skew_ns}})
+            kname = str(smp.get("kernel") or "")
+            several = len(by_level.get(level, [])) > 1
+            counter = "cross-vCPU skew ns" + (f" {kname}" if several and kname else "")
+            events.append({"name": counter, "ph": "C", "ts": _us(int(smp["t_ns"])),
+                           "pid": pid, "tid": 0, "args": {"skew_ns": int(smp["skew_ns"])}})
         for rec in run.get("lifecycle") or []:
             level = level_of_kernel.get(str(rec.get("vm")), 1)
             done = rec.get("completed") is not False
@@ -102,7 +108,9 @@ def perfetto_trace(runs: Sequence[Run]) -> dict[str, Any]:
             events.append({"name": what, "ph": "i", "s": "p", "ts": _us(t),
                            "pid": _pid(pi, level), "tid": 0, "cat": "lifecycle",
                            "args": {k: v for k, v in rec.items() if k != "rules"}})
-        for t_ns, level, comm, tpid, cpu, event, fields in run.get("trace") or []:
+        for row in run.get("trace") or []:
+            t_ns, level, comm, tpid = row["t_ns"], row["level"], row["comm"], row["pid"]
+            cpu, event, fields = row["cpu"], row["event"], row["fields"]
             pid = _pid(pi, int(level))
             tid = 0
             if event in CLOCK_EVENTS:

@@ -1,100 +1,63 @@
-"""PNG of guest clock skew and the pvclock stable bit over simulated time (matplotlib, the
-optional extra ``plot``; imported only when a plot is asked for)."""
+"""PNG of simulation runs for a kernel developer (matplotlib, the optional extra ``plot``;
+imported only when a plot is asked for).
+
+One column per profile, one row per panel, over simulated time in seconds:
+
+* **key moments**: a strip naming, at vertical lines drawn through every time panel below,
+  the TSC jumps and writes, clocksource switches after boot, the TSC marked unstable, vCPU
+  hotplug, a tick inside a read section, a livelock and every lifecycle action (pause,
+  restore, migration, host suspend);
+* **state**: per level, the masterclock of the KVM there (per VM it ran, ``masterclock``
+  in ``KVM_REQ_MASTERCLOCK_UPDATE``'s sense: arch/x86/kvm/x86.c
+  ``pvclock_update_vm_gtod_copy``) and the pvclock stable bit each guest kernel saw
+  (``PVCLOCK_TSC_STABLE_BIT``), green while on and red while off; intervals a lifecycle
+  record's guest did not run are shaded grey (hatched when the run's end cut it short);
+* **notifier calls per timekeeping update**: per level, ``pvclock_gtod_notify`` calls
+  against ``timekeeping_update`` calls (a bar of the ratio with both numbers);
+* **cross-vCPU skew** and **guest clock steps backwards** (ns) per guest kernel, on a
+  symmetric-log scale (linear below 1 ns, a decade per step above) so that 3 ns and 10 s are
+  both readable; the skew panel draws the headline's 1 us threshold.
+
+A panel with no data in any profile, or only zeros, is not drawn: the note line at the bottom
+of the figure names it and says why; a profile without data in a drawn panel says so inside
+it. A run that stopped before its duration is hatched from where it stopped, with the stop
+reason.  Input: runs in the simulate run format (``kvmclock simulate --json``).
+"""
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from kvmclock.render.text import kernel_labels, stopped_at
+from kvmclock.render.text import SKEW_THRESHOLD_NS, kernel_labels, stopped_at
 
 Run = Mapping[str, Any]
 
 MISSING_MATPLOTLIB = "--plot needs matplotlib: pip install 'kvmclock[plot]'"
+
+PANELS = ("moments", "state", "skew", "backwards", "notifier")
+"""The panels, top to bottom (``moments`` is the label strip of the key moments)."""
+
+PANEL_TITLES = {
+    "state": "masterclock (KVM) and pvclock stable bit (guest): green on, red off",
+    "notifier": "pvclock_gtod_notify calls per timekeeping update",
+    "skew": "cross-vCPU skew per guest kernel (symlog)",
+    "backwards": "guest clock steps backwards per guest kernel (symlog)",
+}
+
+SYMLOG_LINTHRESH_NS = 1
+"""Linear range of the symlog axes (ns): 0..1 ns linear, a decade per tick above."""
 
 
 class PlotUnavailable(ImportError):
     """matplotlib is not installed."""
 
 
-def _sample_key(row: Sequence[Any]) -> tuple[int, str | None]:
-    """A sample row's (level, kernel name): rows are ``[t_ns, level, skew_ns, stable]``, with
-    the kernel's name as a fifth element when several guests share a level."""
-    return int(row[1]), (str(row[4]) if len(row) > 4 else None)
-
-
-def _mark_lifecycle(
-    run: Run, ax_skew: Any, ax_bit: Any, rows: Mapping[str, tuple[float, float]]
-) -> None:
-    """Shade each lifecycle record's stopped interval (``stopped_ns`` .. ``t_ns``: the guest
-    did not run; a migration's precopy, ``started_ns`` .. ``stopped_ns``, is only a dotted
-    line, the guest still runs) on the skew axis, and on the stable-bit axis over the row of
-    its VM (``rows``: VM name -> axes-fraction span; the whole height when unknown). The top
-    axis labels each record with the VM, the action and the REALTIME jump; labels of records
-    close in time are stacked. A record the run's end cut short (``completed`` false) is
-    hatched to the end of the run and labelled "not completed"."""
-    end_ns = int(run.get("end_ns") or run.get("duration_ns") or 0)
-    x0, x1 = 0.0, max(end_ns, 1) / 1e9
-    placed: list[float] = []
-    shaded: set[tuple[float, float]] = set()
-    for rec in run.get("lifecycle") or []:
-        done = rec.get("completed") is not False
-        started = _int(rec.get("started_ns"))
-        stopped = stopped_at(rec)
-        t = _int(rec.get("t_ns"))
-        b_ns = t if done and t is not None else end_ns
-        a = (stopped if stopped is not None else b_ns) / 1e9
-        b = b_ns / 1e9
-        hatch = None if done else "///"
-        lo, hi = rows.get(str(rec.get("vm")), (0.0, 1.0))
-        if stopped is not None:
-            if (a, b) not in shaded:
-                shaded.add((a, b))
-                ax_skew.axvspan(
-                    a, max(a, b), color="tab:gray", alpha=0.25, linewidth=0, hatch=hatch
-                )
-            ax_bit.axvspan(
-                a, max(a, b), ymin=lo, ymax=hi, color="tab:gray", alpha=0.25, linewidth=0,
-                hatch=hatch,
-            )
-        if started is not None and (stopped is None or started < stopped):
-            for ax in (ax_skew, ax_bit):
-                ax.axvline(started / 1e9, color="tab:gray", linewidth=0.8, linestyle=":")
-            ax_skew.annotate(
-                "precopy",
-                xy=(started / 1e9, 0.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(3, 3),
-                textcoords="offset points",
-                fontsize="x-small",
-                color="tab:gray",
-            )
-        if done:
-            for ax in (ax_skew, ax_bit):
-                ax.axvline(b, color="tab:red", linewidth=0.8)
-        label = f"{rec.get('vm')} {rec.get('action')}"
-        jump = _int(rec.get("realtime_jump_ns"))
-        if not done:
-            label += "\nnot completed"
-        elif jump is not None:
-            label += f"\nREALTIME {_short_ns(jump)}"
-        at = b if done else (a if stopped is not None else (started or 0) / 1e9)
-        # labels are about a quarter of the axis wide: stack those that would overlap
-        near = sum(1 for p in placed if abs(p - at) < 0.25 * (x1 - x0)) % 6
-        placed.append(at)
-        right = at > x0 + 0.6 * (x1 - x0)  # in the right part: the label goes left of it
-        ax_skew.annotate(
-            label,
-            xy=(at, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(-3 if right else 3, -3 - 18 * near),
-            textcoords="offset points",
-            ha="right" if right else "left",
-            va="top",
-            fontsize="x-small",
-            color="tab:red",
-        )
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 def _short_ns(ns: int) -> str:
@@ -105,16 +68,362 @@ def _short_ns(ns: int) -> str:
     return f"{ns:+d} ns"
 
 
-def _int(v: object) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+def _axis_ns(ns: float) -> str:
+    """A symlog tick label: ``0``, ``1 ns``, ``10 us``, ``1 s`` (decades)."""
+    if ns == 0:
+        return "0"
+    sign = "-" if ns < 0 else ""
+    v = abs(ns)
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3), ("ns", 1.0)):
+        if v >= scale:
+            return f"{sign}{v / scale:g} {unit}"
+    return f"{sign}{v:g} ns"
 
 
-def write_plot(runs: Sequence[Run], path: str, title: str = "") -> None:
-    """Two rows per profile column: the cross-vCPU skew samples (ns) per guest kernel, and the
-    stable bit (step lines, one per guest kernel) over time in seconds; each lifecycle record
-    (pause, restore, migration, host suspend) shades the interval its guest did not run and
-    is labelled with the REALTIME jump it left.  A level with several guests shows each one,
-    by name."""
+# ------------------------------------------------------------------------------- data of panels
+@dataclass
+class Lane:
+    """One row of the state panel: a label and an on/off timeline (``{"t_ns", "on"}``)."""
+
+    label: str
+    timeline: Sequence[Mapping[str, Any]]
+    vm: str | None = None  # the guest whose stable bit it is (lifecycle shading), if any
+
+
+@dataclass
+class Mark:
+    """A key moment drawn as a vertical line: time (ns), short label, kind."""
+
+    t_ns: int
+    label: str
+    kind: str
+
+
+@dataclass
+class RunPanels:
+    """What one run contributes to each panel (see the module docstring)."""
+
+    lanes: list[Lane] = field(default_factory=list)
+    notifier: list[tuple[str, int, int]] = field(default_factory=list)
+    skew: dict[str, tuple[list[float], list[int]]] = field(default_factory=dict)
+    backwards: dict[str, tuple[list[float], list[int]]] = field(default_factory=dict)
+    marks: list[Mark] = field(default_factory=list)
+
+
+def state_lanes(run: Run) -> list[Lane]:
+    """Per level entry (file order): the masterclock of its KVM (one lane per VM when
+    ``masterclock_timelines`` names several), then its pvclock stable bit; entries without
+    a timeline have no lane."""
+    levels = list(run.get("levels") or [])
+    out: list[Lane] = []
+    for label, lv in zip(kernel_labels(levels), levels, strict=True):
+        per_vm = lv.get("masterclock_timelines")
+        if isinstance(per_vm, Mapping) and per_vm:
+            for vm, tl in per_vm.items():
+                if tl:
+                    out.append(Lane(f"{label} masterclock for {vm}", tl))
+        elif lv.get("masterclock_timeline"):
+            out.append(Lane(f"{label} masterclock", lv["masterclock_timeline"]))
+        if lv.get("pvclock_stable_timeline"):
+            out.append(Lane(f"{label} stable bit", lv["pvclock_stable_timeline"],
+                            vm=str(lv.get("name") or "")))
+    return out
+
+
+def _series(run: Run, rows: Sequence[Mapping[str, Any]], value: str,
+            ) -> dict[str, tuple[list[float], list[int]]]:
+    levels = list(run.get("levels") or [])
+    label_of = {
+        (int(lv["level"]), str(lv.get("name") or "")): lb
+        for lv, lb in zip(levels, kernel_labels(levels), strict=True)
+    }
+    out: dict[str, tuple[list[float], list[int]]] = {}
+    for row in rows:
+        key = (int(row["level"]), str(row.get("kernel") or ""))
+        label = label_of.get(key, f"L{key[0]} {key[1]}".rstrip())
+        xs, ys = out.setdefault(label, ([], []))
+        xs.append(int(row["t_ns"]) / 1e9)
+        ys.append(int(row[value]))
+    return out
+
+
+def _backwards_rows(run: Run) -> list[dict[str, Any]]:
+    rows = []
+    for lv in run.get("levels") or []:
+        for e in lv.get("backwards_events") or []:
+            rows.append({"t_ns": e["t_ns"], "level": lv["level"], "kernel": lv.get("name"),
+                         "step_ns": e["step_ns"]})
+    return rows
+
+
+_CS_SWITCH = re.compile(r"^(?:(\S+): )?clocksource: Switched to clocksource (\S+)")
+_TSC_JUMP = re.compile(
+    r"(?P<who>every TSC|CPU \d+'s TSC|the TSCs of CPUs [\d, ]+) (?P<way>jumps?|steps?) "
+    r"(?:forward |back )?by (?P<amount>.+?)(?: of cycles)?$"
+)
+_MARKED = [
+    (re.compile(r"Marking TSC unstable"), "TSC unstable", "tsc_unstable"),
+    (re.compile(r"\bTSCs? .*(jumps?|steps?) (forward|back)"), None, "tsc_jump"),
+    (re.compile(r"TSC write"), None, "tsc_write"),
+    (re.compile(r"hotplugged"), None, "hotplug"),
+    (re.compile(r"inside a tk_core\.seq read section"), "tick in read section", "tick"),
+    (re.compile(r"^LIVELOCK"), "LIVELOCK", "livelock"),
+]
+
+
+def _cut(text: str, most: int = 30) -> str:
+    text = text.split(" (", 1)[0].replace(" of cycles", "")
+    return text if len(text) <= most else text[: most - 1] + "~"
+
+
+def key_marks(run: Run) -> list[Mark]:
+    """The moments marked on the time panels, in time order: clocksource switches (not a
+    kernel's first, its boot choice), TSC jumps, steps and writes, the TSC marked unstable,
+    vCPU hotplug, a tick inside a read section, a livelock (from the run's ``moments``), and
+    every lifecycle record (at ``t_ns`` when completed, else ``started_ns``)."""
+    out: list[Mark] = []
+    booted: set[tuple[int, str]] = set()
+    for m in run.get("moments") or []:
+        text, level, t = str(m["text"]), int(m["level"]), int(m["t_ns"])
+        cs = _CS_SWITCH.match(text)
+        if cs:
+            who = cs.group(1) or f"L{level}"
+            if (level, who) in booted:
+                out.append(Mark(t, f"{who}: clocksource {cs.group(2)}", "clocksource"))
+            booted.add((level, who))
+            continue
+        jump = _TSC_JUMP.search(text)
+        if jump:
+            who = text.split(":", 1)[0] if ":" in text else f"L{level}"
+            whose = jump.group("who").replace("'s TSC", "").replace("the TSCs of ", "")
+            cpus = "" if whose.startswith("every") else f" {whose}"
+            sign = "+" if jump.group("way").startswith("jump") else "-"
+            out.append(Mark(t, f"{who}:{cpus} TSC {sign}{jump.group('amount')}", "tsc_jump"))
+            continue
+        for pattern, label, kind in _MARKED:
+            if pattern.search(text):
+                if label is not None and kind == "tsc_unstable":
+                    who = text.split(":", 1)[0] if ":" in text else f"L{level}"
+                    label = f"{who}: {label}"
+                out.append(Mark(t, label or _cut(text), kind))
+                break
+    for rec in run.get("lifecycle") or []:
+        done = rec.get("completed") is not False
+        t_rec = _int(rec.get("t_ns")) if done else _int(rec.get("started_ns"))
+        if t_rec is None:
+            continue
+        label = f"{rec.get('vm')} {rec.get('action')}" + ("" if done else " (not completed)")
+        rt = _int(rec.get("realtime_jump_ns"))
+        if done and rt is not None and abs(rt) >= 1_000_000:
+            label += f" RT {_short_ns(rt)}"
+        out.append(Mark(t_rec, label, "lifecycle"))
+    out.sort(key=lambda mk: mk.t_ns)
+    return out
+
+
+def merge_marks(marks: Sequence[Mark], span_ns: int, frac: float = 0.012,
+                ) -> list[tuple[int, list[str]]]:
+    """Marks closer than ``frac`` of the time axis (``span_ns``) merged into one line (at the
+    first one's time) with their distinct labels; time order."""
+    out: list[tuple[int, list[str]]] = []
+    for mk in sorted(marks, key=lambda m: m.t_ns):
+        if out and mk.t_ns - out[-1][0] <= frac * max(span_ns, 1):
+            if mk.label not in out[-1][1]:
+                out[-1][1].append(mk.label)
+        else:
+            out.append((mk.t_ns, [mk.label]))
+    return out
+
+
+def run_panels(run: Run) -> RunPanels:
+    """The data of every panel for one run (no matplotlib needed)."""
+    levels = list(run.get("levels") or [])
+    notifier = [
+        (label, int(lv.get("notifier_calls") or 0), int(lv.get("timekeeping_updates") or 0))
+        for label, lv in zip(kernel_labels(levels), levels, strict=True)
+    ]
+    return RunPanels(
+        lanes=state_lanes(run),
+        notifier=notifier,
+        skew=_series(run, run.get("samples") or [], "skew_ns"),
+        backwards=_series(run, _backwards_rows(run), "step_ns"),
+        marks=key_marks(run),
+    )
+
+
+def _has_data(p: RunPanels, panel: str) -> bool:
+    if panel == "moments":
+        return bool(p.marks)
+    if panel == "state":
+        return bool(p.lanes)
+    if panel == "notifier":
+        return any(calls or updates for _l, calls, updates in p.notifier)
+    data = p.skew if panel == "skew" else p.backwards
+    return any(any(ys) for _xs, ys in data.values())
+
+
+_WHY_EMPTY = {
+    "moments": "no clocksource switch, TSC jump or lifecycle action",
+    "state": "no masterclock or stable-bit timeline",
+    "notifier": "no notifier call and no timekeeping update",
+    "skew": "no sample or every sample 0 ns",
+    "backwards": "no guest clock step backwards",
+}
+
+
+@dataclass
+class PanelPlan:
+    """Which panels the figure draws (top to bottom) and a note per panel left out."""
+
+    drawn: list[str]
+    omitted: dict[str, str]
+    per_run: list[RunPanels]
+
+
+def plan_panels(runs: Sequence[Run]) -> PanelPlan:
+    """The panels to draw for ``runs``: a panel is drawn when at least one run has non-zero
+    data for it; the others are in ``omitted`` with the reason (:data:`_WHY_EMPTY`)."""
+    per_run = [run_panels(r) for r in runs]
+    drawn, omitted = [], {}
+    for panel in PANELS:
+        if any(_has_data(p, panel) for p in per_run):
+            drawn.append(panel)
+        else:
+            omitted[panel] = _WHY_EMPTY[panel]
+    return PanelPlan(drawn, omitted, per_run)
+
+
+def omitted_note(plan: PanelPlan) -> str:
+    """The figure's note line: the panels not drawn and why (empty when all are drawn)."""
+    if not plan.omitted:
+        return ""
+    return "not drawn (no data in any profile):\n" + "\n".join(
+        f"{PANEL_TITLES.get(k, 'key moments').split(' per ')[0].split(' (')[0]}: {why}"
+        for k, why in plan.omitted.items()
+    )
+
+
+# ------------------------------------------------------------------------------------ drawing
+def _end_s(run: Run) -> float:
+    dur = _int(run.get("duration_ns")) or _int(run.get("end_ns")) or 0
+    return max(dur, 1) / 1e9
+
+
+def _shade_lifecycle(run: Run, ax: Any, lanes: Sequence[Lane] | None = None) -> None:
+    """Grey over each lifecycle record's stopped interval (``stopped_ns`` .. ``t_ns``; to the
+    run's end, hatched, when not completed); on the state panel only over the VM's own
+    stable-bit lane (``lanes``), elsewhere the whole height. A migration's precopy
+    (``started_ns`` .. ``stopped_ns``) is a dotted line: the guest still ran."""
+    end_ns = int(run.get("end_ns") or run.get("duration_ns") or 0)
+    for rec in run.get("lifecycle") or []:
+        done = rec.get("completed") is not False
+        stopped = stopped_at(rec)
+        started = _int(rec.get("started_ns"))
+        t = _int(rec.get("t_ns"))
+        b = (t if done and t is not None else end_ns) / 1e9
+        hatch = None if done else "///"
+        if stopped is not None:
+            a = stopped / 1e9
+            if lanes is None:
+                ax.axvspan(a, max(a, b), color="tab:gray", alpha=0.25, linewidth=0, hatch=hatch)
+            else:
+                for i, lane in enumerate(lanes):
+                    if lane.vm == str(rec.get("vm")):
+                        ax.fill_between([a, max(a, b)], i - 0.45, i + 0.45, color="tab:gray",
+                                        alpha=0.6, linewidth=0, hatch=hatch, zorder=3)
+                        if b - a > 0.12 * _end_s(run):
+                            ax.text((a + b) / 2, i, "guest not running", ha="center",
+                                    va="center", fontsize=7, zorder=4)
+        if started is not None and (stopped is None or started < stopped):
+            ax.axvline(started / 1e9, color="tab:gray", linewidth=0.8, linestyle=":")
+
+
+def _draw_marks(ax: Any, merged: Sequence[tuple[int, list[str]]], label: bool,
+                span_s: float = 0.0) -> None:
+    for t_ns, labels in merged:
+        near_left = t_ns / 1e9 < 0.04 * span_s  # no room left of the line: text to its right
+        ax.axvline(t_ns / 1e9, color="tab:purple", linewidth=0.8, alpha=0.7, gid="mark")
+        if label:
+            shown = labels[:4] + (["..."] if labels[4:] else [])
+            ax.text(t_ns / 1e9, 0.03, "\n".join(shown), rotation=90,
+                    ha="left" if near_left else "right", va="bottom", fontsize=7,
+                    color="tab:purple",
+                    transform=ax.get_xaxis_transform(), linespacing=1.0, clip_on=True,
+                    gid="mark-label")
+
+
+def _draw_stop(run: Run, ax: Any, label: bool) -> None:
+    if not run.get("stopped_early"):
+        return
+    end = int(run.get("end_ns") or 0) / 1e9
+    ax.axvspan(end, _end_s(run), facecolor="none", edgecolor="tab:red", hatch="xx",
+               linewidth=0, alpha=0.3, gid="stopped")
+    ax.axvline(end, color="tab:red", linewidth=1.2)
+    if label:
+        reason = str(run.get("stop_reason") or "stopped")
+        ax.text(end, 0.98, f" stopped at {end:.3f} s:\n {reason}", ha="left", va="top",
+                fontsize=7, color="tab:red", transform=ax.get_xaxis_transform(),
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85})
+
+
+def _draw_state(ax: Any, run: Run, lanes: Sequence[Lane]) -> None:
+    end_s = int(run.get("end_ns") or run.get("duration_ns") or 1) / 1e9  # where it stopped
+    for i, lane in enumerate(lanes):
+        tl = list(lane.timeline)
+        for j, p in enumerate(tl):
+            a = int(p["t_ns"]) / 1e9
+            b = int(tl[j + 1]["t_ns"]) / 1e9 if j + 1 < len(tl) else end_s
+            if b > a or j + 1 == len(tl):
+                # an "on" span is at least 0.5 % of the axis wide and drawn over "off":
+                # a masterclock held for 4 ms of a 4 s run stays visible
+                ax.broken_barh([(a, max(b - a, end_s * (0.005 if p["on"] else 0.002)))],
+                               (i - 0.35, 0.7),
+                               facecolors="tab:green" if p["on"] else "tab:red",
+                               alpha=0.85 if p["on"] else 0.55, zorder=2 if p["on"] else 1)
+                if p["on"] and b - a < 0.02 * end_s:  # too short to see: say when
+                    ax.text(a + end_s * 0.007, i, f"on {a:.3f}-{b:.3f} s", va="center",
+                            ha="left", fontsize=7, zorder=4, gid="short-on")
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels([lane.label for lane in lanes], fontsize=8)
+    ax.set_ylim(len(lanes) - 0.5, -0.5)  # first lane on top
+
+
+def _draw_notifier(ax: Any, rows: Sequence[tuple[str, int, int]]) -> None:
+    ratios = [calls / updates if updates else 0.0 for _l, calls, updates in rows]
+    ax.barh(range(len(rows)), ratios, color="tab:blue", alpha=0.7, height=0.6)
+    for i, (_l, calls, updates) in enumerate(rows):
+        ax.text(0.01, i, f"{calls:,} / {updates:,}", va="center", ha="left", fontsize=8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([label for label, _c, _u in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(0, max(1.05, *[r * 1.05 for r in ratios]))
+
+
+def _draw_symlog(ax: Any, data: Mapping[str, tuple[list[float], list[int]]], unit: str,
+                 threshold: int | None) -> None:
+    mpl_ticker = importlib.import_module("matplotlib.ticker")
+    for label, (xs, ys) in sorted(data.items()):
+        ax.plot(xs, ys, ".", markersize=3, label=label)
+    ax.set_yscale("symlog", linthresh=SYMLOG_LINTHRESH_NS)
+    top = max([1, threshold or 0, *(max(ys) for _xs, ys in data.values() if ys)])
+    ax.set_ylim(-0.3, top * 3)
+    ax.yaxis.set_major_locator(mpl_ticker.FixedLocator(
+        [0.0, *(10.0**k for k in range(0, 13, 3) if 10.0**k <= top * 3)]))
+    ax.yaxis.set_major_formatter(mpl_ticker.FuncFormatter(lambda v, _pos: _axis_ns(v)))
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:orange", linestyle="--", linewidth=0.8,
+                   gid="threshold")
+        ax.text(0.995, threshold, f"{_axis_ns(threshold)} threshold", ha="right",
+                va="bottom", fontsize=7, color="tab:orange",
+                transform=ax.get_yaxis_transform())
+    ax.set_ylabel(unit, fontsize=8)
+    if data:
+        ax.legend(loc="upper left", fontsize=7, markerscale=3)
+
+
+def build_figure(runs: Sequence[Run], title: str = "") -> Any:
+    """The matplotlib figure of ``runs`` (see the module docstring); each axes is labelled
+    ``<panel>:<profile>`` (``Axes.get_label()``)."""
     try:
         matplotlib = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
@@ -122,73 +431,78 @@ def write_plot(runs: Sequence[Run], path: str, title: str = "") -> None:
     except ImportError as exc:
         raise PlotUnavailable(MISSING_MATPLOTLIB) from exc
 
+    plan = plan_panels(runs)
     ncols = max(1, len(runs))
-    nbits = max(
-        [1, *(sum(1 for lv in r["levels"] if lv.get("pvclock_stable_timeline")) for r in runs)]
-    )
-    fig, axes = plt.subplots(
-        2,
-        ncols,
-        figsize=(6.5 * ncols, 4.0 + 0.9 * max(3, nbits)),
-        squeeze=False,
-        sharex="col",
-        gridspec_kw={"height_ratios": [3, max(3, nbits)]},
-    )
-    for col, run in enumerate(runs):
-        ax_skew, ax_bit = axes[0][col], axes[1][col]
-        end_s = (run.get("duration_ns") or 0) / 1e9
-        levels = list(run["levels"])
-        label_of = dict(
-            zip(((int(lv["level"]), str(lv.get("name"))) for lv in levels),
-                kernel_labels(levels), strict=True)
-        )
-        by_kernel: dict[tuple[int, str | None], tuple[list[float], list[int]]] = {}
-        for row in run.get("samples") or []:
-            xs, ys = by_kernel.setdefault(_sample_key(row), ([], []))
-            xs.append(int(row[0]) / 1e9)
-            ys.append(int(row[2]))
-        for (level, name), (xs, ys) in sorted(
-            by_kernel.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
-        ):
-            if name is None:  # rows without names: one guest at this level
-                at_level = [lb for (lvl, _n), lb in label_of.items() if lvl == level]
-                label = at_level[0] if len(at_level) == 1 else f"L{level}"
+    nlanes = max([1, *(len(p.lanes) for p in plan.per_run)])
+    nlev = max([1, *(len(p.notifier) for p in plan.per_run)])
+    longest = max([12, *(len(m.label) for p in plan.per_run for m in p.marks)])
+    # the key-moments strip is as tall as its longest rotated label needs
+    heights = {"moments": min(2.6, 0.45 + 0.075 * longest), "state": 0.45 + 0.32 * nlanes,
+               "notifier": 0.35 + 0.28 * nlev, "skew": 2.4, "backwards": 2.4}
+    ratios = [heights[p] for p in plan.drawn] or [1.0]
+    note = omitted_note(plan)
+    fig = plt.figure(figsize=(7.5 * ncols, sum(ratios) + 1.6 + (0.3 if note else 0)),
+                     layout="constrained")
+    grid = fig.add_gridspec(len(ratios), ncols, height_ratios=ratios)
+    for col, (run, panels) in enumerate(zip(runs, plan.per_run, strict=True)):
+        end_s = _end_s(run)
+        merged = merge_marks(panels.marks, int(end_s * 1e9))
+        first_time_ax: Any = None
+        for row, panel in enumerate(plan.drawn):
+            shared: Any = first_time_ax if panel != "notifier" else None
+            ax = fig.add_subplot(grid[row, col], sharex=shared)
+            ax.set_label(f"{panel}:{run['profile']}")
+            if panel != "notifier":
+                first_time_ax = first_time_ax or ax
+                ax.set_xlim(0, end_s)
+            if panel == "moments":
+                ax.set_yticks([])
+                for side in ("left", "right", "top"):
+                    ax.spines[side].set_visible(False)
+                ax.set_title(f"profile {run['profile']}: key moments", fontsize=10)
+                _draw_marks(ax, merged, label=True, span_s=end_s)
+                if not merged:
+                    ax.text(0.5, 0.5, "no clocksource switch, TSC jump or lifecycle action",
+                            ha="center", va="center", fontsize=8, color="tab:gray",
+                            transform=ax.transAxes)
+                _draw_stop(run, ax, label=True)
+                ax.tick_params(labelbottom=False)
+                continue
+            if not _has_data(panels, panel):
+                ax.text(0.5, 0.5, f"profile {run['profile']}: {_WHY_EMPTY[panel]}",
+                        ha="center", va="center", fontsize=8, color="tab:gray",
+                        transform=ax.transAxes)
+                ax.set_yticks([])
+            elif panel == "state":
+                _draw_state(ax, run, panels.lanes)
+                _shade_lifecycle(run, ax, panels.lanes)
+            elif panel == "notifier":
+                _draw_notifier(ax, panels.notifier)
+            elif panel == "skew":
+                _draw_symlog(ax, panels.skew, "skew", SKEW_THRESHOLD_NS)
             else:
-                label = label_of.get((level, name), f"L{level} {name}")
-            ax_skew.plot(xs, ys, ".", markersize=2, label=label)
-        ax_skew.set_title(f"profile {run['profile']}: guest clock skew across vCPUs")
-        ax_skew.set_ylabel("skew (ns)")
-        if by_kernel:
-            ax_skew.legend(loc="upper left", fontsize="small")
-        ticks: list[float] = []
-        labels: list[str] = []
-        spans: list[tuple[str, int]] = []
-        with_bit = [
-            (lv, label)
-            for lv, label in zip(levels, kernel_labels(levels), strict=True)
-            if lv.get("pvclock_stable_timeline")
-        ]
-        n = len(with_bit)
-        for i, (lv, label) in enumerate(with_bit):  # the first kernel on the top row
-            tl = lv["pvclock_stable_timeline"]
-            bx = [int(t) / 1e9 for t, _ in tl] + [max(end_s, int(tl[-1][0]) / 1e9)]
-            row = n - 1 - i
-            offset = 1.5 * row
-            by = [offset + (1.0 if s else 0.0) for _, s in tl]
-            by.append(by[-1])
-            ax_bit.step(bx, by, where="post", label=f"{label} stable bit")
-            ticks += [offset, offset + 1.0]
-            labels += [f"{label} off", f"{label} on"]
-            spans.append((str(lv.get("name")), row))
-        ax_bit.set_yticks(ticks)
-        ax_bit.set_yticklabels(labels, fontsize="small")
-        ax_bit.set_ylim(-0.25, max(1.25, 1.5 * n - 0.25))
-        ax_bit.set_title("pvclock stable bit per guest kernel")
-        rows = {name: (i / n, (i + 1) / n) for name, i in spans} if n else {}
-        _mark_lifecycle(run, ax_skew, ax_bit, rows)
-        ax_bit.set_xlabel("simulated time (s)")
+                _draw_symlog(ax, panels.backwards, "step back", None)
+            ax.set_title(PANEL_TITLES[panel], fontsize=9)
+            if panel in ("skew", "backwards"):
+                _shade_lifecycle(run, ax)
+            if panel != "notifier":
+                _draw_marks(ax, merged, label=False)
+                _draw_stop(run, ax, label=False)
+                time_rows = [p for p in plan.drawn if p != "notifier"]
+                if panel == time_rows[-1]:
+                    ax.set_xlabel("simulated time (s)")
+                else:
+                    ax.tick_params(labelbottom=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    if note:
+        fig.supxlabel(note, fontsize=8, color="tab:gray", x=0.005, ha="left")
+    return fig
+
+
+def write_plot(runs: Sequence[Run], path: str, title: str = "") -> None:
+    """Write the PNG of ``runs`` to ``path`` (:func:`build_figure`; 100 dpi)."""
+    fig = build_figure(runs, title)
+    plt = importlib.import_module("matplotlib.pyplot")
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)

@@ -65,16 +65,27 @@ _ROWS: list[tuple[str, Any]] = [
 ]
 
 
+def ended_at(run: Run) -> str:
+    """Where a run ended (simulated time, ``end_ns``), ``stopped`` added when it ended before
+    its duration (``stopped_early``)."""
+    end = run.get("end_ns")
+    text = fmt_time(end if isinstance(end, int) else None)
+    return f"{text} stopped" if run.get("stopped_early") else text
+
+
 def side_by_side(runs: Sequence[Run]) -> str:
-    """The per-profile, per-level table (one column per level, profiles next to each other)."""
-    columns: list[tuple[str, Mapping[str, Any]]] = []
+    """The per-profile, per-level table (one column per level, profiles next to each other);
+    the last row says where each run ended."""
+    columns: list[tuple[Run, Mapping[str, Any]]] = []
     groups: list[tuple[str, int]] = []
     for run in runs:
         levels = list(run["levels"])
         groups.append((str(run["profile"]), len(levels)))
-        columns.extend((str(run["profile"]), lv) for lv in levels)
-    label_w = max(len(r[0]) for r in _ROWS) + 2
+        columns.extend((run, lv) for lv in levels)
+    rows = [*_ROWS, ("ended at", None)]
+    label_w = max(len(r[0]) for r in rows) + 2
     cells = [[fn(lv) for _, lv in columns] for _, fn in _ROWS]
+    cells.append([ended_at(run) for run, _ in columns])
     heads = [_level_name(lv) for _, lv in columns]
     widths = [
         max(len(heads[i]), *(len(row[i]) for row in cells)) + 2 for i in range(len(columns))
@@ -101,18 +112,19 @@ def side_by_side(runs: Sequence[Run]) -> str:
 
     lines.append(row("level", heads))
     lines.append("-" * len(lines[-1]))
-    for (label, _), vals in zip(_ROWS, cells, strict=True):
+    for (label, _), vals in zip(rows, cells, strict=True):
         lines.append(row(label, vals))
     return "\n".join(lines)
 
 
-def describe_timeline(timeline: Sequence[Sequence[Any]], duration_ns: int | None) -> str:
-    """Plain words for a ``[[t_ns, bool], ...]`` timeline (first entry the initial state)."""
+def describe_timeline(timeline: Sequence[Mapping[str, Any]], duration_ns: int | None) -> str:
+    """Plain words for a ``[{"t_ns": int, "on": bool}, ...]`` timeline (first entry the
+    initial state; times in ns of simulated time)."""
     if not timeline:
         return "no data"
     spans: list[tuple[int, int | None]] = []
     start: int | None = None
-    for t, state in timeline:
+    for t, state in ((p["t_ns"], p["on"]) for p in timeline):
         if state and start is None:
             start = int(t)
         elif not state and start is not None:
@@ -145,7 +157,9 @@ def kernel_labels(levels: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def _masterclock_timelines(lv: Mapping[str, Any]) -> list[tuple[str | None, Sequence[Any]]]:
+def _masterclock_timelines(
+    lv: Mapping[str, Any],
+) -> list[tuple[str | None, Sequence[Mapping[str, Any]]]]:
     """The masterclock timelines of the KVM in a level's kernel: one per VM it ran
     (``masterclock_timelines``, VM name -> timeline) where the run has them, else the one
     ``masterclock_timeline`` (older runs)."""
@@ -155,11 +169,231 @@ def _masterclock_timelines(lv: Mapping[str, Any]) -> list[tuple[str | None, Sequ
     return [(None, lv.get("masterclock_timeline") or [])]
 
 
+SKEW_THRESHOLD_NS = 1_000
+"""Cross-vCPU skew (ns) above which the headline names it as an anomaly: 1 us.  The clock
+definitions of one masterclock keep vCPUs within a few ns of each other (pvclock mul/shift
+rounding), so a microsecond is already far outside what the kernel guarantees."""
+
+JUMP_THRESHOLD_NS = 1_000_000
+"""A lifecycle record's MONOTONIC or REALTIME jump (ns, against a guest that never stopped)
+above which the headline names it: 1 ms (a KVM_CLOCK_REALTIME restore leaves a few us)."""
+
+
+def fmt_duration_ns(ns: int) -> str:
+    """An unsigned duration for a headline: ``N ns`` below 1 us, ``N.nnn us`` below 1 ms,
+    ``N.nnnnnn ms`` below 1 s, else seconds with nanosecond digits; trailing zeros dropped
+    (``1 us``, ``60 s``); exact (integer arithmetic, no float rounding)."""
+    ns = abs(int(ns))
+    if ns < 1_000:
+        return f"{ns} ns"
+    for unit, scale in (("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)):
+        if ns < scale * 1_000 or unit == "s":
+            whole, rem = divmod(ns, scale)
+            digits = f"{rem:0{len(str(scale)) - 1}d}".rstrip("0")
+            return f"{whole}.{digits} {unit}" if digits else f"{whole} {unit}"
+    raise AssertionError("unreachable")
+
+
+def fmt_seconds(ns: int) -> str:
+    """Simulated seconds without trailing zeros (``3 s``, ``0.25 s``; exact)."""
+    sec, rem = divmod(int(ns), 1_000_000_000)
+    if not rem:
+        return f"{sec} s"
+    return f"{sec}.{f'{rem:09d}'.rstrip('0')} s"
+
+
+def losses(timeline: Sequence[Mapping[str, Any]]) -> list[tuple[int, int | None]]:
+    """Each on -> off change of an on/off timeline: ``(lost_ns, back_ns)``, ``back_ns`` the
+    next off -> on change (None when it stayed off to the end)."""
+    out: list[tuple[int, int | None]] = []
+    prev = False
+    for p in timeline:
+        on = bool(p["on"])
+        if prev and not on:
+            out.append((int(p["t_ns"]), None))
+        elif on and not prev and out and out[-1][1] is None:
+            out[-1] = (out[-1][0], int(p["t_ns"]))
+        prev = on
+    return out
+
+
+def _at_times(lost: Sequence[tuple[int, int | None]], most: int = 3) -> str:
+    parts = []
+    for t, back in lost[:most]:
+        again = "not back" if back is None else f"back at {back / 1e9:.3f} s"
+        parts.append(f"{t / 1e9:.3f} s ({again})")
+    more = f" and {len(lost) - most} more times" if len(lost) > most else ""
+    return "at " + ", ".join(parts) + more
+
+
+def _kernel_moment(run: Run, lv: Mapping[str, Any], several: bool, needle: str) -> int | None:
+    """The first key moment (ns) of ``lv``'s kernel whose text contains ``needle`` (a
+    moment's text starts with the kernel's name when several kernels share the level)."""
+    name = str(lv.get("name") or "")
+    for m in run.get("moments") or []:
+        if int(m["level"]) != int(lv["level"]) or needle not in str(m["text"]):
+            continue
+        if several and not str(m["text"]).startswith(f"{name}:"):
+            continue
+        return int(m["t_ns"])
+    return None
+
+
+def largest_backwards_step_ns(lv: Mapping[str, Any]) -> int:
+    """The largest backwards step (ns) of a level entry: the largest of its recorded
+    ``backwards_events`` (the first 100) and ``max_reanchor_step_ns`` (over all reads)."""
+    steps = [int(e["step_ns"]) for e in lv.get("backwards_events") or []]
+    return max([int(lv.get("max_reanchor_step_ns") or 0), *steps])
+
+
+def kernel_anomalies(
+    run: Run, lv: Mapping[str, Any], label: str, several: bool,
+    skew_threshold_ns: int = SKEW_THRESHOLD_NS,
+) -> list[str]:
+    """What went wrong in one kernel (level entry) of a run, one phrase each: guest clock
+    steps backwards (count, largest, kinds as sim/metrics.py counts them: ``stable`` = below
+    an earlier read of the same masterclock pair, ``re-anchor`` = at a masterclock update,
+    ``clamped`` = below an earlier non-stable read, the domain of pvclock_clocksource_read's
+    last_value clamp), cross-vCPU skew over ``skew_threshold_ns``, last_value clamp hits, the
+    TSC marked unstable (arch/x86/kernel/tsc.c mark_tsc_unstable), the masterclock of its KVM
+    and its pvclock stable bit lost (on -> off)."""
+    out: list[str] = []
+    back = int(lv.get("guest_backwards") or 0)
+    if back:
+        kinds = (
+            f"stable {int(lv.get('guest_backwards_stable') or 0):,}, "
+            f"re-anchor {int(lv.get('guest_backwards_reanchor') or 0):,}, "
+            f"clamped {int(lv.get('guest_backwards_clamped') or 0):,}"
+        )
+        events = lv.get("backwards_events") or []
+        first = f", first at {int(events[0]['t_ns']) / 1e9:.3f} s" if events else ""
+        out.append(
+            f"{label}: {back:,} guest clock reads stepped backwards, largest "
+            f"{fmt_duration_ns(largest_backwards_step_ns(lv))}{first} ({kinds})"
+        )
+    skew = lv.get("max_cross_vcpu_skew_ns")
+    if isinstance(skew, int) and skew > skew_threshold_ns:
+        name = str(lv.get("name") or "")
+        over = [
+            int(s["t_ns"]) for s in run.get("samples") or []
+            if int(s["level"]) == int(lv["level"]) and str(s.get("kernel")) == name
+            and int(s["skew_ns"]) > skew_threshold_ns
+        ]
+        n = len(over)
+        when = (
+            f", {n:,} sample{'s' if n > 1 else ''} over it from {over[0] / 1e9:.3f} s"
+            if over else ""
+        )
+        out.append(
+            f"{label}: cross-vCPU skew up to {fmt_duration_ns(skew)} (threshold "
+            f"{fmt_duration_ns(skew_threshold_ns)}{when})"
+        )
+    hits = int(lv.get("last_value_clamp_hits") or 0)
+    if hits:
+        out.append(
+            f"{label}: {hits:,} last_value clamp hit{'s' if hits > 1 else ''} "
+            "(reads raised to an earlier value)"
+        )
+    if lv.get("tsc_unstable"):
+        t = _kernel_moment(run, lv, several, "Marking TSC unstable")
+        at = f" at {t / 1e9:.3f} s" if t is not None else ""
+        out.append(f"{label}: TSC marked unstable{at}")
+    for vm, tl in _masterclock_timelines(lv):
+        lost = losses(tl)
+        if lost:
+            for_vm = f" for VM {vm}" if vm is not None else ""
+            out.append(f"{label}: masterclock of its KVM{for_vm} lost {_at_times(lost)}")
+    lost = losses(lv.get("pvclock_stable_timeline") or [])
+    if lost:
+        out.append(f"{label}: pvclock stable bit lost {_at_times(lost)}")
+    return out
+
+
+def run_anomalies(
+    run: Run,
+    skew_threshold_ns: int = SKEW_THRESHOLD_NS,
+    jump_threshold_ns: int = JUMP_THRESHOLD_NS,
+) -> list[str]:
+    """Every anomaly of one run, one line each: per kernel (:func:`kernel_anomalies`), the
+    lifecycle records that were not completed or left a MONOTONIC/REALTIME jump over
+    ``jump_threshold_ns`` (ns, against a guest that never stopped), a livelock, and where the
+    run stopped when it ended before its duration (``stopped_early``, ``stop_reason``)."""
+    levels = list(run.get("levels") or [])
+    labels = kernel_labels(levels)
+    count: dict[int, int] = {}
+    for lv in levels:
+        count[int(lv["level"])] = count.get(int(lv["level"]), 0) + 1
+    out: list[str] = []
+    for label, lv in zip(labels, levels, strict=True):
+        out += kernel_anomalies(run, lv, label, count[int(lv["level"])] > 1, skew_threshold_ns)
+    for rec in run.get("lifecycle") or []:
+        what = f"{rec.get('vm')} {rec.get('action')}"
+        if rec.get("completed") is False:
+            started = _int_or_none(rec.get("started_ns"))
+            out.append(f"{what} began at {fmt_time(started)}, not completed by the end of the run")
+            continue
+        jumps = [
+            f"{clock} {fmt_signed_ns(j)}"
+            for clock, j in (("MONOTONIC", _int_or_none(rec.get("monotonic_jump_ns"))),
+                             ("REALTIME", _int_or_none(rec.get("realtime_jump_ns"))))
+            if j is not None and abs(j) > jump_threshold_ns
+        ]
+        if jumps:
+            out.append(
+                f"{what} at {fmt_time(_int_or_none(rec.get('t_ns')))} left "
+                f"{', '.join(jumps)} against a guest that never stopped (threshold "
+                f"{fmt_duration_ns(jump_threshold_ns)})"
+            )
+    ll = run.get("livelock")
+    if ll:
+        out.append(
+            f"LIVELOCK detected at {fmt_time(ll.get('t_ns'))} in L{ll.get('level')} "
+            f"{ll.get('where')} after {ll.get('spins')} spins"
+        )
+    if run.get("stopped_early"):
+        end, dur = run.get("end_ns"), run.get("duration_ns")
+        asked = f" of {fmt_seconds(int(dur))} asked" if isinstance(dur, int) else ""
+        reason = run.get("stop_reason") or "no reason given"
+        out.append(f"run stopped at {fmt_time(end)}{asked}: {reason}")
+    return out
+
+
+def derived_moments(run: Run, skew_threshold_ns: int = SKEW_THRESHOLD_NS) -> list[dict[str, Any]]:
+    """Key moments derived from a run's data (``{"t_ns", "level", "text"}``), per kernel: the
+    first guest clock step backwards and the first sample whose cross-vCPU skew exceeds
+    ``skew_threshold_ns``."""
+    out: list[dict[str, Any]] = []
+    levels = list(run.get("levels") or [])
+    for label, lv in zip(kernel_labels(levels), levels, strict=True):
+        events = lv.get("backwards_events") or []
+        if events:
+            e = events[0]
+            out.append({
+                "t_ns": int(e["t_ns"]), "level": int(lv["level"]),
+                "text": f"{label}: first guest clock step backwards "
+                f"({fmt_duration_ns(int(e['step_ns']))} on vCPU {e['cpu']}; "
+                f"{int(lv.get('guest_backwards') or 0):,} in all)",
+            })
+        name = str(lv.get("name") or "")
+        for smp in run.get("samples") or []:
+            if (int(smp["level"]) == int(lv["level"]) and str(smp.get("kernel")) == name
+                    and int(smp["skew_ns"]) > skew_threshold_ns):
+                out.append({
+                    "t_ns": int(smp["t_ns"]), "level": int(lv["level"]),
+                    "text": f"{label}: cross-vCPU skew {fmt_duration_ns(int(smp['skew_ns']))} "
+                    f"(over {fmt_duration_ns(skew_threshold_ns)})",
+                })
+                break
+    return out
+
+
 def headline(runs: Sequence[Run]) -> list[str]:
     """Per profile: the pvclock stable bit over time of every guest kernel (deepest level
     first, file order within a level; a level's kernels are named when it has several), when
     a KVM level never gave masterclock while it ran on kvm-clock the switch that decides it,
-    notifier calls against timekeeping updates, and masterclock per KVM (per VM it ran)."""
+    notifier calls against timekeeping updates, masterclock per KVM (per VM it ran), then
+    every anomaly of the run (:func:`run_anomalies`), each on a line starting with ``!``, or
+    a line saying there was none."""
     out = []
     w = max([7, *(len(str(r["profile"])) for r in runs)])
     for run in runs:
@@ -199,11 +433,13 @@ def headline(runs: Sequence[Run]) -> list[str]:
                     f"{'':>{w}}  masterclock of KVM at {label}{for_vm}: "
                     f"{describe_timeline(tl, duration)}"
                 )
-        ll = run.get("livelock")
-        if ll:
+        bad = run_anomalies(run)
+        if bad:
+            out.extend(f"{'':>{w}}  ! {line}" for line in bad)
+        else:
             out.append(
-                f"{'':>{w}}  LIVELOCK detected at {fmt_time(ll.get('t_ns'))} in "
-                f"L{ll.get('level')} {ll.get('where')} after {ll.get('spins')} spins"
+                f"{'':>{w}}  no anomalies: no backwards steps, skew within "
+                f"{fmt_duration_ns(SKEW_THRESHOLD_NS)}, no clamp hits, no losses, ran to the end"
             )
     return out
 
@@ -220,7 +456,7 @@ def _kvmclock_host_reason(run: Run) -> str | None:
             continue
         if lv.get("clocksource") != "kvm-clock":
             continue
-        ever = any(bool(state) for _t, state in tl)
+        ever = any(bool(p["on"]) for p in tl)
         if switches["stable_pvclock_host"]:
             if ever:
                 return (
@@ -243,8 +479,8 @@ def moments_timeline(runs: Sequence[Run], limit: int = 30) -> list[str]:
     names = [str(r["profile"]) for r in runs]
     seen: dict[tuple[int, int, str], list[str]] = {}
     for run in runs:
-        for t_ns, level, text in run.get("moments") or []:
-            profs = seen.setdefault((int(t_ns), int(level), str(text)), [])
+        for m in [*(run.get("moments") or []), *derived_moments(run)]:
+            profs = seen.setdefault((int(m["t_ns"]), int(m["level"]), str(m["text"])), [])
             if str(run["profile"]) not in profs:
                 profs.append(str(run["profile"]))
     everyone = "both" if len(names) == 2 else "all"
@@ -368,6 +604,22 @@ def lifecycle_lines(runs: Sequence[Run]) -> list[str]:
     return out
 
 
+def simulated_span(runs: Sequence[Run]) -> str:
+    """The title's time span: ``8.000000 s simulated`` when every run reached its duration,
+    else the duration asked and where each stopped run ended with the first words of its
+    ``stop_reason``: ``3 s asked, series stopped at 1.000 s (livelock)``."""
+    dur = runs[0].get("duration_ns") if runs else None
+    stopped = [r for r in runs if r.get("stopped_early")]
+    if not stopped or not isinstance(dur, int):
+        return f"{fmt_time(dur)} simulated"
+    parts = []
+    for r in stopped:
+        reason = str(r.get("stop_reason") or "")
+        short = reason.split(" in ", 1)[0].split(" at ", 1)[0] if reason else "no reason given"
+        parts.append(f"{r['profile']} stopped at {int(r['end_ns']) / 1e9:.3f} s ({short})")
+    return f"{fmt_seconds(dur)} asked, " + ", ".join(parts)
+
+
 def render_simulation(
     scenario: str,
     description: str | None,
@@ -377,9 +629,8 @@ def render_simulation(
     moments_limit: int = 30,
 ) -> str:
     """The whole ``kvmclock simulate`` text: title, table, headline, timeline, speed."""
-    dur = runs[0].get("duration_ns") if runs else None
     out = [
-        f"kvmclock simulate: scenario {scenario}, seed {seed}, {fmt_time(dur)} simulated, "
+        f"kvmclock simulate: scenario {scenario}, seed {seed}, {simulated_span(runs)}, "
         f"profiles {', '.join(str(r['profile']) for r in runs)}"
     ]
     if description:

@@ -101,7 +101,7 @@ def run_plan(
             f"LIVELOCK in {livelock['where']} after {livelock['spins']} spins; simulation stopped",
         )
     if sim.recorder is None:
-        sim.start_sampling(with_names=plan.shared_levels)
+        sim.start_sampling()
     lifecycle: list[dict[str, Any]] = []
     if eng.lifecycle is not None:
         eng.lifecycle.finish(sim.world.now_ns)
@@ -121,9 +121,18 @@ def run_plan(
         },
         "duration_ns": plan.duration_ns,
         "end_ns": sim.world.now_ns,
+        "stopped_early": sim.world.now_ns < plan.duration_ns,
+        "stop_reason": (
+            f"livelock in {livelock['where']} at {_fmt_s(int(livelock['t_ns']))}"
+            if livelock is not None
+            else None
+        ),
         "levels": [_level_entry(sim, k) for k in sim.kernels],
         "moments": moments,
-        "samples": sim.recorder.samples,
+        "samples": [
+            {"t_ns": t, "level": lvl, "kernel": name, "skew_ns": skew, "stable": bool(stable)}
+            for t, lvl, skew, stable, name in sim.recorder.samples
+        ],
         "livelock": livelock,
         "stats": {
             "events": sim.world.events_processed,
@@ -132,8 +141,31 @@ def run_plan(
         "lifecycle": lifecycle,
     }
     if trace:
-        run["trace"] = [list(r) for r in sim.trace]
+        run["trace"] = [
+            {"t_ns": t, "level": lvl, "comm": comm, "pid": pid, "cpu": cpu, "event": ev,
+             "fields": f}
+            for t, lvl, comm, pid, cpu, ev, f in sim.trace
+        ]
     return run
+
+
+def _fmt_s(ns: int) -> str:
+    """``ns`` as exact seconds (``1.000001 s``)."""
+    return fmt_number(Fraction(ns, NSEC_PER_SEC)) + " s"
+
+
+def _timeline(changes: list[list[Any]]) -> list[dict[str, Any]]:
+    """A model timeline (``[t_ns, state]`` changes: ``Kvm.masterclock_timeline``) as the
+    run's ``[{"t_ns", "on"}]``."""
+    return [{"t_ns": int(t), "on": bool(on)} for t, on in changes]
+
+
+def _backwards_events(events: list[list[Any]]) -> list[dict[str, Any]]:
+    """``LevelStats.backwards_events`` rows as the run's named objects."""
+    return [
+        {"t_ns": t, "cpu": cpu, "step_ns": step, "stable": bool(stable)}
+        for t, cpu, step, stable in events
+    ]
 
 
 class _Engine:
@@ -181,7 +213,7 @@ class _Engine:
             if vm.at_start:
                 sim.world.run_until(vm.created_ns)
                 self._create(vm.name)
-        sim.start_sampling(with_names=plan.shared_levels)
+        sim.start_sampling()
 
     def _create(self, name: str) -> None:
         vm = next(v for v in self.plan.vms if v.name == name)
@@ -674,8 +706,8 @@ def _level_entry(sim: Sim, k: Kernel) -> dict[str, Any]:
         "pvclock_stable": (bool(stable_tl[-1][1]) if stable_tl else False)
         if host_vm is not None or guest_vms
         else None,
-        "masterclock_timeline": next(iter(hosted.values()), []),
-        "pvclock_stable_timeline": stable_tl,
+        "masterclock_timeline": _timeline(next(iter(hosted.values()), [])),
+        "pvclock_stable_timeline": _timeline(stable_tl),
         "masterclock_updates": k.kvm.counters["masterclock_updates"] if k.kvm is not None else 0,
         "notifier_calls": k.kvm.counters["notifier_calls"] if k.kvm is not None else 0,
         "gtod_copies": k.kvm.counters["gtod_copies"] if k.kvm is not None else 0,
@@ -685,7 +717,7 @@ def _level_entry(sim: Sim, k: Kernel) -> dict[str, Any]:
         "max_reanchor_step_ns": st.max_reanchor_step_ns,
         "guest_backwards_clamped": st.guest_backwards_clamped,
         "guest_backwards_unclamped": st.guest_backwards_unclamped,
-        "backwards_events": st.backwards_events,
+        "backwards_events": _backwards_events(st.backwards_events),
         "guest_reads": st.guest_reads,
         "max_cross_vcpu_skew_ns": st.max_cross_vcpu_skew_ns,
         "last_value_clamp_hits": st.last_value_clamp_hits,
@@ -696,24 +728,25 @@ def _level_entry(sim: Sim, k: Kernel) -> dict[str, Any]:
         "clock_definitions": dict(st.max_abs),
     }
     if len(hosted) > 1:
-        entry["masterclock_timelines"] = hosted
+        entry["masterclock_timelines"] = {name: _timeline(tl) for name, tl in hosted.items()}
     return entry
 
 
-def _moments(sim: Sim, level_of: dict[str, int]) -> list[list[Any]]:
-    """Key moments in execution order: KVM/scenario moments and the clocksource printks."""
+def _moments(sim: Sim, level_of: dict[str, int]) -> list[dict[str, Any]]:
+    """Key moments in execution order (``{"t_ns", "level", "text"}``): KVM/scenario moments
+    and the clocksource printks."""
     keys = ("Switched to clocksource", "unstable", "Marking")
-    out: list[list[Any]] = []
+    out: list[dict[str, Any]] = []
     for ev in sim.world.events:
         kind = ev.get("kind")
         if kind == "moment":
-            out.append([ev["t_ns"], ev["level"], str(ev["text"])])
+            out.append({"t_ns": ev["t_ns"], "level": ev["level"], "text": str(ev["text"])})
         elif kind == "printk" and any(s in str(ev.get("text", "")) for s in keys):
             out.append(
-                [
-                    ev["t_ns"],
-                    level_of.get(str(ev.get("kernel")), 0),
-                    f"{ev.get('kernel')}: {ev.get('text')}",
-                ]
+                {
+                    "t_ns": ev["t_ns"],
+                    "level": level_of.get(str(ev.get("kernel")), 0),
+                    "text": f"{ev.get('kernel')}: {ev.get('text')}",
+                }
             )
     return out

@@ -92,6 +92,9 @@ class LevelStats:
             "max_abs_b_minus_c_ns": None,
         }
     )
+    #: the first 100 reads that went backwards: ``[t_ns, cpu, step_ns, stable]`` (true time,
+    #: the vCPU, largest earlier read - this read in ns, whether the read carried
+    #: PVCLOCK_TSC_STABLE_BIT)
     backwards_events: list[list[Any]] = field(default_factory=list)
 
     def record_read(
@@ -145,15 +148,14 @@ class Recorder:
 
     ``kernels`` is the run's list of kernels (a kernel appended later, a VM created during
     the run, is sampled from then on).  Counters are kept per kernel (:attr:`by_kernel`, by
-    kernel name); a sample row is ``[t_ns, level, skew_ns, stable]``, with the kernel's name
-    as a fifth element when ``with_names`` (a scenario with several guests at one level).
+    kernel name); a sample row is ``[t_ns, level, skew_ns, stable, kernel_name]`` (the run
+    dict names these fields: ``kvmclock.scenario.engine``).
     """
 
-    def __init__(self, kernels: list[Kernel], sample_ns: int, *, with_names: bool = False) -> None:
+    def __init__(self, kernels: list[Kernel], sample_ns: int) -> None:
         self.kernels = kernels
         self.world = kernels[0].world
         self.sample_ns = sample_ns
-        self.with_names = with_names
         self.by_kernel: dict[str, LevelStats] = {k.name: LevelStats(k.level) for k in kernels}
         self.samples: list[list[Any]] = []
         self.handle = self.world.every(sample_ns, self.sample)
@@ -191,8 +193,7 @@ class Recorder:
                 stable = stable and bool(flags & _STABLE)
             skew = max(raws) - min(raws)
             st.max_cross_vcpu_skew_ns = max(st.max_cross_vcpu_skew_ns, skew)
-            row: list[Any] = [t, k.level, skew, stable]
-            self.samples.append([*row, k.name] if self.with_names else row)
+            self.samples.append([t, k.level, skew, stable, k.name])
         for k in self.kernels:
             if k.kvm is None:
                 continue

@@ -1,7 +1,7 @@
 """The built-in scenarios, ``Sim`` and ``run_scenario`` (one run as the dict ``simulate --json``
 prints).
 
-A scenario is a TOML file (docs/scenarios.md; :mod:`kvmclock.scenario`): the five built-in
+A scenario is a TOML file (docs/scenarios.md; :mod:`kvmclock.scenario`): the ten built-in
 ones ship in ``kvmclock/scenario/builtin`` and run through the same engine as a user's file
 (:mod:`kvmclock.scenario.engine`).  Every scenario builds the stack in simulated time from a
 seed: ``PhysicalMachine``s with a ``Kernel`` (level 0) and KVM, VMs whose vCPUs are started
@@ -155,12 +155,9 @@ class Sim:
             self._load_kvm(g)
         return vm, g
 
-    def start_sampling(self, *, with_names: bool = False) -> None:
-        """Start the periodic guest reads (sample rows carry the kernel's name with
-        ``with_names``: several guests at one level)."""
-        self.recorder = Recorder(
-            self.kernels, self.sample_ms * NSEC_PER_MSEC, with_names=with_names
-        )
+    def start_sampling(self) -> None:
+        """Start the periodic guest reads (every ``sample_ms`` of true time)."""
+        self.recorder = Recorder(self.kernels, self.sample_ms * NSEC_PER_MSEC)
 
     def at(self, t_ns: int, fn: Callable[[], object]) -> None:
         """Schedule a scenario action."""
@@ -261,13 +258,19 @@ def run_scenario(
     file's ``[run] switches`` and then ``switches`` flipped from it (a switch the Profile
     already flipped keeps its value), and ``params`` overriding the file's ``[params]``.
     Returns one run: ``scenario``, ``seed``, ``profile`` (its name, which records the flipped
-    switches), ``switches`` (every switch's value), ``params``, ``duration_ns``, ``end_ns``,
-    ``levels`` (one entry per kernel: a guest's ``pvclock_stable_timeline`` covers every KVM
-    VM it ran on, a host's ``masterclock_timeline`` is that of the first VM its KVM ran, and
+    switches), ``switches`` (every switch's value), ``params``, ``duration_ns``, ``end_ns``
+    (simulated ns reached), ``stopped_early`` (``end_ns < duration_ns``), ``stop_reason``
+    (``"livelock in WHERE at T s"``, None when the duration was reached), ``levels`` (one
+    entry per kernel: a guest's ``pvclock_stable_timeline`` covers every KVM VM it ran on, a
+    host's ``masterclock_timeline`` is that of the first VM its KVM ran, and
     ``masterclock_timelines``, VM name -> timeline, is there when it ran VMs of several
-    names), ``moments``, ``samples``, ``livelock``, ``stats``, ``lifecycle`` (the lifecycle
-    records; empty without lifecycle actions) and ``trace`` rows
-    ``[t_ns, level, comm, pid, cpu, event, fields]`` when ``trace=True``.  Bad input raises
+    names; a timeline is a list of ``{"t_ns", "on"}`` changes, ``backwards_events`` a list of
+    ``{"t_ns", "cpu", "step_ns", "stable"}``), ``moments`` (``{"t_ns", "level", "text"}``),
+    ``samples`` (``{"t_ns", "level", "kernel", "skew_ns", "stable"}``, one per guest kernel
+    per sample time), ``livelock``, ``stats``, ``lifecycle`` (the lifecycle records; empty
+    without lifecycle actions) and ``trace`` (``{"t_ns", "level", "comm", "pid", "cpu",
+    "event", "fields"}``) when ``trace=True``.  The layout is that of
+    ``kvmclock/schemas/simulate.schema.json`` (docs/json.md).  Bad input raises
     ``ScenarioError`` (a ValueError; ``ScenarioFileError`` for a bad file) naming the valid
     choices, before anything is simulated; what KVM, a VMM or a recipe refuses only when the
     run reaches it raises ``ScenarioRunError`` (a ScenarioFileError) naming the timeline
@@ -292,14 +295,14 @@ def format_trace_lines(run: dict[str, Any]) -> list[str]:
         raise ValueError("run has no 'trace' rows: call run_scenario(..., trace=True)")
     return [
         format_line(
-            str(comm),
-            int(pid),
-            int(cpu),
-            int(t),
-            str(ev),
-            str(f),
-            flags="d..." if ev == "kvm_write_tsc_offset" else "....",
-            level=int(lvl),
+            str(r["comm"]),
+            int(r["pid"]),
+            int(r["cpu"]),
+            int(r["t_ns"]),
+            str(r["event"]),
+            str(r["fields"]),
+            flags="d..." if r["event"] == "kvm_write_tsc_offset" else "....",
+            level=int(r["level"]),
         )
-        for t, lvl, comm, pid, cpu, ev, f in rows
+        for r in rows
     ]
