@@ -25,11 +25,12 @@ def make_host(
     khz: int = KHZ,
     scaling: str = "vmx",
     boot_at_ns: int = 0,
+    hz: int = 250,
 ) -> Kernel:
     """A booted 2-CPU host with KVM loaded (``boot_at_ns``: run the world there before KVM
-    loads, as a host that has been up a moment)."""
+    loads, as a host that has been up a moment; ``hz``: its CONFIG_HZ)."""
     m = PhysicalMachine(world, 2, tsc_khz=khz, rtc_epoch_ns=EPOCH, tsc_scaling=scaling)
-    k = Kernel(m, profile, name=name)
+    k = Kernel(m, profile, name=name, hz=hz)
     k.boot()
     if boot_at_ns:
         world.run_until(boot_at_ns)
@@ -44,10 +45,11 @@ def make_guest(
     vcpus: int = 2,
     features: set[str] | None = None,
     clocksource: str | None = None,
+    hz: int = 250,
 ) -> Vmm:
-    """A VM of ``vcpus`` driven by a ``Vmm``, its guest kernel booted."""
+    """A VM of ``vcpus`` driven by a ``Vmm``, its guest kernel booted (CONFIG_HZ ``hz``)."""
     vmm = Vmm(host, name="vm", vcpus=vcpus, features=features)
-    g = Kernel(vmm.machine, profile, name="g", clocksource_override=clocksource)
+    g = Kernel(vmm.machine, profile, name="g", clocksource_override=clocksource, hz=hz)
     vmm.guest = g
     g.boot()
     return vmm
