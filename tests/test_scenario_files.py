@@ -963,7 +963,7 @@ def test_schema_has_the_loaders_bounds() -> None:
     ],
 )
 def test_static_bounds_of_host_values(host_lines: str, ok: bool, needle: str) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     text = f'name = "b"\n[run]\nduration_s = 1\n[[host]]\nname = "h"\n{host_lines}\n'
     validator = jsonschema.Draft202012Validator(json.loads(schema_text()))
     from kvmclock.scenario.loader import tomllib  # tomli on Python 3.10
@@ -1110,7 +1110,7 @@ def test_an_action_the_run_ends_in_is_a_record_and_a_moment(tmp_path: Path) -> N
 
 
 def test_builtin_files_and_doc_examples_are_valid_by_the_schema() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     from kvmclock.scenario.loader import tomllib  # tomli on Python 3.10
 
     validator = jsonschema.Draft202012Validator(json.loads(schema_text()))
