@@ -33,6 +33,7 @@ RANKS: list[tuple[str, int]] = [
     ("kvmclock.scenario", 5),
     ("kvmclock.real", 5),
     ("kvmclock.drift", 5),
+    ("kvmclock.decode", 5),
     ("kvmclock.render", 6),
     ("kvmclock.cli", 7),
     ("kvmclock.__main__", 7),
