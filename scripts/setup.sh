@@ -6,7 +6,8 @@
 #   ./scripts/setup.sh [--extras NAME[,NAME...]]
 #
 # --extras also installs optional dependency groups of pyproject.toml: scripts/test.sh asks for
-# dev,plot,fuzz; `--extras plot` is enough for `kvmclock simulate --plot`.
+# dev,plot,fuzz,sweep,dask; `--extras plot` is enough for `kvmclock simulate --plot`, `--extras
+# sweep` for `kvmclock sweep --out PATH.parquet`.
 #
 # Each step runs only when what it depends on changed. It records a stamp in .venv/.kvmclock-setup/
 # (the Python version and SHA-256 hashes of its inputs) and compares it with a fresh one:

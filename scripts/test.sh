@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# All tests: set up with the test tools (scripts/setup.sh --extras dev,plot,fuzz: pytest,
-# hypothesis, mypy, ruff, matplotlib, atheris; each installed once, then stamped), then Rust unit
-# tests, lint/type checks, the wheel check, the Python suite. Arguments go to pytest.
+# All tests: set up with the test tools (scripts/setup.sh --extras dev,plot,fuzz,sweep,dask:
+# pytest, hypothesis, mypy, ruff, matplotlib, atheris, pyarrow, dask[distributed]; each installed
+# once, then stamped), then Rust unit tests, lint/type checks, the wheel check, the Python suite.
+# Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh --extras dev,plot,fuzz
+./scripts/setup.sh --extras dev,plot,fuzz,sweep,dask
 if ! cargo clippy --version >/dev/null 2>&1; then
   echo "test: cargo clippy is needed (rustup component add clippy)" >&2
   exit 1

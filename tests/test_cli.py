@@ -21,7 +21,7 @@ from kvmclock.render.text import describe_timeline, render_simulation
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data", "trace")
 S9_PIPE = os.path.join(DATA, "series-upstream-s9-trace_pipe.txt")
-COMMANDS = ["simulate", "scenarios", "scale", "decode", "trace", "host", "verify"]
+COMMANDS = ["simulate", "sweep", "scenarios", "scale", "decode", "trace", "host", "verify"]
 
 # matplotlib is the optional extra "plot" (CI installs it); without it the plot tests check
 # the install hint instead

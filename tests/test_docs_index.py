@@ -32,8 +32,8 @@ def markdown_files() -> list[Path]:
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def test_help_lists_the_nine_commands() -> None:
-    assert commands_in_help() == ["simulate", "profiles", "scenarios", "scale", "drift",
+def test_help_lists_the_ten_commands() -> None:
+    assert commands_in_help() == ["simulate", "sweep", "profiles", "scenarios", "scale", "drift",
                                   "decode", "trace", "host", "verify"]
 
 

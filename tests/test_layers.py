@@ -34,6 +34,7 @@ RANKS: list[tuple[str, int]] = [
     ("kvmclock.real", 5),
     ("kvmclock.drift", 5),
     ("kvmclock.decode", 5),
+    ("kvmclock.sweep", 5),
     ("kvmclock.render", 6),
     ("kvmclock.cli", 7),
     ("kvmclock.__main__", 7),

@@ -166,7 +166,7 @@ def test_schema_shipped_equals_generated() -> None:
     schema = json.loads(schema_text())
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
-        "name", "description", "params", "run", "host", "vm", "timeline",
+        "name", "description", "params", "run", "host", "vm", "timeline", "sweep",
     }
     tags = set(schema["properties"]["timeline"]["items"]["discriminator"]["mapping"])
     assert tags == {

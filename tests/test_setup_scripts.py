@@ -155,7 +155,8 @@ def test_first_setup_installs_runtime_only_and_says_it_builds(tmp_path: Path) ->
     assert "maturin>=1.9,<2" in deps
     for req in ("numpy", "pydantic", "typing-extensions"):
         assert req in deps
-    for extra in ("pytest", "hypothesis", "mypy", "ruff", "matplotlib", "atheris", "[dev"):
+    for extra in ("pytest", "hypothesis", "mypy", "ruff", "matplotlib", "atheris", "pyarrow",
+                  "dask", "[dev"):
         assert extra not in " ".join(pips)
     assert "--upgrade pip" not in deps
     # the build needs no network: no build isolation, dependencies already there
@@ -269,7 +270,7 @@ def test_old_rust_is_refused_with_the_required_version(tmp_path: Path) -> None:
 
 def test_test_sh_installs_the_extras_and_checks_clippy() -> None:
     text = (SCRIPTS / "test.sh").read_text()
-    assert "./scripts/setup.sh --extras dev,plot,fuzz" in text
+    assert "./scripts/setup.sh --extras dev,plot,fuzz,sweep,dask" in text
     assert "rustup component add clippy" in text
 
 
@@ -287,6 +288,8 @@ def test_setup_requirements_reads_pyproject() -> None:
     assert "numpy>=1.24" in reqs("runtime")
     assert not any("pytest" in r or "matplotlib" in r for r in reqs("runtime"))
     assert "matplotlib>=3.7" in reqs("extra", "plot")
+    assert reqs("extra", "sweep") == ["pyarrow>=14"]
+    assert reqs("extra", "dask") == ["dask[distributed]>=2024.1", "pyarrow>=14"]
 
 
 def test_readme_lists_every_prerequisite() -> None:

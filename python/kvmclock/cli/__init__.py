@@ -1,7 +1,7 @@
 """The ``kvmclock`` command (also ``python -m kvmclock``).
 
-Commands: simulate, profiles, drift, scenarios, scale, decode, trace, host, verify. Exit codes
-(one line on stderr for every failure, never a traceback unless ``--debug``):
+Commands: simulate, sweep, profiles, drift, scenarios, scale, decode, trace, host, verify. Exit
+codes (one line on stderr for every failure, never a traceback unless ``--debug``):
 
 * 0 success. A livelock the model detects (scenario ``patch09-hang``) is a result: the run
   stops there, reports it (``livelock`` in the JSON, a LIVELOCK key moment) and exits 0.
@@ -18,10 +18,11 @@ Commands: simulate, profiles, drift, scenarios, scale, decode, trace, host, veri
   output (``--debug``, before or after the command, prints the traceback).
 * 130 interrupted (Ctrl-C).
 
-The commands live in one module each (``kvmclock.cli.simulate``, ``.scenarios``, ``.scale``,
-``.drift``, ``.decode``, ``.trace``, ``.host``, ``.verify``, ``.profiles``: the ``cmd_*``
-function and its subparser), the argparse tree in :mod:`kvmclock.cli.parser`, the shared helpers
-in :mod:`kvmclock.cli.common`. The names below are re-exported for ``kvmclock.cli.NAME``.
+The commands live in one module each (``kvmclock.cli.simulate``, ``.sweep``, ``.scenarios``,
+``.scale``, ``.drift``, ``.decode``, ``.trace``, ``.host``, ``.verify``, ``.profiles``: the
+``cmd_*`` function and its subparser), the argparse tree in :mod:`kvmclock.cli.parser`, the
+shared helpers in :mod:`kvmclock.cli.common`. The names below are re-exported for
+``kvmclock.cli.NAME``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from kvmclock.cli.profiles import cmd_profiles
 from kvmclock.cli.scale import cmd_scale, format_scale, scale_report
 from kvmclock.cli.scenarios import cmd_scenarios
 from kvmclock.cli.simulate import cmd_simulate
+from kvmclock.cli.sweep import cmd_sweep
 from kvmclock.cli.trace import cmd_trace
 from kvmclock.cli.verify import cmd_verify
 from kvmclock.errors import UsageError
@@ -90,6 +92,7 @@ __all__ = [
     "cmd_scale",
     "cmd_scenarios",
     "cmd_simulate",
+    "cmd_sweep",
     "cmd_trace",
     "cmd_verify",
     "decode_records",
@@ -103,7 +106,8 @@ __all__ = [
 
 
 _COMMANDS = (
-    "simulate", "profiles", "drift", "scenarios", "scale", "decode", "trace", "host", "verify"
+    "simulate", "sweep", "profiles", "drift", "scenarios", "scale", "decode", "trace", "host",
+    "verify",
 )
 
 

@@ -14,13 +14,16 @@ from kvmclock.cli import (
     scale,
     scenarios,
     simulate,
+    sweep,
     trace,
     verify,
 )
 from kvmclock.errors import UsageError
 
 #: the command modules, in the order ``kvmclock --help`` lists them
-COMMAND_MODULES = (simulate, profiles, scenarios, scale, drift, decode, trace, host, verify)
+COMMAND_MODULES = (
+    simulate, sweep, profiles, scenarios, scale, drift, decode, trace, host, verify
+)
 
 
 class _Parser(argparse.ArgumentParser):

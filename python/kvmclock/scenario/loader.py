@@ -49,6 +49,7 @@ from kvmclock.scenario.model import (
     QemuRecipe,
     RunSpec,
     ScenarioModel,
+    SweepSpec,
     VmSpec,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "load_builtin",
     "loads",
     "resolve",
+    "sweep_values",
 ]
 
 NSEC_PER_SEC = 1_000_000_000
@@ -274,7 +276,61 @@ def loads(text: str, label: str = "<scenario>") -> ScenarioFile:
     params = {name: _declare(label, name, d) for name, d in model.params.items()}
     sf = ScenarioFile(label, text, model, params)
     resolve(sf, sf.defaults(), strict=True)
+    if model.sweep is not None:
+        sweep_values(sf)
     return sf
+
+
+def sweep_values(sf: ScenarioFile) -> dict[str, list[Any]]:
+    """The values of every parameter the file's ``[sweep]`` section varies (``grid`` and
+    ``ranges``, in file order; empty without a section), each checked against its
+    declaration in ``[params]``; ScenarioFileError naming ``sweep.grid.KEY[i]``,
+    ``sweep.ranges.KEY`` or ``sweep.profiles[i]`` and what is allowed."""
+    from kvmclock.profiles import PROFILES
+    from kvmclock.sweep.plan import parse_range
+
+    spec = sf.model.sweep
+    if spec is None:
+        return {}
+    valid = ", ".join(sf.params) or "none"
+    values: dict[str, list[Any]] = {}
+    tables: tuple[tuple[str, Mapping[str, Any]], ...] = (("grid", spec.grid),
+                                                         ("ranges", spec.ranges))
+    for table, items in tables:
+        for name, given in items.items():
+            key = f"sweep.{table}.{name}"
+            if name not in sf.params:
+                raise ScenarioFileError(sf.label, key, f"no parameter {name!r} in [params]; "
+                                        f"valid: {valid}")
+            if name in values:
+                raise ScenarioFileError(sf.label, key, "already in sweep.grid; a parameter is "
+                                        "either in grid or in ranges")
+            vs: list[Any]
+            if isinstance(given, str):
+                try:
+                    _, vs = parse_range(f"{name}={given}")
+                except ValueError as exc:
+                    msg = str(exc).removeprefix(f"range {name}: ")
+                    raise ScenarioFileError(sf.label, key, msg) from None
+                where = [key] * len(vs)
+            else:
+                vs = list(given)
+                where = [f"{key}[{i}]" for i in range(len(vs))]
+            for at, v in zip(where, vs, strict=True):
+                try:
+                    sf.params[name].check(v)
+                except ScenarioError as exc:
+                    raise ScenarioFileError(sf.label, at, str(exc)) from None
+            values[name] = list(vs)
+    profiles = [spec.profiles] if isinstance(spec.profiles, str) else list(spec.profiles or [])
+    if spec.profiles is not None and not profiles:
+        raise ScenarioFileError(sf.label, "sweep.profiles", f"empty; choose from "
+                                f"{', '.join(PROFILES)}")
+    for i, name in enumerate(profiles):
+        if name not in PROFILES:
+            raise ScenarioFileError(sf.label, f"sweep.profiles[{i}]",
+                                    f"{name!r} unknown; choose from {', '.join(PROFILES)}")
+    return values
 
 
 _BUILTIN_CACHE: dict[str, ScenarioFile] = {}
@@ -321,6 +377,9 @@ _CHILD: dict[tuple[str, str], Any] = {
     ("ScenarioModel", "timeline"): "action",
     ("ScenarioModel", "params"): "params",
     ("RunSpec", "switches"): "switches",
+    ("ScenarioModel", "sweep"): SweepSpec,
+    ("SweepSpec", "grid"): "switches",  # a table of names: the name joins the key path
+    ("SweepSpec", "ranges"): "switches",
 }
 _KINDS = {
     "int_type": "an integer",
@@ -407,7 +466,12 @@ def _bounds(field_of: Any) -> tuple[bool, dict[str, Any]]:
         for a in args:
             visit(a)
 
-    visit(model.model_fields[name].annotation)
+    info = model.model_fields[name]
+    visit(info.annotation)
+    for m in info.metadata:  # bounds of a plain (not union) annotated field
+        for k in ("ge", "gt", "le", "lt"):
+            if getattr(m, k, None) is not None:
+                found[k] = getattr(m, k)
     return integer, found
 
 

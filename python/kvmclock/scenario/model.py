@@ -34,6 +34,7 @@ __all__ = [
     "ParamSpec",
     "RunSpec",
     "ScenarioModel",
+    "SweepSpec",
     "VmSpec",
     "json_schema",
 ]
@@ -404,6 +405,32 @@ Action = Annotated[
 ]
 
 
+# -- sweep ----------------------------------------------------------------------------------
+SweepValue = StrictBool | StrictInt | StrictFloat | StrictStr
+
+
+class SweepSpec(_Model):
+    """``[sweep]``: the runs ``kvmclock sweep FILE`` makes when its command line gives no
+    ``--grid``/``--range``: the cartesian product of ``grid`` and ``ranges`` (parameters of
+    ``[params]``), for every seed ``0..seeds-1`` and every profile."""
+
+    grid: dict[str, Annotated[list[SweepValue], Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description="parameter -> the values it takes (each checked like --param)",
+    )
+    ranges: dict[str, StrictStr] = Field(
+        default_factory=dict,
+        description="parameter -> \"START:STOP:STEP\" (exact decimals: START, START+STEP, ... "
+        "up to STOP included when it lands on it; STEP > 0)",
+    )
+    seeds: Annotated[StrictInt, Field(ge=1)] = Field(
+        1, description="runs per point, with seeds 0..seeds-1 (>= 1)"
+    )
+    profiles: StrictStr | list[StrictStr] | None = Field(
+        None, description="profile name or list of names; none = run.profiles"
+    )
+
+
 class ScenarioModel(_Model):
     """A whole scenario file."""
 
@@ -421,6 +448,9 @@ class ScenarioModel(_Model):
     host: list[HostSpec] = Field(min_length=1)
     vm: list[VmSpec] = Field(default_factory=list)
     timeline: list[Action] = Field(default_factory=list)
+    sweep: SweepSpec | None = Field(
+        None, description="the runs of `kvmclock sweep FILE` (docs/sweeps.md)"
+    )
 
 
 def json_schema() -> dict[str, Any]:

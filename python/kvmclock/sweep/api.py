@@ -1,0 +1,347 @@
+"""``kvmclock.sweep.run``: a sweep from Python (a notebook), and ``summary`` of its table.
+
+>>> import kvmclock.sweep as sweep
+>>> t = sweep.run("restore-shelf", grid={"shelf_s": [1, 10, 60]}, seeds=2,
+...               out="shelf.parquet")                     # doctest: +SKIP
+>>> t.to_pandas().plot(x="param.shelf_s", y="max_abs_monotonic_jump_ns")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from typing import TYPE_CHECKING, Any
+
+from kvmclock.errors import UsageError
+from kvmclock.sweep.execute import check_workers, make_executor, run_point
+from kvmclock.sweep.metrics import PARAM_PREFIX, error_row
+from kvmclock.sweep.plan import SweepPoint, expand
+from kvmclock.sweep.store import (
+    Journal,
+    check_out,
+    journal_path,
+    read_journal,
+    read_rows,
+    require_pyarrow,
+    to_table,
+    write_rows,
+)
+
+if TYPE_CHECKING:
+    import pyarrow
+
+    from kvmclock.profiles import Profile
+
+__all__ = ["EXECUTOR_ERROR", "Progress", "format_summary", "run", "summary"]
+
+#: prefix of the error of a row whose run the executor lost (a worker died, the pool broke):
+#: such rows are run again when the sweep is resumed
+EXECUTOR_ERROR = "executor: "
+
+#: runs in flight at once on a Dask cluster or a given executor (whose size is not known
+#: here); a local pool keeps 4 per worker in flight
+REMOTE_WINDOW = 4096
+
+#: ``progress(done, total)``: called after each run of this call finishes (``done`` of
+#: ``total`` runs to do now; the runs already in the table are not counted)
+Progress = Callable[[int, int], None]
+
+
+def _resumable(row: Mapping[str, Any]) -> bool:
+    err = row.get("error")
+    return not (isinstance(err, str) and err.startswith(EXECUTOR_ERROR))
+
+
+def _previous(out: str, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """Rows of ``out`` and then its journal (the journal wins) that belong to the plan."""
+    done: dict[str, dict[str, Any]] = {}
+    if os.path.exists(out):
+        try:
+            old = read_rows(out)
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"--out {out}: exists but cannot be read as a sweep table ({exc}); "
+                "give another path or remove it"
+            ) from None
+        if any("run_id" not in r or "status" not in r for r in old):
+            raise UsageError(
+                f"--out {out}: exists and is not a sweep table (no run_id and status "
+                "columns); give another path or remove it"
+            )
+        for r in old:
+            if r.get("run_id") in wanted and _resumable(r):
+                done[str(r["run_id"])] = r
+    for r in read_journal(journal_path(out)):
+        if r.get("run_id") in wanted and _resumable(r):
+            done[str(r["run_id"])] = r
+    return done
+
+
+def _execute(
+    todo: list[SweepPoint],
+    executor: Executor,
+    on_row: Callable[[dict[str, Any]], None],
+    window: int,
+) -> None:
+    """Run ``todo`` on ``executor`` with at most ``window`` runs in flight; ``on_row`` for
+    every finished row in completion order.  An exception of the executor itself (a worker
+    died) becomes an error row prefixed :data:`EXECUTOR_ERROR`; on any exit the runs not
+    started are cancelled."""
+    pending: dict[Future[dict[str, Any]], SweepPoint] = {}
+    it = iter(todo)
+    try:
+        while True:
+            while len(pending) < window:
+                p = next(it, None)
+                if p is None:
+                    break
+                pending[executor.submit(run_point, p)] = p
+            if not pending:
+                return
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                p = pending.pop(fut)
+                try:
+                    row = fut.result()
+                except Exception as exc:
+                    row = error_row(p, f"{EXECUTOR_ERROR}{type(exc).__name__}: {exc}", 0.0)
+                on_row(row)
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def run(
+    scenario: str | os.PathLike[str],
+    *,
+    grid: Mapping[str, Sequence[Any]] | Iterable[str] | None = None,
+    ranges: Mapping[str, str] | Iterable[str] | None = None,
+    seeds: int | Iterable[int] = 1,
+    profiles: str | Profile | Iterable[str | Profile] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    dask: str | None = None,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    table: bool = True,
+) -> pyarrow.Table | list[dict[str, Any]]:
+    """Run a sweep: every point of :func:`~kvmclock.sweep.plan.expand` (``scenario``,
+    ``grid``, ``ranges``, ``seeds``, ``profiles``: see there) and return its table, one row
+    per point in plan order (:mod:`kvmclock.sweep.metrics` defines the columns): a pyarrow
+    Table, or the rows as dicts with ``table=False``.
+
+    Where: ``executor`` (any :class:`concurrent.futures.Executor`; not shut down here), else
+    ``dask`` (``"local"`` or a scheduler address: :func:`~kvmclock.sweep.execute.make_executor`),
+    else ``workers=1`` runs in this process, else a local process pool of ``workers``
+    (default the CPU count).  Rows are the same whichever runs them (``wall_s`` aside).
+
+    ``out``: the table's path (``.parquet``, ``.csv`` or ``.jsonl``); runs already in it or
+    in its journal are skipped (resume), new rows go to the journal as they finish and the
+    table is rewritten at the end, also on KeyboardInterrupt (Ctrl-C), which is then
+    re-raised (:mod:`kvmclock.sweep.store`).  ``progress(done, total)`` is called after
+    every run of this call (``total`` = runs to do now).  Bad arguments raise before
+    anything runs (ScenarioError / ValueError / UsageError naming what is valid)."""
+    points = expand(scenario, grid, ranges, seeds, profiles)
+    if table:
+        require_pyarrow("kvmclock.sweep.run(table=True)")
+    out_path = check_out(out) if out is not None else None
+    if dask is not None and executor is not None:
+        raise ValueError("give executor or dask, not both")
+    check_workers(workers)
+    ids = [p.id for p in points]
+    order = {rid: i for i, rid in enumerate(ids)}
+    done = _previous(out_path, set(ids)) if out_path is not None else {}
+    todo = [p for p in points if p.id not in done]
+    journal = Journal(journal_path(out_path)) if out_path is not None else None
+    new: dict[str, dict[str, Any]] = {}
+    total = len(todo)
+
+    def on_row(row: dict[str, Any]) -> None:
+        new[str(row["run_id"])] = row
+        if journal is not None:
+            journal.append(row)
+        if progress is not None:
+            progress(len(new), total)
+
+    def finish() -> list[dict[str, Any]]:
+        rows = sorted({**done, **new}.values(), key=lambda r: order[str(r["run_id"])])
+        if out_path is not None and journal is not None:
+            journal.close()
+            write_rows(rows, out_path)
+            journal.remove()
+        return rows
+
+    try:
+        if todo:
+            if executor is not None:
+                _execute(todo, executor, on_row, window=REMOTE_WINDOW)
+            elif dask is None and workers == 1:
+                for p in todo:
+                    on_row(run_point(p))
+            else:
+                ex, close = make_executor(workers, dask)
+                try:
+                    n = workers or os.cpu_count() or 1
+                    window = REMOTE_WINDOW if dask is not None else max(16, 4 * n)
+                    _execute(todo, ex, on_row, window=window)
+                finally:
+                    close()
+    except BaseException:
+        try:
+            finish()
+        finally:
+            if journal is not None:
+                journal.close()
+        raise
+    rows = finish()
+    return to_table(rows) if table else rows
+
+
+# ------------------------------------------------------------------------------------------
+# summary
+# ------------------------------------------------------------------------------------------
+def _rows_of(table_or_path: Any) -> list[dict[str, Any]]:
+    if isinstance(table_or_path, (str, os.PathLike)):
+        return read_rows(table_or_path)
+    if isinstance(table_or_path, list):
+        return [dict(r) for r in table_or_path]
+    to_pylist = getattr(table_or_path, "to_pylist", None)
+    if to_pylist is not None:
+        return list(to_pylist())
+    raise TypeError(
+        f"summary() takes a table path, a pyarrow Table or a list of rows, "
+        f"not {type(table_or_path).__name__}"
+    )
+
+
+def _where(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": row.get("run_id"),
+        "scenario": row.get("scenario"),
+        "profile": row.get("profile"),
+        "seed": row.get("seed"),
+        "params": {k[len(PARAM_PREFIX) :]: v for k, v in row.items() if k.startswith(PARAM_PREFIX)},
+    }
+
+
+def _extreme(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], int | None]) -> Any:
+    """The first row with the largest non-None ``key`` and that value, or None."""
+    best: tuple[int, dict[str, Any]] | None = None
+    for r in rows:
+        v = key(r)
+        if v is not None and (best is None or v > best[0]):
+            best = (v, r)
+    return best
+
+
+def _jump(r: Mapping[str, Any]) -> int | None:
+    vals = [
+        int(r[k])
+        for k in ("max_abs_monotonic_jump_ns", "max_abs_realtime_jump_ns")
+        if r.get(k) is not None
+    ]
+    return max(vals) if vals else None
+
+
+def _col(name: str) -> Callable[[dict[str, Any]], int | None]:
+    def get(r: dict[str, Any]) -> int | None:
+        v = r.get(name)
+        return None if v is None else int(v)
+
+    return get
+
+
+def summary(table_or_path: Any) -> dict[str, Any]:
+    """The extremes of a sweep's table (a path, a pyarrow Table or a list of rows), over the
+    rows with status ok, each with the run that produced it (``run_id``, ``scenario``,
+    ``profile``, ``seed``, ``params`` by name), the first such row on a tie; None when no
+    row has a value:
+
+    * ``runs``: rows; ``by_status``: rows per status (``ok``, ``error``);
+    * ``worst_jump``: the largest |lifecycle jump| (``value_ns``, ``clock``:
+      ``"monotonic"`` or ``"realtime"``, ``vm``);
+    * ``worst_skew``: the largest ``max_skew_ns`` (``value_ns``);
+    * ``most_backwards``: the most ``backwards_steps`` (``count``, ``max_step_ns``);
+    * ``livelocks``: rows whose run a livelock stopped;
+    * ``errors``: every error row (``run_id``, ``profile``, ``seed``, ``params``,
+      ``error``)."""
+    rows = _rows_of(table_or_path)
+    by_status: dict[str, int] = {}
+    for r in rows:
+        s = str(r.get("status"))
+        by_status[s] = by_status.get(s, 0) + 1
+    ok = [r for r in rows if r.get("status") == "ok"]
+    out: dict[str, Any] = {"runs": len(rows), "by_status": by_status}
+    best = _extreme(ok, _jump)
+    if best is None:
+        out["worst_jump"] = None
+    else:
+        v, r = best
+        mono = r.get("max_abs_monotonic_jump_ns")
+        clock = "monotonic" if mono is not None and int(mono) == v else "realtime"
+        out["worst_jump"] = {
+            "value_ns": v,
+            "clock": clock,
+            "vm": r.get("worst_jump_vm"),
+            **_where(r),
+        }
+    best = _extreme(ok, _col("max_skew_ns"))
+    out["worst_skew"] = None if best is None else {"value_ns": best[0], **_where(best[1])}
+    best = _extreme(ok, _col("backwards_steps"))
+    out["most_backwards"] = (
+        None
+        if best is None
+        else {
+            "count": best[0],
+            "max_step_ns": best[1].get("max_backwards_step_ns"),
+            **_where(best[1]),
+        }
+    )
+    out["livelocks"] = sum(1 for r in ok if r.get("livelock"))
+    out["errors"] = [
+        {**{k: v for k, v in _where(r).items() if k != "scenario"}, "error": r.get("error")}
+        for r in rows
+        if r.get("status") == "error"
+    ]
+    return out
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "(defaults)"
+
+
+def _run_text(e: Mapping[str, Any]) -> str:
+    return f"{_params_text(e['params'])}; profile {e['profile']}, seed {e['seed']} [{e['run_id']}]"
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    """:func:`summary` as text lines (no trailing newline)."""
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(s["by_status"].items()))
+    lines = [f"runs: {s['runs']} ({counts or 'none'})"]
+    j = s.get("worst_jump")
+    if j is None:
+        lines.append("worst jump: none (no lifecycle jump measured)")
+    else:
+        lines.append(
+            f"worst jump: {j['value_ns']} ns ({j['clock']}, vm {j['vm']}) at {_run_text(j)}"
+        )
+    k = s.get("worst_skew")
+    lines.append(
+        "worst skew: none" if k is None else f"worst skew: {k['value_ns']} ns at {_run_text(k)}"
+    )
+    b = s.get("most_backwards")
+    if b is None:
+        lines.append("most backwards steps: none")
+    else:
+        lines.append(
+            f"most backwards steps: {b['count']} (largest {b['max_step_ns']} ns) at {_run_text(b)}"
+        )
+    lines.append(f"livelocks: {s.get('livelocks', 0)}")
+    errors = s.get("errors") or []
+    lines.append(f"errors: {len(errors)}")
+    for e in errors[:10]:
+        lines.append(f"  {_run_text(e)}: {e['error']}")
+    if len(errors) > 10:
+        lines.append(f"  ... and {len(errors) - 10} more")
+    return "\n".join(lines)
