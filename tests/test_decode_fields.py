@@ -50,8 +50,11 @@ read from this record)
   pad               0000
   TSC frequency     - (tsc_shift is invalid)
   kvmclock at tsc_timestamp: - (tsc_shift is invalid)
-1 invalid field: tsc_shift of record 0 (--strict: exit status 1)
+1 invalid field: tsc_shift of record 0 (exit status 0; --strict would exit 1)
 """
+# with --strict the records are the same, only the last line says which exit status
+BAD_TEXT_STRICT = BAD_TEXT.replace("(exit status 0; --strict would exit 1)",
+                                   "(--strict: exit status 1)")
 
 
 def test_bad_shift_shows_every_field() -> None:
@@ -68,8 +71,9 @@ def test_bad_shift_shows_every_field() -> None:
 def test_strict_exits_1_and_still_prints() -> None:
     p = run(BAD, "--strict")
     assert p.returncode == 1
-    assert p.stdout == BAD_TEXT
-    assert p.stderr.strip() == "decode: 1 invalid field(s) (--strict)"
+    assert p.stdout == BAD_TEXT_STRICT
+    # named like every other command's stderr line: "kvmclock <command>: ..."
+    assert p.stderr.strip() == "kvmclock decode: 1 invalid field (--strict: exit status 1)"
     ok = run(pvclock_hex(2, 1, 2, 0xA3D70A3D, -1, 1), "--strict")
     assert ok.returncode == 0 and "invalid" not in ok.stdout
 
@@ -180,3 +184,42 @@ def test_notes_for_odd_version_padding_and_zero_mul() -> None:
     assert "note: padding is not zero" in p.stdout
     assert "note: tsc_to_system_mul is 0" in p.stdout
     assert p.returncode == 0 and "invalid field" not in p.stdout
+
+
+# A kvm_pvclock_update line as arch/x86/kvm/trace.h prints it (its only TP_printk form; no
+# padding fields): 0x1c4e1e2f0a = 121569685258, 0x3b9aca00 = 1000000000.
+TRACE_LINE = ("CPU 0/KVM-4321 [000] ..... 10.000006: kvm_pvclock_update: vcpu_id 0, pvclock { "
+              "version 2, tsc_timestamp 0x1c4e1e2f0a, system_time 0x3b9aca00, "
+              "tsc_to_system_mul 0xa3d70a3d, tsc_shift -1, flags 0x1 }\n")
+
+
+def run_stdin(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kvmclock", "decode", "-", *args], input=stdin,
+                          text=True, capture_output=True, timeout=120, check=False)
+
+
+def test_trace_line_padding_is_not_in_the_trace() -> None:
+    p = run_stdin(TRACE_LINE)
+    assert p.returncode == 0, p.stderr
+    assert "  pad0              - (not in the trace)\n" in p.stdout
+    assert "  pad               - (not in the trace)\n" in p.stdout
+    assert "  tsc_timestamp     121569685258 (0x1c4e1e2f0a) cycles\n" in p.stdout
+    j = run_stdin(TRACE_LINE, "--json")
+    (rec,) = json.loads(j.stdout)["records"]
+    assert rec["pad0"] is None and rec["pad"] is None
+    # the hex: version 2, zero pad0, the fields little-endian, zero pad
+    assert rec["hex"] == ("02000000" "00000000" "0a2f1e4e1c000000" "00ca9a3b00000000"
+                          "3d0ad7a3" "ff" "01" "0000")
+
+
+def test_no_valid_trace_line_shows_the_expected_form() -> None:
+    # a line with pad0 is no kernel's (TP_STRUCT__entry has no padding field): not read
+    bad = TRACE_LINE.replace("version 2,", "version 2, pad0 0,")
+    p = run_stdin(bad)
+    assert p.returncode == 2
+    line = p.stderr.strip()
+    assert line.startswith("kvmclock decode: no valid kvm_pvclock_update line in the input")
+    assert ("kvm_pvclock_update: vcpu_id 0, pvclock { version 2, tsc_timestamp 0x1c4e1e2f0a, "
+            "system_time 0x3b9aca00, tsc_to_system_mul 0xa3d70a3d, tsc_shift -1, flags 0x1 }"
+            ) in line
+    assert "no pad0/pad field" in line

@@ -152,7 +152,7 @@ def test_tolerance_boundaries_per_vendor() -> None:
     assert drift.guest_tsc(host, lo - 1, "vmx").mode == "scaled"
     assert drift.guest_tsc(host, hi + 1, "svm").mode == "scaled"
     assert drift.guest_tsc(host, hi + 1, "none").mode == "catchup"
-    with pytest.raises(drift.DriftInputError, match="below hardware speed"):
+    with pytest.raises(drift.KvmRefused, match="below hardware speed"):
         drift.guest_tsc(host, lo - 1, "none")
     # kubevirt: 2,594,000 on 2,593,992 is inside the tolerance: no scaling, host-kHz record
     d = drift.predict(host, 2_594_000, "vmx")
@@ -183,16 +183,24 @@ def test_max_guest_tsc_khz_boundary(vendor: str, frac: int, max_ratio: int) -> N
 
 def test_tiny_ratio_clamp_switch() -> None:
     """A 1 kHz guest on a 3 GHz VMX host scales the record frequency to 0 kHz: 6.16+ takes
-    1 kHz (tiny_ratio_clamp on), before it kvm_get_time_scale never returns."""
+    1 kHz (tiny_ratio_clamp on). Before it (4.13 kvm_guest_time_update) the record is only
+    recomputed when ``vcpu->hw_tsc_khz != tgt_tsc_khz``; a fresh vCPU has hw_tsc_khz 0 = tgt,
+    so kvm_get_time_scale is not called and the record keeps tsc_to_system_mul 0 (the
+    zero-allocated vCPU's), a guest clock that does not advance."""
     ratio = (1 << 48) // 3_000_000
     assert (3_000_000 * ratio) >> 48 == 0
     up = drift.guest_tsc(3_000_000, 1, "vmx", "upstream")
     assert up.record_khz == 1 and up.ratio == ratio
     assert drift.predict(3_000_000, 1, "vmx", 1).guest_shift == km.get_time_scale(10**9, 1000)[0]
-    with pytest.raises(drift.DriftInputError, match="loops forever"):
-        drift.guest_tsc(3_000_000, 1, "vmx", "gtod")
-    with pytest.raises(drift.DriftInputError, match="loops forever"):
-        drift.guest_tsc(3_000_000, 1, "vmx", PROFILES["upstream"].with_(tiny_ratio_clamp=False))
+    for prof in ("gtod", PROFILES["upstream"].with_(tiny_ratio_clamp=False)):
+        g = drift.guest_tsc(3_000_000, 1, "vmx", prof)
+        assert (g.mode, g.ratio, g.record_khz, g.record_mul, g.record_shift) == (
+            "scaled", ratio, 0, 0, 0)
+        d = drift.predict(3_000_000, 1, "vmx", 5, prof)
+        # B stands still: 0 ns over 5 s, rate -10**9 ppb; the step is all of A
+        assert (d.guest_mul, d.guest_shift, d.b_ns) == (0, 0, 0)
+        assert d.b_ppb == -(10**9) and d.jump_ns == d.a_ns
+        assert d.record_note is not None and "loop forever once" in d.record_note
     clamped_gtod = PROFILES["gtod"].with_(tiny_ratio_clamp=True)
     assert drift.guest_tsc(3_000_000, 1, "vmx", clamped_gtod).record_khz == 1
     # one kHz more and the scaled frequency is 1 kHz without any clamp
@@ -214,7 +222,7 @@ def test_kvmclock_base_switch_names_the_time_base() -> None:
     [
         ({"tsc_khz": 0}, "tsc_khz=0 out of range"),
         ({"tsc_khz": 1 << 32}, "tsc_khz=4294967296 out of range"),
-        ({"tsc_khz": 3_000_000, "guest_khz": 0}, "guest_khz=0 out of range"),
+        ({"tsc_khz": 3_000_000, "guest_khz": -1}, "guest_khz=-1 out of range"),
         ({"tsc_khz": 3_000_000, "vendor": "arm"}, "vendor='arm' invalid"),
         ({"tsc_khz": 3_000_000, "seconds": 0}, "seconds=0 must be > 0"),
         ({"tsc_khz": 3_000_000, "seconds": "x"}, "seconds must be a number"),
@@ -265,15 +273,11 @@ def test_cli_text_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     ("argv", "match"),
     [
         (["--tsc-khz", "0"], "--tsc-khz must be in 1..4294967295, got 0"),
-        (["--tsc-khz", "3000000", "--guest-khz", "0"], "--guest-khz must be in 1..4294967295"),
-        (["--tsc-khz", "2999999", "--guest-khz", "1499999", "--vendor", "none"],
-         "below hardware speed"),
-        (["--tsc-khz", "3000000", "--guest-khz", "800000000", "--vendor", "svm"],
-         "max_guest_tsc_khz"),
+        (["--tsc-khz", "3000000", "--guest-khz", "-1"], "--guest-khz must be in 0..4294967295"),
         (["--tsc-khz", "3000000", "--seconds", "-1"], "--seconds=-1 must be > 0"),
         (["--tsc-khz", "3000000", "--profile", "bogus"], "profile='bogus' invalid"),
         (["--tsc-khz", "3000000", "--set", "tiny_ratio_clamp=maybe"], "tiny_ratio_clamp"),
-        (["--tsc-khz", "3000000", "--guest-khz", "1", "--profile", "gtod"], "loops forever"),
+        (["--tsc-khz", "3000000", "--bogus"], "see 'kvmclock drift --help'"),
         (["--tsc-khz", "3000000", "--vendor", "arm"], "invalid choice"),
     ],
 )
@@ -284,6 +288,68 @@ def test_cli_bad_input_one_line_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("kvmclock drift")
     assert match in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--tsc-khz", "2999999", "--guest-khz", "1499999", "--vendor", "none"],
+         "user requested TSC rate below hardware speed"),
+        (["--tsc-khz", "3000000", "--guest-khz", "1000", "--scaling", "none"],
+         "user requested TSC rate below hardware speed"),
+        (["--tsc-khz", "3000000", "--guest-khz", "800000000", "--vendor", "svm"],
+         "max_guest_tsc_khz"),
+    ],
+)
+def test_cli_kvm_refusal_is_a_result(argv: list[str], match: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A frequency KVM refuses (-EINVAL) is reported like kvmclock scale does: exit 0."""
+    assert main(["drift", *argv]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "refused (-EINVAL): " in out and match in out
+    assert main(["drift", *argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["tsc_mode"] == "refused" and match in doc["refusal"]
+    assert doc["jump_ns"] is None and doc["b"] is None
+
+
+def test_cli_refusal_text_is_scales() -> None:
+    """drift and scale say the same refusal through the same model code."""
+    from kvmclock.cli.scale import scale_report
+
+    rep = scale_report(3_000_000, 1000, None, "none")
+    (entry,) = rep["tsc_scaling"]
+    with pytest.raises(drift.KvmRefused) as exc:
+        drift.guest_tsc(3_000_000, 1000, "none")
+    assert exc.value.refusal == entry["refusal"]
+
+
+def test_cli_one_khz_gtod_agrees_with_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    """--tsc-khz 3000000 --guest-khz 1 --profile gtod: both commands exit 0 and say the
+    record keeps tsc_to_system_mul 0 (4.13 does not call kvm_get_time_scale on a fresh vCPU)."""
+    from kvmclock.cli.scale import scale_report
+
+    for vendor in ("vmx", "svm"):
+        assert main(["drift", "--tsc-khz", "3000000", "--guest-khz", "1", "--profile", "gtod",
+                     "--scaling", vendor, "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        (entry,) = scale_report(3_000_000, 1, None, vendor, "gtod")["tsc_scaling"]
+        rec = entry["guest_record"]
+        assert (doc["b"]["tsc_to_system_mul"], doc["b"]["tsc_shift"], doc["record_tsc_khz"]) == (
+            rec["tsc_to_system_mul"], rec["tsc_shift"], rec["record_tsc_khz"]) == (0, 0, 0)
+        assert doc["tsc_scaling_ratio"] == entry["ratio"]
+        assert doc["b_ns"] == 0 and "tsc_to_system_mul is 0" in doc["record_note"]
+    assert main(["drift", "--tsc-khz", "3000000", "--guest-khz", "1", "--profile", "gtod"]) == 0
+    assert "note: the guest record's tsc_to_system_mul is 0" in capsys.readouterr().out
+
+
+def test_cli_guest_khz_zero_is_the_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+    """KVM_SET_TSC_KHZ 0: kvm_arch_vcpu_ioctl takes the host's tsc_khz."""
+    assert main(["drift", "--tsc-khz", "3000000", "--guest-khz", "0", "--json"]) == 0
+    zero = json.loads(capsys.readouterr().out)
+    assert main(["drift", "--tsc-khz", "3000000", "--json"]) == 0
+    none = json.loads(capsys.readouterr().out)
+    assert zero == none and zero["guest_khz"] == 3_000_000 and zero["tsc_mode"] == "native"
 
 
 # ---------------------------------------------------------------------------------------------

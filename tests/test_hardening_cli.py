@@ -405,3 +405,43 @@ def test_decode_record_whose_khz_is_beyond_u32(capsys: pytest.CaptureFixture[str
     (r,) = json.loads(out)["records"]
     assert r["tsc_khz"] == ((10**6 << 32) // 0x80000000) << 34
     assert r["matches_get_time_scale_of_tsc_khz"] is None
+
+
+#: each command with the arguments it requires
+_REQUIRED = {"simulate": [], "profiles": [], "scenarios": [], "scale": ["--tsc-khz", "1"],
+             "drift": ["--tsc-khz", "1"], "decode": ["00"], "trace": ["-"], "host": [],
+             "verify": []}
+
+
+@pytest.mark.parametrize("command", sorted(_REQUIRED))
+def test_unrecognized_arguments_point_at_the_commands_help(
+        command: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """argparse reports extra arguments from the top parser; the line names the command's own
+    help, not ``kvmclock --help``."""
+    code, out, err = call(capsys, monkeypatch, command, *_REQUIRED[command],
+                          "--no-such-option-xyz")
+    assert_one_line_exit2(code, out, err, f"kvmclock {command}: unrecognized arguments: "
+                          f"--no-such-option-xyz (see 'kvmclock {command} --help')")
+    code, out, err = call(capsys, monkeypatch, "--no-such-option-xyz")
+    assert_one_line_exit2(code, out, err, "(see 'kvmclock --help')")
+
+
+@pytest.mark.parametrize("argv", [["profiles"], ["trace", "-"]])
+def test_json_write_failure_names_the_option(argv: list[str],
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --json file that cannot be written (here under /proc, which the early check may let
+    through) names the option, as the early check does: "cannot write PATH (--json): ..."."""
+    target = "/proc/kvmclock-no-such-file/out.json" if os.geteuid() else "/proc/kvmclock-x"
+    code, _out, err = call(capsys, monkeypatch, *argv, "--json", target,
+                          stdin=(pv_line(10**9, 0, 2) + "\n").encode())
+    assert code == 2 and err.count("\n") == 1
+    assert f"cannot write {target} (--json): " in err
+
+
+def test_dump_json_names_its_option(tmp_path: Path) -> None:
+    from kvmclock.cli.common import _dump_json
+
+    with pytest.raises(cli.UsageError, match=r"cannot write .*out\.json \(--json\): "):
+        _dump_json({}, str(tmp_path / "missing" / "out.json"))

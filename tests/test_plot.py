@@ -5,15 +5,20 @@ level and incomplete lifecycle records."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from typing import Any
 
 import pytest
 from kvmclock.render.plot import (
+    MISSING_MATPLOTLIB,
     Mark,
     _short_ns,
     key_marks,
+    label_lines,
     merge_marks,
+    notifier_chain,
     omitted_note,
+    place_labels,
     plan_panels,
 )
 
@@ -80,7 +85,7 @@ def test_a_panel_is_drawn_when_one_profile_has_data() -> None:
 
 def test_marks_skip_boot_clocksource_and_timeline_moments() -> None:
     rec_done = {"vm": "L1", "action": "restore", "t_ns": 4 * S, "completed": True,
-                "realtime_jump_ns": -60 * S}
+                "monotonic_jump_ns": -60 * S, "realtime_jump_ns": 1_904}
     rec_cut = {"vm": "L1", "action": "migrate", "t_ns": None, "started_ns": 4_500_000_000,
                "stopped_ns": None, "completed": False}
     marks = key_marks(_run([0], lifecycle=[rec_done, rec_cut]))
@@ -88,9 +93,65 @@ def test_marks_skip_boot_clocksource_and_timeline_moments() -> None:
         (2 * S, "L0: TSC +100 ms", "tsc_jump"),
         (2 * S + 1000, "L0: TSC unstable", "tsc_unstable"),
         (3 * S, "L0: clocksource hpet", "clocksource"),
-        (4 * S, "L1 restore RT -60.000 s", "lifecycle"),
+        # both jumps, on a line of their own, when either is 1 ms or more
+        (4 * S, "L1 restore\nMONO -60.000 s, RT +1.904 us", "lifecycle"),
         (4_500_000_000, "L1 migrate (not completed)", "lifecycle"),
     ]
+
+
+def test_every_lifecycle_step_is_marked() -> None:
+    steps = [(S, 1, "VM L1: paused (firecracker(clock_realtime=False))"),
+             (S, 1, "VM L1: snapshot 'flags0' taken"),
+             (S, 1, "VM b: KVM_KVMCLOCK_CTRL on every vCPU at pause"),
+             (2 * S, 1, "VM b: migration to h2 started (qemu, precopy 0 ns)"),
+             (2 * S, 1, "VM b: migration: source stopped (qemu)"),
+             (3 * S, 0, "host h suspended for 5 ns (VMs b)"),
+             (3 * S + 5, 0, "host h resumed"),
+             (4 * S, 1, "VM L1: restored on h (firecracker(clock_realtime=False))"),
+             (4 * S, 0, "VM L1: KVM_SET_CLOCK clock=1 flags=0x0")]  # not a step
+    run = _run([0], lifecycle=[{"vm": "L1", "action": "restore", "t_ns": 4 * S,
+                                "completed": True, "monotonic_jump_ns": 0,
+                                "realtime_jump_ns": 0}])
+    run["moments"] = [{"t_ns": t, "level": lvl, "text": x} for t, lvl, x in steps]
+    assert [(m.t_ns, m.label, m.kind) for m in key_marks(run)] == [
+        (S, "L1 paused + snapshot", "lifecycle_step"),
+        (S, "b KVMCLOCK_CTRL", "lifecycle_step"),
+        (2 * S, "b migration to h2 started + migration: source stopped", "lifecycle_step"),
+        (3 * S, "host h suspended", "lifecycle_step"),
+        (3 * S + 5, "host h resumed", "lifecycle_step"),
+        # the record stands for its own "restored on" step
+        (4 * S, "L1 restore", "lifecycle"),
+    ]
+
+
+def test_labels_that_would_overlap_share_one() -> None:
+    merged = [(S, ["a"]), (S + S // 100, ["b"]), (2 * S, ["c"]), (9 * S, ["d " * 20])]
+    placed = place_labels(merged, 10 * S, line_frac=0.02)
+    # b's line is under a's label (one line 2 % of the axis wide): one label, two lines
+    assert [(t, lines, members) for t, lines, members in placed] == [
+        (S, ["a", "b"], [S, S + S // 100]), (2 * S, ["c"], [2 * S]),
+        (9 * S, label_lines(["d " * 20]), [9 * S])]
+    assert label_lines(["d " * 20]) == ["d d d d d d d d d d d d d d", "d d d d d d"]
+    assert label_lines(["x restore\nMONO -1.000 s, RT -1.000 s"]) == [
+        "x restore", "MONO -1.000 s, RT -1.000 s"]
+    # no two labels closer than their own width
+    for (t0, lines0, _m0), (t1, _l1, _m1) in itertools.pairwise(placed):
+        assert (t1 - t0) / (10 * S) >= (len(lines0) + 0.5) * 0.02
+
+
+def test_notifier_chain_per_profile() -> None:
+    assert notifier_chain({"switches": {"pvclock_gtod_chain": True,
+                                        "clocksource_change_chain": False}}) == \
+        "pvclock_gtod_chain"
+    assert notifier_chain({"switches": {"pvclock_gtod_chain": False,
+                                        "clocksource_change_chain": True}}) == \
+        "clocksource_changes_chain"
+    assert notifier_chain({"switches": {}}) is None
+
+
+def test_the_install_hint_names_the_checkout_and_pypi() -> None:
+    assert "./scripts/setup.sh --extras plot" in MISSING_MATPLOTLIB
+    assert "pip install 'kvmclock[plot]'" in MISSING_MATPLOTLIB
 
 
 def test_close_marks_merge() -> None:
@@ -220,6 +281,53 @@ def test_real_runs_panels_follow_the_data(real: dict[str, dict[str, Any]]) -> No
     recs = real["restore-shelf"]["lifecycle"]
     life = [m.t_ns for m in key_marks(real["restore-shelf"]) if m.kind == "lifecycle"]
     assert sorted(life) == sorted(r["t_ns"] for r in recs)
+    # ... and the pause + snapshot of every VM, at the time of its snapshot moment
+    steps = {m.label: m.t_ns for m in key_marks(real["restore-shelf"])
+             if m.kind == "lifecycle_step"}
+    for r in recs:
+        snap = next(m["t_ns"] for m in real["restore-shelf"]["moments"]
+                    if m["text"].startswith(f"VM {r['vm']}: snapshot"))
+        assert steps[f"{r['vm']} paused + snapshot"] == snap
+
+
+@needs_mpl
+def test_real_runs_strip_is_compact_and_labels_readable(real: dict[str, dict[str, Any]],
+                                                        ) -> None:
+    import matplotlib.pyplot as plt
+    from kvmclock.render.plot import LABEL_FONTSIZE, build_figure
+
+    for name, run in real.items():
+        fig = build_figure([run], name)
+        try:
+            fig.canvas.draw()
+            axes = _axes(fig)
+            strip = axes["moments:upstream"]
+            # at most a quarter of the figure's height
+            assert strip.get_position().height <= 0.25, name
+            labels = [t for t in strip.texts if t.get_gid() == "mark-label"]
+            assert labels and all(t.get_fontsize() >= LABEL_FONTSIZE >= 8 for t in labels)
+            assert all(t.get_rotation() == 90 for t in labels)
+            # no two labels overlap, and each fits in the strip's height
+            r = fig.canvas.get_renderer()
+            boxes = sorted((t.get_window_extent(r) for t in labels), key=lambda b: b.x0)
+            for a, b in itertools.pairwise(boxes):
+                assert a.x1 <= b.x0 + 0.5, name
+            top = strip.get_window_extent(r).y1
+            assert all(b.y1 <= top + 1 for b in boxes), name
+            chain = "clocksource_changes_chain" if run["switches"].get(
+                "clocksource_change_chain") else "pvclock_gtod_chain"
+            assert axes["notifier:upstream"].get_title() == (
+                f"notifier calls per timekeeping update ({chain})")
+        finally:
+            plt.close(fig)
+    # nested: the TSC jump, the TSC marked unstable and the switch to hpet share one label
+    fig = build_figure([real["nested"]])
+    try:
+        (label,) = [t.get_text() for t in _axes(fig)["moments:upstream"].texts
+                    if t.get_gid() == "mark-label"]
+        assert label == "L0: TSC +100 ms\nL0: TSC unstable\nL0: clocksource hpet"
+    finally:
+        plt.close(fig)
 
 
 @needs_mpl

@@ -256,7 +256,7 @@ def test_ratio_the_vendor_cannot_program(capsys: pytest.CaptureFixture[str]) -> 
         (["--ratio", "abc"], ["--ratio", "real number"]),
         (["--ratio", "0"], ["--ratio", "1..2**64-1"]),
         (["--ratio", str(2**64)], ["--ratio", "1..2**64-1"]),
-        (["--guest-khz", "0"], ["--guest-khz", "1..4294967295"]),
+        (["--guest-khz", "-1"], ["--guest-khz", "0..4294967295"]),
         (["--scaling", "arm"], ["--scaling", "invalid choice", "vmx", "none"]),
         (["--profile", "nope"], ["--profile", "invalid choice", "upstream"]),
     ],
@@ -279,3 +279,43 @@ def test_time_scales_unchanged_without_guest(capsys: pytest.CaptureFixture[str])
     assert (doc["tsc_to_ns"]["tsc_shift"], doc["tsc_to_ns"]["tsc_to_system_mul"]) == (shift, mul)
     assert kvmclock.pvclock_tsc_khz(tsc_to_system_mul=mul, tsc_shift=shift) == \
         doc["tsc_to_ns"]["pvclock_tsc_khz"]
+
+
+def test_guest_khz_zero_is_the_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+    """KVM_SET_TSC_KHZ 0: kvm_arch_vcpu_ioctl replaces 0 by the host's tsc_khz (after the
+    max_guest_tsc_khz check, which 0 passes), so no scaling, a host-kHz record."""
+    doc, _ = scale_json(capsys, "--tsc-khz", "3000000", "--guest-khz", "0")
+    assert doc["guest_khz"] == 0
+    for e in doc["tsc_scaling"]:
+        assert e["rule"] == "no_scaling" and e["refusal"] is None, e["scaling"]
+        assert e["virtual_tsc_khz"] == 3_000_000 and e["hardware_tsc_khz"] == 3_000_000
+        assert e["guest_record"]["record_tsc_khz"] == 3_000_000
+        assert "KVM_SET_TSC_KHZ 0 means the host's tsc_khz 3000000 kHz" in e["explanation"]
+
+
+def test_tiny_ratio_rate_reads_the_same_on_vmx_and_svm(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """--ratio 300 on 3000000 kHz: VMX 3e9 * 300 >> 48 = 0 Hz, SVM 3e9 * 300 >> 32 = 209 Hz;
+    both record kHz are 0 (3e6 * 300 >> 48 = 0, >> 32 = 0): both say Hz-as-kHz and record."""
+    assert (3_000_000_000 * 300) >> 48 == 0 and (3_000_000_000 * 300) >> 32 == 209
+    doc, _ = scale_json(capsys, "--tsc-khz", "3000000", "--ratio", "300")
+    by = {e["scaling"]: e["explanation"] for e in doc["tsc_scaling"]}
+    assert by["vmx"].endswith("runs at 0.000 kHz (kvm_scale_tsc of the host's kHz: 0 kHz)")
+    assert by["svm"].endswith("runs at 0.209 kHz (kvm_scale_tsc of the host's kHz: 0 kHz)")
+
+
+def test_ratio_refusal_says_which_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    # 0x1800000000000 = 1.5 on VMX; on SVM (32 fraction bits) it is 393216.0, above the
+    # SVM maximum 2**40 - 1 = 0xffffffffff
+    doc, _ = scale_json(capsys, "--tsc-khz", "3000000", "--ratio", "0x1800000000000",
+                        "--scaling", "svm")
+    (e,) = doc["tsc_scaling"]
+    assert e["refusal"].startswith(
+        "ratio 0x1800000000000 is >= max_tsc_scaling_ratio 0xffffffffff (svm)")
+    assert "0 or" not in e["refusal"]
+    # a multiplier of 0 (the command refuses it as --ratio before the model; the model code
+    # says which bound too)
+    from kvmclock.drift import RatioInput, model_tsc_scaling
+
+    e = model_tsc_scaling(3_000_000, "vmx", ratio=RatioInput("0", "fixed_point", 0))
+    assert e["rule"] == "refused" and e["refusal"].startswith("ratio 0x0 is 0:")

@@ -208,7 +208,10 @@ def test_run_lists_are_named_objects() -> None:
     times = [s["t_ns"] for s in run["samples"]]
     assert len(set(times)) == len(times)
     assert all(b - a == 10_000_000 for a, b in itertools.pairwise(times))
-    assert all(set(m) == {"t_ns", "level", "text"} for m in run["moments"])
+    # cause: the scenario entry whose kernel calls gave it; detail: a printk's next lines
+    assert all({"t_ns", "level", "text"} <= set(m) <= {"t_ns", "level", "text", "cause",
+                                                       "detail"} for m in run["moments"])
+    assert any("cause" in m for m in run["moments"])
     for tl in (l0["masterclock_timeline"], l1["pvclock_stable_timeline"]):
         assert tl and all(set(e) == {"t_ns", "on"} and isinstance(e["on"], bool) for e in tl)
     ev = l1["backwards_events"]

@@ -20,7 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "python" / "kvmclock" / "schemas" / "trace.schema.json"
 DATA = ROOT / "tests" / "data" / "trace"
 sys.path.insert(0, str(ROOT / "tests"))
-from test_trace_grouping import CH_RESTORE, QEMU_NO_TGID, QEMU_TGID, TWO_VMS  # noqa: E402
+from test_trace_grouping import (  # noqa: E402
+    CH_RESTORE,
+    INTERLEAVED,
+    MAIN_THREAD,
+    QEMU_NO_TGID,
+    QEMU_TGID,
+    TWO_VMS,
+)
 
 
 def schema() -> dict[str, Any]:
@@ -69,6 +76,8 @@ CASES = {
     "qemu-no-tgid": QEMU_NO_TGID,
     "qemu-tgid": QEMU_TGID,
     "two-vms": TWO_VMS,
+    "interleaved-guess-note": INTERLEAVED,
+    "main-thread-and-vcpu-mismatch": MAIN_THREAD,
     "ch-restore": CH_RESTORE,
     "invalid-shift-and-odd-version": INVALID_SHIFT,
     "levels": LEVELS,

@@ -29,6 +29,7 @@ __all__ = [
     "exact_seconds",
     "format_decoded",
     "known_flag_names",
+    "no_trace_line_message",
     "parse_hex",
 ]
 
@@ -129,8 +130,9 @@ def known_flag_names(flags: int) -> tuple[list[str], int]:
     return [name for bit, name in FLAG_BITS if flags & bit], flags & ~KNOWN_FLAGS
 
 
-def _pvclock_fields(version: int, pad0: int, tsc_timestamp: int, system_time: int, mul: int,
-                    shift: int, flags: int, pad: bytes, tsc: int | None) -> dict[str, Any]:
+def _pvclock_fields(version: int, pad0: int | None, tsc_timestamp: int, system_time: int,
+                    mul: int, shift: int, flags: int, pad: bytes | None,
+                    tsc: int | None) -> dict[str, Any]:
     """A pvclock_vcpu_time_info record with everything derived from it (kvmclock through the
     native ``__pvclock_read_cycles``, TSC kHz through ``pvclock_tsc_khz``, KVM's
     ``kvm_get_time_scale`` of that kHz); derived values are None when a field they need is
@@ -150,7 +152,7 @@ def _pvclock_fields(version: int, pad0: int, tsc_timestamp: int, system_time: in
     if version & 1:
         notes.append("version is odd: KVM was writing the record when it was copied "
                      "(a guest reads it again)")
-    if pad0 or any(pad):
+    if pad0 or (pad is not None and any(pad)):
         notes.append("padding is not zero (guests ignore it)")
     if mul == 0:
         notes.append("tsc_to_system_mul is 0: the clock does not advance with the TSC")
@@ -167,7 +169,7 @@ def _pvclock_fields(version: int, pad0: int, tsc_timestamp: int, system_time: in
         "flags": flags,
         "flag_names": names,
         "unknown_flag_bits": unknown,
-        "pad": pad.hex(),
+        "pad": None if pad is None else pad.hex(),
         "invalid": invalid,
         "notes": notes,
         "tsc_khz": None,
@@ -240,9 +242,33 @@ def decode_records(pieces: list[tuple[str, bytes]], tsc: int | None) -> list[dic
     return out
 
 
+#: The one TP_printk form of ``kvm_pvclock_update`` (arch/x86/kvm/trace.h): unchanged since
+#: the event was added; its TP_STRUCT__entry has no ``pad0`` or ``pad`` field, so no kernel
+#: prints the padding (a line with ``pad0`` is not a kernel's and is not accepted).
+PVCLOCK_UPDATE_EXAMPLE = (
+    "CPU 0/KVM-4321 [000] ..... 10.000006: kvm_pvclock_update: vcpu_id 0, pvclock { "
+    "version 2, tsc_timestamp 0x1c4e1e2f0a, system_time 0x3b9aca00, "
+    "tsc_to_system_mul 0xa3d70a3d, tsc_shift -1, flags 0x1 }"
+)
+
+#: The text for a padding field a trace line does not carry.
+NOT_IN_TRACE = "not in the trace"
+
+
+def no_trace_line_message() -> str:
+    """The error for input that mentions kvm_pvclock_update but has no line of its form."""
+    return (
+        "decode: no valid kvm_pvclock_update line in the input; the kernel prints one form "
+        "(arch/x86/kvm/trace.h TP_printk, the same in every version; it has no pad0/pad "
+        f"field), e.g.: {PVCLOCK_UPDATE_EXAMPLE} (the 'comm-pid [cpu] flags time:' prefix "
+        "may also be trace-cmd's or perf script's)"
+    )
+
+
 def decode_trace_lines(text: str, tsc: int | None) -> list[dict[str, Any]]:
-    """Records from ``kvm_pvclock_update`` lines (other lines are ignored); the hex is the
-    record as the guest sees it (padding zero)."""
+    """Records from ``kvm_pvclock_update`` lines (other lines are ignored). The trace event
+    has no padding fields: ``pad0`` and ``pad`` are None ("not in the trace"); the hex is the
+    record with zero padding (what KVM writes: it never sets the padding)."""
     from kvmclock.trace import parse_text
 
     out: list[dict[str, Any]] = []
@@ -254,7 +280,9 @@ def decode_trace_lines(text: str, tsc: int | None) -> list[dict[str, Any]]:
                   d["tsc_to_system_mul"], d["tsc_shift"], d["flags"], b"\0\0")
         entry = {"index": len(out), "line": rec.line_no, "vcpu_id": d["vcpu_id"],
                  "time_ns": rec.t_ns, "time_counter": rec.counter,
-                 **_pvclock_fields(*fields, tsc),
+                 **_pvclock_fields(d["version"], None, d["tsc_timestamp"], d["system_time"],
+                                   d["tsc_to_system_mul"], d["tsc_shift"], d["flags"], None,
+                                   tsc),
                  "hex": _PVCLOCK_STRUCT.pack(*fields).hex()}
         out.append(entry)
     return out
@@ -281,8 +309,9 @@ def _invalid_text(r: dict[str, Any], name: str) -> str:
     return ""
 
 
-def format_decoded(doc: dict[str, Any]) -> str:
-    """Text of a :func:`decode_document`: every field of every record, invalid ones flagged."""
+def format_decoded(doc: dict[str, Any], strict: bool = False) -> str:
+    """Text of a :func:`decode_document`: every field of every record, invalid ones flagged;
+    ``strict``: the command runs with --strict (the last line says which exit status)."""
     out: list[str] = []
     a = doc["assumption"]
     if a is not None:
@@ -296,7 +325,8 @@ def format_decoded(doc: dict[str, Any]) -> str:
         if r["type"] == "pvclock":
             out.append(f"record {r['index']}: pvclock_vcpu_time_info{where}")
             out.append(f"  version           {r['version']}{odd}")
-            out.append(f"  pad0              {r['pad0']}")
+            pad0 = f"- ({NOT_IN_TRACE})" if r["pad0"] is None else r["pad0"]
+            out.append(f"  pad0              {pad0}")
             out.append(f"  tsc_timestamp     {r['tsc_timestamp_cycles']} "
                        f"({r['tsc_timestamp_cycles']:#x}) cycles")
             out.append(f"  system_time       {r['system_time_ns']} ns "
@@ -307,7 +337,8 @@ def format_decoded(doc: dict[str, Any]) -> str:
             if r["unknown_flag_bits"]:
                 flag_txt += f", unknown bits 0x{r['unknown_flag_bits']:x}"
             out.append(f"  flags             {r['flags']:#x} {flag_txt}")
-            out.append(f"  pad               {r['pad']}")
+            pad = f"- ({NOT_IN_TRACE})" if r["pad"] is None else r["pad"]
+            out.append(f"  pad               {pad}")
             if r["invalid"]:
                 out.append("  TSC frequency     - (tsc_shift is invalid)")
                 out.append("  kvmclock at tsc_timestamp: - (tsc_shift is invalid)")
@@ -336,6 +367,7 @@ def format_decoded(doc: dict[str, Any]) -> str:
     if n:
         bad = ", ".join(f"{b['field']} of record {r['index']}"
                         for r in doc["records"] for b in r["invalid"])
-        out.append(f"{n} invalid field{'s' if n != 1 else ''}: {bad} "
-                   "(--strict: exit status 1)")
+        status = ("--strict: exit status 1" if strict
+                  else "exit status 0; --strict would exit 1")
+        out.append(f"{n} invalid field{'s' if n != 1 else ''}: {bad} ({status})")
     return "\n".join(out)

@@ -48,6 +48,7 @@ from types import MappingProxyType
 from typing import Any
 
 import kvmclock as _k
+from kvmclock.errors import LivelockDetected
 from kvmclock.profiles import Profile, resolve_profile
 
 __all__ = [
@@ -57,10 +58,14 @@ __all__ = [
     "Drift",
     "DriftInputError",
     "GuestTsc",
+    "KvmRefused",
+    "RatioInput",
     "TscScaling",
     "guest_tsc",
     "jump_ns",
+    "model_tsc_scaling",
     "predict",
+    "refusal_document",
     "tsc_clocksource_mult_shift",
 ]
 
@@ -77,6 +82,16 @@ _MAX_CYCLES = 1 << 63
 
 class DriftInputError(ValueError):
     """An input the calculator (or the kernel) refuses; the message names the argument."""
+
+
+class KvmRefused(DriftInputError):
+    """KVM refuses the guest TSC frequency (``KVM_SET_TSC_KHZ`` returns -EINVAL): a result of
+    the model, not a bad input.  ``refusal`` says why, in the words ``kvmclock scale`` prints."""
+
+    def __init__(self, guest_khz: int, refusal: str) -> None:
+        super().__init__(f"guest_khz={guest_khz} refused (-EINVAL): {refusal}")
+        self.guest_khz = guest_khz
+        self.refusal = refusal
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,10 @@ class GuestTsc:
     frac_bits: int
     ratio: int
     record_khz: int
+    #: the record's ``tsc_to_system_mul``/``tsc_shift`` as the model wrote them (None:
+    #: ``kvm_get_time_scale(NSEC_PER_SEC, record_khz * 1000)``)
+    record_mul: int | None = None
+    record_shift: int | None = None
 
     def scale(self, host_tsc: int) -> int:
         """The guest TSC (offset 0) at host TSC ``host_tsc``: ``kvm_scale_tsc`` (u64)."""
@@ -175,67 +194,212 @@ def tsc_clocksource_mult_shift(tsc_khz: int) -> tuple[int, int]:
     return mult, shift
 
 
+@dataclass(frozen=True)
+class RatioInput:
+    """``--ratio`` as typed: ``form`` is ``fixed_point`` (an integer, decimal or 0x hex, used
+    as the raw multiplier) or ``real`` (``1.5``, ``3/2``: converted exactly, truncated to the
+    host's fraction bits)."""
+
+    text: str
+    form: str
+    value: Fraction | int
+
+    def fixed_point(self, frac_bits: int) -> int:
+        """The multiplier with ``frac_bits`` fraction bits (VMX 48, SVM 32)."""
+        if self.form == "real":
+            return int(Fraction(self.value) * (1 << frac_bits))
+        return int(self.value)
+
+
+
+def _model_host(tsc_khz: int, scaling: str, profile: str | Profile) -> tuple[Any, Any]:
+    """A booted one-CPU model host of ``tsc_khz`` kHz with TSC scaling hardware ``scaling``,
+    KVM loaded under ``profile``, one VM with one vCPU: ``(KvmModule, Kvm)``."""
+    from kvmclock.kernel import Kernel
+    from kvmclock.machine import PhysicalMachine, World
+
+    world = World(0)
+    machine = PhysicalMachine(world, 1, tsc_khz=tsc_khz, tsc_scaling=scaling)
+    host = Kernel(machine, profile, name="L0")
+    host.boot()
+    world.run_until(1_000_000)  # 1 ms before KVM loads
+    module = host.load_kvm()
+    vm = module.create_vm(name="guest")
+    vm.create_vcpu()
+    return module, vm
+
+
+def model_tsc_scaling(
+    tsc_khz: int,
+    scaling: str,
+    *,
+    guest_khz: int | None = None,
+    ratio: RatioInput | None = None,
+    profile: str | Profile = "upstream",
+) -> dict[str, Any]:
+    """What KVM does on a ``tsc_khz`` kHz host with TSC scaling hardware ``scaling`` (``vmx``,
+    ``svm``, ``none``) for a vCPU asking ``guest_khz`` kHz (``KVM_SET_TSC_KHZ``, x86.c
+    ``kvm_arch_vcpu_ioctl`` -> ``kvm_set_tsc_khz`` -> ``set_tsc_khz``) or given the TSC
+    multiplier ``ratio`` (``kvm_vcpu_write_tsc_multiplier``), computed by the model and read
+    back from its vCPU; then the pvclock record ``kvm_guest_time_update`` writes for it (a
+    fresh vCPU: its ``hw_tsc_khz`` is 0, so a record frequency that scales to 0 kHz keeps
+    ``tsc_to_system_mul`` 0 before Linux 6.16 instead of calling ``kvm_get_time_scale``).
+    ``guest_khz`` 0 is the ioctl's "the host's ``tsc_khz``" (``kvm_arch_vcpu_ioctl``:
+    ``if (user_tsc_khz == 0) user_tsc_khz = tsc_khz``).
+
+    Shared by ``kvmclock scale`` and ``kvmclock drift`` (:func:`guest_tsc`), so both give
+    the same answer.
+
+    ``rule``: ``no_scaling`` (within ``tsc_tolerance_ppm`` of the host: default ratio),
+    ``scaled`` (a ratio), ``catchup`` (no scaling hardware, faster guest) or ``refused``
+    (-EINVAL; ``refusal`` says why).  Frequencies in kHz, ratios fixed point with
+    ``frac_bits`` fraction bits."""
+    import kvmclock as k
+    from kvmclock.kvm import MSR_KVM_SYSTEM_TIME_NEW
+    from kvmclock.kvm.x86 import TSC_TOLERANCE_PPM
+
+    module, vm = _model_host(tsc_khz, scaling, profile)
+    vcpu = vm.vcpus[0]
+    lo = int(k.adjust_tsc_khz(tsc_khz, -TSC_TOLERANCE_PPM))
+    hi = int(k.adjust_tsc_khz(tsc_khz, TSC_TOLERANCE_PPM))
+    has_control = bool(module.has_tsc_control)
+    frac = int(module.tsc_scaling_ratio_frac_bits)
+    refusal: str | None = None
+    if guest_khz is not None:
+        try:
+            vm.set_vcpu_tsc_khz(0, guest_khz)
+        except ValueError as exc:
+            rule = "refused"
+            refusal = (
+                str(exc)
+                .removeprefix(f"{vm.name} vcpu 0: ")
+                .removeprefix(f"KVM_SET_TSC_KHZ {guest_khz} kHz refused (-EINVAL): ")
+                .removesuffix(" (-EINVAL)")
+            )
+        else:  # accepted: name the rule kvm_set_tsc_khz took (the vCPU holds its result)
+            plan, _ = module.set_tsc_khz_plan(guest_khz or tsc_khz, tsc_khz)
+            rule = {"default": "no_scaling", "ratio": "scaled", "catchup": "catchup"}[plan]
+    elif ratio is not None:
+        if not has_control:
+            rule = "refused"
+            refusal = (
+                "no TSC scaling hardware (--scaling none): KVM has no TSC multiplier to "
+                "program; without it a guest faster than the host runs with catch-up "
+                "(ask a frequency with --guest-khz)"
+            )
+        else:
+            r = ratio.fixed_point(frac)
+            if r == 0 or r >= module.max_tsc_scaling_ratio:
+                rule = "refused"
+                which = ("is 0" if r == 0 else
+                         f"is >= max_tsc_scaling_ratio {module.max_tsc_scaling_ratio:#x} "
+                         f"({scaling})")
+                refusal = (
+                    f"ratio {r:#x} {which}: set_tsc_khz never programs such a multiplier "
+                    "(-EINVAL)"
+                )
+            else:
+                vcpu.tsc_scaling_ratio = r  # kvm_vcpu_write_tsc_multiplier
+                rule = "no_scaling" if r == module.default_tsc_scaling_ratio else "scaled"
+    else:
+        raise ValueError("model_tsc_scaling needs guest_khz or ratio")
+    hardware_khz = int(module.kvm_scale_tsc(vcpu, tsc_khz))
+    hardware_hz = int(module.kvm_scale_tsc(vcpu, tsc_khz * 1000))
+    record: dict[str, Any] | None = None
+    record_note: str | None = None
+    if rule == "refused":
+        record_note = "no record: the frequency was refused, the vCPU keeps the host's"
+    else:
+        vm.machine.wrmsr(0, MSR_KVM_SYSTEM_TIME_NEW, 1)  # kvmclock at guest address 0
+        try:
+            vm.machine.run_on_cpu(0, lambda: None)  # vCPU entry: kvm_guest_time_update
+        except LivelockDetected as exc:
+            record_note = f"no record: {exc}"
+        except (ValueError, OverflowError) as exc:
+            record_note = f"no record: KVM cannot express it ({exc})"
+        else:
+            hv = vcpu.hv_clock
+            record = {
+                "record_tsc_khz": int(vcpu.hw_tsc_khz),
+                "tsc_to_system_mul": int(hv.tsc_to_system_mul),
+                "tsc_shift": int(hv.tsc_shift),
+                "pvclock_tsc_khz": (
+                    int(k.pvclock_tsc_khz(tsc_to_system_mul=hv.tsc_to_system_mul,
+                                          tsc_shift=hv.tsc_shift))
+                    if hv.tsc_to_system_mul else None
+                ),
+            }
+    ratio_now = int(vcpu.tsc_scaling_ratio) if has_control else None
+    virtual_khz = int(vcpu.virtual_tsc_khz)
+    return {
+        "scaling": scaling,
+        "has_tsc_control": has_control,
+        "frac_bits": frac if has_control else None,
+        "max_tsc_scaling_ratio": int(module.max_tsc_scaling_ratio) if has_control else None,
+        "max_guest_tsc_khz": int(module.max_guest_tsc_khz()) if has_control else None,
+        "tolerance_ppm": TSC_TOLERANCE_PPM,
+        "tolerance_low_khz": lo,
+        "tolerance_high_khz": hi,
+        "rule": rule,
+        "accepted_by_set_tsc_khz": rule != "refused",
+        "refusal": refusal,
+        "ratio": ratio_now,
+        "ratio_hex": f"{ratio_now:#x}" if ratio_now is not None else None,
+        "ratio_value": ratio_now / 2**frac if ratio_now is not None else None,
+        "virtual_tsc_khz": virtual_khz,
+        "tsc_catchup": bool(vcpu.tsc_catchup),
+        "hardware_tsc_khz": hardware_khz,
+        "hardware_tsc_hz": hardware_hz,
+        "guest_tsc_khz": virtual_khz if vcpu.tsc_catchup else hardware_khz,
+        "guest_record": record,
+        "guest_record_note": record_note,
+    }
+
+
 def guest_tsc(
     tsc_khz: int,
     guest_khz: int | None = None,
     vendor: str = "vmx",
     profile: str | Profile = "upstream",
 ) -> GuestTsc:
-    """KVM's decision for a guest TSC of ``guest_khz`` (None: the host's) on a host TSC of
-    ``tsc_khz`` with TSC scaling ``vendor``: KVM_SET_TSC_KHZ (refuses ``guest_khz >=
-    kvm_caps.max_guest_tsc_khz`` with scaling hardware), ``kvm_set_tsc_khz`` (tolerance),
-    ``set_tsc_khz`` (ratio, its bounds, catch-up) and ``kvm_guest_time_update``'s
-    ``tgt_tsc_khz = kvm_scale_tsc(tsc_khz, ratio)`` (0 becomes 1 when the profile has
-    ``tiny_ratio_clamp``, Linux 6.16+; before it the kernel loops forever in
-    ``kvm_get_time_scale``).  Every refusal raises :class:`DriftInputError`.
+    """KVM's decision for a guest TSC of ``guest_khz`` (None or 0: the host's, as
+    ``KVM_SET_TSC_KHZ`` 0 is) on a host TSC of ``tsc_khz`` with TSC scaling ``vendor``, by the
+    KVM model (:func:`model_tsc_scaling`, the code ``kvmclock scale`` runs): KVM_SET_TSC_KHZ
+    (refuses ``guest_khz >= kvm_caps.max_guest_tsc_khz`` with scaling hardware),
+    ``kvm_set_tsc_khz`` (tolerance), ``set_tsc_khz`` (ratio, its bounds, catch-up) and the
+    record ``kvm_guest_time_update`` writes with ``tgt_tsc_khz = kvm_scale_tsc(tsc_khz,
+    ratio)``.  When that is 0 kHz, Linux 6.16+ takes 1 kHz (profile switch
+    ``tiny_ratio_clamp``); before it a fresh vCPU (``hw_tsc_khz`` 0) keeps
+    ``tsc_to_system_mul`` 0, a guest clock that does not advance (``kvm_get_time_scale``
+    would loop forever only once the vCPU's kHz was non-zero).  A refusal raises
+    :class:`KvmRefused`, a bad argument :class:`DriftInputError`.
     """
     host = _check_khz("tsc_khz", tsc_khz)
     cap = _vendor(vendor)
     cfg = _profile(profile)
     if guest_khz is None:
         return GuestTsc(host, host, cap.name, "native", cap.frac_bits, 1 << cap.frac_bits, host)
-    guest = _check_khz("guest_khz", guest_khz)
-    if cap.has_tsc_control:
-        # kvm_caps.max_guest_tsc_khz = min(0x7fffffff, __scale_tsc(max ratio, tsc_khz))
-        max_khz = min(
-            MAX_GUEST_TSC_KHZ_CAP, (cap.max_ratio * host >> cap.frac_bits) & U64_MASK
-        )
-        if guest >= max_khz:
-            raise DriftInputError(
-                f"guest_khz={guest} refused: KVM_SET_TSC_KHZ takes less than "
-                f"max_guest_tsc_khz {max_khz} kHz on a {host} kHz host with {cap.name} TSC "
-                "scaling (-EINVAL)"
-            )
-    lo = int(_k.adjust_tsc_khz(host, -TSC_TOLERANCE_PPM))
-    hi = int(_k.adjust_tsc_khz(host, TSC_TOLERANCE_PPM))
-    if lo <= guest <= hi:
-        return GuestTsc(host, guest, cap.name, "native", cap.frac_bits, 1 << cap.frac_bits, host)
-    if not cap.has_tsc_control:
-        if guest > host:
-            return GuestTsc(host, guest, cap.name, "catchup", 0, 1, host)
+    if isinstance(guest_khz, bool) or not isinstance(guest_khz, int) or not (
+        0 <= guest_khz <= U32_MAX
+    ):
         raise DriftInputError(
-            f"guest_khz={guest} refused: below the host's {host} kHz (and outside the "
-            f"{TSC_TOLERANCE_PPM} ppm tolerance {lo}..{hi} kHz) without TSC scaling "
-            "hardware (vendor none): KVM says \"user requested TSC rate below hardware "
-            "speed\" (-EINVAL); use vendor vmx or svm"
-        )
-    ratio = (guest << cap.frac_bits) // host  # mul_u64_u32_div; fits: guest < max_guest_tsc_khz
-    if ratio == 0 or ratio >= cap.max_ratio:
-        raise DriftInputError(
-            f"guest_khz={guest} refused: TSC scaling ratio {ratio:#x} is 0 or not below "
-            f"{cap.name}'s maximum {cap.max_ratio:#x} (set_tsc_khz: -EINVAL)"
-        )
-    tgt = int(_k.scale_tsc(host, ratio, cap.frac_bits))  # tgt_tsc_khz: unsigned long, kHz
-    if tgt == 0:
-        if not cfg.tiny_ratio_clamp:
-            raise DriftInputError(
-                f"guest_khz={guest} on a {host} kHz host scales the record frequency to 0 kHz: "
-                f"profile {cfg.name} (Linux {cfg.kernel}) has no tiny-ratio clamp "
-                "(tiny_ratio_clamp=off; the clamp came in 6.16) and loops forever in "
-                "kvm_get_time_scale; with the clamp on (profile upstream) it takes 1 kHz"
-            )
-        tgt = 1
-    return GuestTsc(host, guest, cap.name, "scaled", cap.frac_bits, ratio, tgt)
+            f"guest_khz={guest_khz!r} out of range (0..{U32_MAX} kHz: a u32; 0 = the host's)")
+    e = model_tsc_scaling(host, cap.name, guest_khz=guest_khz, profile=cfg)
+    guest = guest_khz or host
+    if e["rule"] == "refused":
+        raise KvmRefused(guest_khz, str(e["refusal"]))
+    rec = e["guest_record"]
+    if rec is None:
+        raise DriftInputError(f"guest_khz={guest_khz}: {e['guest_record_note']}")
+    mul, shift = int(rec["tsc_to_system_mul"]), int(rec["tsc_shift"])
+    if e["rule"] == "catchup":
+        return GuestTsc(host, guest, cap.name, "catchup", 0, 1, int(rec["record_tsc_khz"]),
+                        mul, shift)
+    if e["rule"] == "no_scaling":
+        return GuestTsc(host, guest, cap.name, "native", cap.frac_bits, 1 << cap.frac_bits,
+                        int(rec["record_tsc_khz"]), mul, shift)
+    return GuestTsc(host, guest, cap.name, "scaled", cap.frac_bits, int(e["ratio"]),
+                    int(rec["record_tsc_khz"]), mul, shift)
 
 
 def _ns_per_cycle(mul: int, shift: int) -> Fraction:
@@ -352,7 +516,50 @@ class Drift:
             "b_ns": self.b_ns,
             "c_ns": self.c_ns,
             "jump_ns": self.jump_ns,
+            "refusal": None,
+            "record_note": self.record_note,
         }
+
+    @property
+    def record_note(self) -> str | None:
+        """Why B does not advance, when the guest record's ``tsc_to_system_mul`` is 0."""
+        if self.guest_mul != 0:
+            return None
+        return (
+            f"the guest record's tsc_to_system_mul is 0: kvm_scale_tsc of the host's "
+            f"{self.tsc.host_khz} kHz is {self.tsc.record_khz} kHz and profile {self.profile} "
+            f"(Linux {self.kernel}) has no tiny-ratio clamp, so kvm_guest_time_update skips "
+            "kvm_get_time_scale on a fresh vCPU (hw_tsc_khz is 0 too) and the record keeps "
+            "mul 0: the guest clock does not advance between masterclock updates; "
+            "kvm_get_time_scale(NSEC_PER_SEC, 0) would loop forever once the vCPU's kHz was "
+            "non-zero; Linux 6.16+ takes 1 kHz (tiny_ratio_clamp)"
+        )
+
+
+def refusal_document(tsc_khz: int, guest_khz: int, vendor: str, profile: str | Profile,
+                     refusal: str) -> dict[str, Any]:
+    """The ``kvmclock.drift`` document of a guest TSC frequency KVM refuses (``tsc_mode``
+    ``refused``, ``refusal`` says why): nothing runs, so every rate and step is null."""
+    cfg = _profile(profile)
+    doc: dict[str, Any] = {
+        "schema": "kvmclock.drift",
+        "schema_version": 1,
+        "profile": cfg.name,
+        "kernel": cfg.kernel,
+        "time_base": str(cfg.kvmclock_base),
+        "tsc_khz": tsc_khz,
+        "guest_khz": guest_khz,
+        "vendor": vendor,
+        "tsc_mode": "refused",
+    }
+    for key in ("frac_bits", "tsc_scaling_ratio", "record_tsc_khz", "a", "b", "c", "a_ppb",
+                "b_ppb", "c_ppb", "a_minus_b_ppb", "b_minus_c_ppb", "a_minus_b_ms_per_day",
+                "interval_s", "interval_cycles", "base_frac_shifted_ns", "anchor_tsc_cycles",
+                "a_ns", "b_ns", "c_ns", "jump_ns"):
+        doc[key] = None
+    doc["refusal"] = refusal
+    doc["record_note"] = None
+    return doc
 
 
 def _seconds(seconds: int | float | str | Fraction) -> Fraction:
@@ -415,9 +622,12 @@ def predict(
     # intervals to xtime_nsec, a read adds the rest); a read shifts the sum once.
     a_ns = ((base_frac + n * mult) >> shift) - (base_frac >> shift)
     # B: the guest TSC at both ends (kvm_read_l1_tsc; the offset cancels), pvclock_scale_delta
-    g_shift, g_mul = (int(v) for v in _k.get_time_scale(
-        scaled_hz=NSEC_PER_SEC, base_hz=tsc.record_khz * 1000
-    ))
+    if tsc.record_mul is not None and tsc.record_shift is not None:
+        g_shift, g_mul = tsc.record_shift, tsc.record_mul
+    else:
+        g_shift, g_mul = (int(v) for v in _k.get_time_scale(
+            scaled_hz=NSEC_PER_SEC, base_hz=tsc.record_khz * 1000
+        ))
     g_delta = (tsc.scale(anchor_tsc + n) - tsc.scale(anchor_tsc)) & U64_MASK
     if g_shift > 0 and g_delta << g_shift > U64_MASK:
         raise DriftInputError(

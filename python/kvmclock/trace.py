@@ -43,8 +43,10 @@ from kvmclock.errors import TraceParseError
 __all__ = [
     "CLOCK_EVENTS",
     "FORMAT_BY_PROFILE",
+    "GROUPING_GUESS_NOTE",
     "HOST_CLOCKS",
     "VCPU_THREAD_NAMES",
+    "VMM_MAIN_THREAD_NAMES",
     "ParseResult",
     "SkippedLine",
     "TraceRecord",
@@ -68,6 +70,7 @@ __all__ = [
     "summarize",
     "to_signed64",
     "vcpu_thread_index",
+    "vmm_main_thread",
 ]
 
 U8_MAX = (1 << 8) - 1
@@ -767,6 +770,100 @@ class _Group:
     grouped_by: str
     pids: list[int] = field(default_factory=list)
     indices: dict[int, int] = field(default_factory=dict)  # vCPU index -> pid
+    vmm: str = ""  # VMM kind of a vcpu_threads group
+
+
+#: Main-thread names of the same VMMs (the process's first thread, whose tid is its pid): QEMU
+#: ``qemu-system-<arch>`` (cut to 15 characters: ``qemu-system-x86``) or ``qemu-kvm``,
+#: cloud-hypervisor ``cloud-hyperviso``, Firecracker ``firecracker``.
+VMM_MAIN_THREAD_NAMES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("qemu", re.compile(r"^(qemu-system-\S*|qemu-kvm)$")),
+    ("cloud-hypervisor", re.compile(r"^cloud-hyperviso")),
+    ("firecracker", re.compile(r"^firecracker$")),
+)
+
+#: How far apart (in order of tid) two vCPU threads may be and still be paired by tid distance.
+_TID_WINDOW = 64
+
+#: The note a guessed grouping carries (text and JSON).
+GROUPING_GUESS_NOTE = (
+    "grouped by thread names: record-tgid (echo 1 > options/record-tgid) makes it certain"
+)
+
+
+def vmm_main_thread(comm: str) -> str | None:
+    """The VMM kind when ``comm`` is a VMM main-thread name (:data:`VMM_MAIN_THREAD_NAMES`)."""
+    for vmm, rx in VMM_MAIN_THREAD_NAMES:
+        if rx.match(comm):
+            return vmm
+    return None
+
+
+def _group_vcpu_threads(records: list[TraceRecord]) -> dict[int, _Group]:
+    """Group vCPU threads (no tgid, no level) into VMs: pid -> its :class:`_Group`.
+
+    A VM never has two threads with one vCPU index. Evidence first: a vCPU whose
+    ``kvm_track_tsc`` says it joined a generation (``offsetmatched`` > 0) after a
+    ``kvm_write_tsc_offset`` of offset X joins the latest thread whose own write of X opened
+    a generation (``offsetmatched 0``): ``__kvm_synchronize_tsc`` matches within one VM only.
+    Then the closest tids: the threads of one process get consecutive tids, so thread pairs
+    are joined in order of tid distance while their vCPU indices stay distinct."""
+    kind: dict[int, tuple[str, int]] = {}
+    for rec in records:
+        named = vcpu_thread_index(rec.comm)
+        if named is not None and rec.pid not in kind:
+            kind[rec.pid] = named
+    parent = {pid: pid for pid in kind}
+    indices = {pid: {kind[pid][1]} for pid in kind}
+
+    def find(pid: int) -> int:
+        while parent[pid] != pid:
+            parent[pid] = parent[parent[pid]]
+            pid = parent[pid]
+        return pid
+
+    def union(a: int, b: int) -> bool:
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            return True
+        if kind[a][0] != kind[b][0] or indices[ra] & indices[rb]:
+            return False
+        parent[rb] = ra
+        indices[ra] |= indices.pop(rb)
+        return True
+
+    last_offset: dict[int, int] = {}
+    openers: list[tuple[int, int | None]] = []  # (pid, offset) of offsetmatched-0 writes
+    for rec in records:
+        if rec.pid not in kind or rec.data is None:
+            continue
+        if rec.event == "kvm_write_tsc_offset":
+            last_offset[rec.pid] = rec.data["next_tsc_offset"]
+        elif rec.event == "kvm_track_tsc":
+            off = last_offset.get(rec.pid)
+            if rec.data["nr_vcpus_matched_tsc"] == 0:
+                openers.append((rec.pid, off))
+            elif off is not None:
+                for pid, o in reversed(openers):
+                    if o == off and pid != rec.pid and union(pid, rec.pid):
+                        break
+    by_tid = sorted(kind)
+    pairs = sorted(
+        (by_tid[j] - by_tid[i], by_tid[i], by_tid[j])
+        for i in range(len(by_tid))
+        for j in range(i + 1, min(len(by_tid), i + 1 + _TID_WINDOW))
+    )
+    for _, a, b in pairs:
+        union(a, b)
+    groups: dict[int, _Group] = {}
+    out: dict[int, _Group] = {}
+    for pid in kind:
+        root = find(pid)
+        if root not in groups:
+            groups[root] = _Group("", "vcpu_threads", vmm=kind[pid][0])
+        out[pid] = groups[root]
+        groups[root].indices[kind[pid][1]] = pid
+    return out
 
 
 def _group_records(records: list[TraceRecord], group: str) -> list[_Group]:
@@ -778,9 +875,10 @@ def _group_records(records: list[TraceRecord], group: str) -> list[_Group]:
     1. the tgid column (``options/record-tgid``, printed ``(%7d)`` after ``comm-pid``); a pid
        seen once with its tgid keeps that tgid on its lines without one;
     2. the level column (kvmclock simulate: one VM per level);
-    3. vCPU thread names (:data:`VCPU_THREAD_NAMES`): the threads of one VMM kind join one VM
-       in order of appearance, as long as their vCPU indices differ; a thread whose index
-       the current VM already has starts the next VM (a VMM runs one thread per vCPU);
+    3. vCPU thread names (:data:`VCPU_THREAD_NAMES`), see :func:`_group_vcpu_threads`: TSC
+       generation evidence, then the closest tids, never two threads with one vCPU index;
+       a VMM main thread (:data:`VMM_MAIN_THREAD_NAMES`) joins the VM whose vCPU tids follow
+       its own (the closest larger one);
     4. otherwise the pid.
     """
     out: list[_Group] = []
@@ -797,8 +895,27 @@ def _group_records(records: list[TraceRecord], group: str) -> list[_Group]:
             if rec.tgid is not None:
                 tgid_of.setdefault((rec.level, rec.pid), rec.tgid)
     by_key: dict[str, _Group] = {}
-    thread_group: dict[tuple[int | None, int], _Group] = {}
-    current: dict[tuple[int | None, str], _Group] = {}
+    named_group: dict[int, _Group] = {}
+    if group == "auto":
+        named_group = _group_vcpu_threads(
+            [r for r in records if r.level is None and (r.level, r.pid) not in tgid_of])
+    main_group: dict[int, _Group] = {}
+    vmm_of: dict[int, str] = {}
+    for rec in records:
+        if rec.pid in named_group and rec.pid not in vmm_of:
+            named = vcpu_thread_index(rec.comm)
+            if named is not None:
+                vmm_of[rec.pid] = named[0]
+    for rec in records:
+        if (group != "auto" or rec.level is not None or (rec.level, rec.pid) in tgid_of
+                or rec.pid in main_group):
+            continue
+        vmm = vmm_main_thread(rec.comm)
+        if vmm is None:
+            continue
+        after = [pid for pid in named_group if pid > rec.pid and vmm_of.get(pid) == vmm]
+        if after:
+            main_group[rec.pid] = named_group[min(after)]
 
     def get(key: str, by: str) -> _Group:
         g = by_key.get(key)
@@ -810,25 +927,16 @@ def _group_records(records: list[TraceRecord], group: str) -> list[_Group]:
         lp = f"L{rec.level}:" if rec.level is not None else ""
         task = (rec.level, rec.pid)
         tgid = tgid_of.get(task)
-        named = vcpu_thread_index(rec.comm) if group == "auto" else None
         if group == "pid":
             g = get(f"{lp}{rec.pid}", "pid")
         elif tgid is not None:
             g = get(f"{lp}{tgid}", "tgid")
         elif rec.level is not None:
             g = get(f"L{rec.level}", "level")
-        elif named is not None:
-            found = thread_group.get(task)
-            if found is None:
-                vmm, idx = named
-                cur = current.get((rec.level, vmm))
-                if cur is None or idx in cur.indices:
-                    cur = _Group(f"{lp}{rec.pid}", "vcpu_threads")
-                    current[(rec.level, vmm)] = cur
-                cur.indices[idx] = rec.pid
-                thread_group[task] = cur
-                found = cur
-            g = found
+        elif rec.pid in named_group:
+            g = named_group[rec.pid]
+        elif rec.pid in main_group:
+            g = main_group[rec.pid]
         else:
             g = get(f"{lp}{rec.pid}", "pid")
         if rec.pid not in g.pids:
@@ -836,9 +944,8 @@ def _group_records(records: list[TraceRecord], group: str) -> list[_Group]:
         out.append(g)
     for g in {id(g): g for g in out}.values():
         if g.grouped_by == "vcpu_threads":
-            # the key names every thread: "4321+4322"
-            lp = g.key.split(":", 1)[0] + ":" if ":" in g.key else ""
-            g.key = lp + "+".join(str(p) for p in g.pids)
+            # the key names every thread, in tid order: "4321+4322"
+            g.key = "+".join(str(p) for p in sorted(g.pids))
     return out
 
 
@@ -961,8 +1068,30 @@ def summarize(
             p["vcpus"][vid] = v
         return v
 
+    notes: list[dict[str, Any]] = []
+    guessed: Counter[str] = Counter()
+    for g in {id(g): g for g in groups}.values():
+        if g.grouped_by == "vcpu_threads":
+            guessed[g.vmm] += 1
+    for vmm, n in sorted(guessed.items()):
+        if n > 1:
+            notes.append({"kind": "grouping_guess", "line": None, "vm": None,
+                          "detail": f"{n} {vmm} VMs without a tgid column: "
+                          f"{GROUPING_GUESS_NOTE}"})
+    mismatched: set[tuple[int, int]] = set()
     for rec, g in zip(clock_records, groups, strict=True):
         p = vm_of(rec, g)
+        named = vcpu_thread_index(rec.comm)
+        d0 = rec.data
+        if (named is not None and d0 is not None and "vcpu_id" in d0
+                and d0["vcpu_id"] != named[1] and (rec.pid, d0["vcpu_id"]) not in mismatched):
+            mismatched.add((rec.pid, d0["vcpu_id"]))
+            notes.append({
+                "kind": "vcpu_name_mismatch", "line": rec.line_no, "vm": g.key,
+                "detail": f"thread {rec.comm}-{rec.pid} (vCPU index {named[1]} by its name) "
+                f"traces vcpu {d0['vcpu_id']}: the traced number is the kernel's vcpu_id, "
+                "which the VMM chooses (QEMU passes the APIC ID, which differs from the "
+                "index with some -smp topologies); grouping used the name's index"})
         p["events"] += 1
         d = rec.data
         assert d is not None
@@ -1010,7 +1139,9 @@ def summarize(
             if last is None or (matched == 0 and not rewrite):
                 gens.append(
                     {
-                        "index": len(gens),
+                        # counted from 1 like kvm->arch.cur_tsc_generation, which
+                        # __kvm_synchronize_tsc increments before its first use
+                        "index": len(gens) + 1,
                         **_when(rec),
                         # offsetmatched n > 0 on the first one: it opened before the trace
                         "opened_by_vcpu": vid if matched == 0 else None,
@@ -1122,6 +1253,7 @@ def summarize(
         "masterclock": masterclock,
         "vms": out_vms,
         "anomalies": anomalies,
+        "notes": notes,
         "skipped": [
             {"line": s.line_no, "reason": s.reason, "text": s.text} for s in result.skipped[:20]
         ],
@@ -1145,7 +1277,8 @@ def _offset_anomalies(p: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         diff = to_signed64((v["tsc_offset_cycles"] - ref) & U64_MAX)
         rec: TraceRecord = v["_last_offset_line"]
-        gen = p["tsc_generations"][v["generation"]] if v["generation"] is not None else None
+        gen = (p["tsc_generations"][v["generation"] - 1] if v["generation"] is not None
+               else None)
         why = ""
         if gen is not None and gen["opened_by_vcpu"] == vid:
             why = f" (its write opened TSC generation {gen['index']}: offsetmatched 0)"
@@ -1184,15 +1317,29 @@ _GROUPED_BY_TEXT = {
 }
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 update`` / ``2 updates``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+#: The text of each ``formats`` key: which TP_printk form of the two events that print the
+#: host clock (kvm_update_master_clock, kvm_track_tsc).
+_FORMAT_TEXT = {
+    "before": '"hostclock %s" (before the 2017 series; upstream today)',
+    "after": '"hostclock stable %u" (patch 09/11 of the 2017 series)',
+}
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Human-readable text of :func:`summarize`'s dict."""
     out: list[str] = []
     fm = summary["formats"]
-    fmt_txt = ", ".join(f"{k} {v}" for k, v in fm.items()) or "none"
+    fmt_txt = "; ".join(f"{_FORMAT_TEXT.get(k, k)} on {_n(v, 'line')}" for k, v in fm.items())
+    fmt_txt = f"; hostclock form: {fmt_txt}" if fmt_txt else ""
     out.append(
-        f"{summary['events']} events ({summary['clock_events']} KVM clock events; formats: "
-        f"{fmt_txt}), {summary['skipped_lines']} skipped lines, "
-        f"{summary['header_lines']} header lines; timestamps in "
+        f"{_n(summary['events'], 'event')} ({summary['clock_events']} KVM clock events"
+        f"{fmt_txt}), {_n(summary['skipped_lines'], 'skipped line')}, "
+        f"{_n(summary['header_lines'], 'header line')}; timestamps in "
         f"{ {'s': 'seconds', 'counter': 'counter units (raw clock)'}.get(summary['timestamp_unit'], str(summary['timestamp_unit']))}"  # noqa: E501
     )
     if summary["by_event"]:
@@ -1202,7 +1349,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         out.append("")
         threads = ", ".join(f"{t['comm']}-{t['pid']}" for t in p["threads"])
         out.append(f"VM {p['vm']}{lvl} (by {_GROUPED_BY_TEXT[p['grouped_by']]}): "
-                   f"{p['events']} clock events from {threads}")
+                   f"{_n(p['events'], 'clock event')} from {threads}")
         mc = p["masterclock"]
         hc = p["host_clock"]
         hc_txt = ""
@@ -1214,7 +1361,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             )
         out.append(
             f"  masterclock: {'-' if mc is None else ('on' if mc else 'off')} after "
-            f"{p['masterclock_updates']} updates{hc_txt}; transitions: "
+            f"{_n(p['masterclock_updates'], 'update')}{hc_txt}; transitions: "
             + (
                 ", ".join(f"{_ts(t)} {'on' if t['on'] else 'off'}" for t in
                           p["masterclock_transitions"])
@@ -1241,8 +1388,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             )
             gen = "" if v["generation"] is None else f", TSC generation {v['generation']}"
             out.append(
-                f"  vCPU {v['vcpu_id']}: {v['tsc_writes']} TSC offset writes, offset {off}"
-                f"{gen}; {v['pvclock_updates']} pvclock updates"
+                f"  vCPU {v['vcpu_id']}: {_n(v['tsc_writes'], 'TSC offset write')}, "
+                f"offset {off}{gen}; {_n(v['pvclock_updates'], 'pvclock update')}"
             )
             last = v["last_pvclock"]
             if last is not None:
@@ -1259,6 +1406,20 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                     f"mul {last['tsc_to_system_mul']:#x} shift {last['tsc_shift']} ({khz}), "
                     f"flags {last['flags']:#x} {'|'.join(last['flag_names']) or '-'}{step_txt}"
                 )
+    if any(p["tsc_generations"] for p in summary["vms"]):
+        out.append("")
+        out.append("TSC generations are numbered from 1 within the trace, as the kernel "
+                   "numbers kvm->arch.cur_tsc_generation (incremented before its first use); "
+                   "they are the kernel's numbers only when the trace starts at the VM's "
+                   "first TSC write")
+    notes = summary.get("notes", [])
+    if notes:
+        out.append("")
+        out.append(f"notes: {len(notes)}")
+        for nt in notes:
+            where = f"line {nt['line']} " if nt["line"] is not None else ""
+            vm = f"VM {nt['vm']}: " if nt["vm"] is not None else ""
+            out.append(f"  {where}{vm}{nt['kind']}: {nt['detail']}")
     anomalies = summary["anomalies"]
     out.append("")
     out.append(f"anomalies: {len(anomalies)}")

@@ -4,8 +4,10 @@ Commands: simulate, sweep, profiles, drift, scenarios, scale, decode, trace, hos
 codes (one line on stderr for every failure, never a traceback unless ``--debug``):
 
 * 0 success. A livelock the model detects (scenario ``patch09-hang``) is a result: the run
-  stops there, reports it (``livelock`` in the JSON, a LIVELOCK key moment) and exits 0.
-* 1 ``verify`` found a relation that did not hold (no other command exits 1).
+  stops there, reports it (``livelock`` in the JSON, a LIVELOCK key moment) and exits 0. So is
+  a guest TSC frequency KVM refuses (``scale``, ``drift``: "refused (-EINVAL): why").
+* 1 a check failed: ``verify`` found a relation or field that did not hold, or ``decode
+  --strict`` found an invalid field (no other command exits 1).
 * 2 bad arguments or bad input (a file, stdin, an output path), detected before any work
   starts: every command validates its arguments and inputs first and raises
   :class:`kvmclock.errors.UsageError`. The only late exit 2 is an output file that fails to

@@ -41,15 +41,23 @@ def add_json_option(s: argparse._ActionsContainer, what: str) -> None:
     )
 
 
-def _dump_json(doc: Any, path: str, default: Callable[[Any], Any] | None = None) -> None:
-    """``doc`` as indented JSON to ``path`` (``-`` = stdout); ``default`` converts what JSON
-    has no type for (as in :func:`json.dumps`)."""
-    _write_file(path, json.dumps(doc, indent=2, sort_keys=False, default=default) + "\n")
+def _dump_json(doc: Any, path: str, default: Callable[[Any], Any] | None = None,
+               option: str = "--json") -> None:
+    """``doc`` as indented JSON to ``path`` (``-`` = stdout), the value of ``option``;
+    ``default`` converts what JSON has no type for (as in :func:`json.dumps`)."""
+    _write_file(path, json.dumps(doc, indent=2, sort_keys=False, default=default) + "\n",
+                option)
 
 
-def _write_file(path: str, text: str) -> None:
+def _cannot_write(path: str, option: str | None, exc: OSError) -> UsageError:
+    """``cannot write PATH (--option): reason``, as :func:`_check_output_path` words it."""
+    where = f" ({option})" if option else ""
+    return UsageError(f"cannot write {path}{where}: {exc.strerror or exc}")
+
+
+def _write_file(path: str, text: str, option: str | None = None) -> None:
     """``text`` to the file ``path``, or to stdout when ``path`` is ``-`` (every output
-    option takes ``-``). UsageError when the file cannot be written."""
+    option takes ``-``). UsageError when the file cannot be written, naming ``option``."""
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -58,10 +66,10 @@ def _write_file(path: str, text: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise _cannot_write(path, option, exc) from exc
 
 
-def _write_bytes(path: str, data: bytes) -> None:
+def _write_bytes(path: str, data: bytes, option: str | None = None) -> None:
     """``data`` to the file ``path``, or to stdout's binary buffer when ``path`` is ``-``."""
     if path == "-":
         sys.stdout.flush()
@@ -72,7 +80,7 @@ def _write_bytes(path: str, data: bytes) -> None:
         with open(path, "wb") as f:
             f.write(data)
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise _cannot_write(path, option, exc) from exc
 
 
 def _check_outputs(

@@ -24,6 +24,7 @@ from kvmclock.decode import (
     decode_records,
     decode_trace_lines,
     format_decoded,
+    no_trace_line_message,
     parse_hex,
 )
 from kvmclock.errors import UsageError
@@ -71,19 +72,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if "kvm_pvclock_update" in text:
         records = decode_trace_lines(text, args.tsc)
         if not records:
-            raise UsageError("decode: no valid kvm_pvclock_update line in the input")
+            raise UsageError(no_trace_line_message())
         source = "trace"
     else:
         pieces, assumption = cut_records(parse_hex(text), args.type)
         records = decode_records(pieces, args.tsc)
         source = "hex"
     doc = decode_document(records, source, args.type, assumption)
+    strict = bool(getattr(args, "strict", False))
     if json_to != "-":
-        print(format_decoded(doc))
+        print(format_decoded(doc, strict=strict))
     if json_to is not None:
         _dump_json(doc, json_to)
-    if doc["invalid_fields"] and getattr(args, "strict", False):
-        print(f"decode: {doc['invalid_fields']} invalid field(s) (--strict)", file=sys.stderr)
+    if doc["invalid_fields"] and strict:
+        n = doc["invalid_fields"]
+        print(f"kvmclock decode: {n} invalid field{'s' if n != 1 else ''} (--strict: exit "
+              "status 1)", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -98,11 +102,18 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "allowed; one record per line or several concatenated) or from kvm_pvclock_update "
         "trace lines. '-' reads stdin. Every field is shown; a field KVM would never write "
         "(a tsc_shift that is not an integer from -63 to 63, a wall clock nsec of "
-        "one second or more) is flagged, and exits 1 only with --strict.",
+        "one second or more) is flagged; the exit status is 0, or 1 with --strict.\n"
+        "kvm_pvclock_update lines have no padding fields: pad0 and pad show 'not in the "
+        "trace'.",
         epilog="examples:\n"
         "  kvmclock decode 02000000 00000000 0a2f1e4e1c000000 00ca9a3b00000000 "
         "3d0ad7a3 ff 01 0000\n"
         "  grep kvm_pvclock_update trace.txt | kvmclock decode - --json\n"
+        "trace line form (the only TP_printk of kvm_pvclock_update):\n"
+        "  vcpu_id 0, pvclock { version 2, tsc_timestamp 0x1c4e1e2f0a, system_time "
+        "0x3b9aca00, tsc_to_system_mul 0xa3d70a3d, tsc_shift -1, flags 0x1 }\n"
+        "exit status: 0 (also with invalid fields), 1 with --strict and an invalid field, "
+        "2 bad input.\n"
         "a length that fits both kinds (a multiple of 96 bytes) is read as pvclock records; "
         "--type wallclock reads it as wall clocks.",
         formatter_class=fmt,

@@ -4,7 +4,8 @@ command, each registered by its module's ``add_parser``."""
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from kvmclock.cli import (
     decode,
@@ -32,6 +33,20 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> argparse.Namespace:
+        """As argparse, but unrecognized arguments after a command point at that command's
+        own help (``kvmclock drift --help``): argparse reports them from the top parser."""
+        ns: argparse.Namespace
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(ns, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            raise UsageError(f"{prog}: unrecognized arguments: {' '.join(extras)} "
+                             f"(see '{prog} --help')")
+        return ns
+
 
 def _version() -> str:
     try:
@@ -51,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  kvmclock simulate        # nested scenario: gtod, series, upstream\n"
         "  kvmclock simulate --json run.json --plot run.png\n"
         "\nexit codes:\n"
-        "  0    ok (a livelock the model detects is a result: reported, exit 0)\n"
-        "  1    verify: a relation did not hold\n"
+        "  0    ok (a livelock the model detects, or a frequency KVM refuses, is a\n"
+        "       result: reported, exit 0)\n"
+        "  1    a check failed: verify (a relation did not hold), decode --strict (an\n"
+        "       invalid field); no other command exits 1\n"
         "  2    bad arguments or input (checked before any work starts)\n"
         "  3    a real resource (/dev/kvm, the pvclock page, tracefs) is missing\n"
         "  70   internal error (a bug): please report it with the command line and\n"

@@ -15,34 +15,29 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from kvmclock.cli.common import EXIT_OK, U32_MAX, U64_MAX, _dump_json, _int_arg, add_json_option
-from kvmclock.errors import LivelockDetected, UsageError
+from kvmclock.drift import RatioInput, model_tsc_scaling
+from kvmclock.errors import UsageError
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "SCALINGS",
+    "RatioInput",
+    "add_parser",
+    "cmd_scale",
+    "format_scale",
+    "model_tsc_scaling",
+    "parse_ratio",
+    "scale_report",
+    "scale_warnings",
+]
 
 SCALINGS = ("vmx", "svm", "none")
 """The host's TSC scaling hardware, as the model's ``TSC_SCALING_CAPS`` names it."""
 DEFAULT_PROFILE = "upstream"
-_MODEL_BOOT_NS = 1_000_000  # the model host runs 1 ms before KVM is loaded (as the tests do)
-
-
-@dataclass(frozen=True)
-class RatioInput:
-    """``--ratio`` as typed: ``form`` is ``fixed_point`` (an integer, decimal or 0x hex, used
-    as the raw multiplier) or ``real`` (``1.5``, ``3/2``: converted exactly, truncated to the
-    host's fraction bits)."""
-
-    text: str
-    form: str
-    value: Fraction | int
-
-    def fixed_point(self, frac_bits: int) -> int:
-        """The multiplier with ``frac_bits`` fraction bits (VMX 48, SVM 32)."""
-        if self.form == "real":
-            return int(Fraction(self.value) * (1 << frac_bits))
-        return int(self.value)
 
 
 def parse_ratio(text: str) -> RatioInput:
@@ -58,141 +53,6 @@ def parse_ratio(text: str) -> RatioInput:
             f"scale: --ratio must be a fixed-point integer (e.g. 0x1000000000000) or a real "
             f"number (e.g. 1.5), got {text!r}"
         ) from None
-
-
-def _model_host(tsc_khz: int, scaling: str, profile: str) -> tuple[Any, Any]:
-    """A booted one-CPU model host of ``tsc_khz`` kHz with TSC scaling hardware ``scaling``,
-    KVM loaded under ``profile``, one VM with one vCPU: ``(KvmModule, Kvm)``."""
-    from kvmclock.kernel import Kernel
-    from kvmclock.machine import PhysicalMachine, World
-
-    world = World(0)
-    machine = PhysicalMachine(world, 1, tsc_khz=tsc_khz, tsc_scaling=scaling)
-    host = Kernel(machine, profile, name="L0")
-    host.boot()
-    world.run_until(_MODEL_BOOT_NS)
-    module = host.load_kvm()
-    vm = module.create_vm(name="guest")
-    vm.create_vcpu()
-    return module, vm
-
-
-def model_tsc_scaling(
-    tsc_khz: int,
-    scaling: str,
-    *,
-    guest_khz: int | None = None,
-    ratio: RatioInput | None = None,
-    profile: str = DEFAULT_PROFILE,
-) -> dict[str, Any]:
-    """What KVM does on a ``tsc_khz`` kHz host with TSC scaling hardware ``scaling`` (``vmx``,
-    ``svm``, ``none``) for a vCPU asking ``guest_khz`` kHz (``KVM_SET_TSC_KHZ``, x86.c
-    ``kvm_arch_vcpu_ioctl`` -> ``kvm_set_tsc_khz`` -> ``set_tsc_khz``) or given the TSC
-    multiplier ``ratio`` (``kvm_vcpu_write_tsc_multiplier``), computed by the model and read
-    back from its vCPU; then the pvclock record ``kvm_guest_time_update`` writes for it.
-
-    ``rule``: ``no_scaling`` (within ``tsc_tolerance_ppm`` of the host: default ratio),
-    ``scaled`` (a ratio), ``catchup`` (no scaling hardware, faster guest) or ``refused``
-    (-EINVAL; ``refusal`` says why).  Frequencies in kHz, ratios fixed point with
-    ``frac_bits`` fraction bits."""
-    import kvmclock as k
-    from kvmclock.kvm import MSR_KVM_SYSTEM_TIME_NEW
-    from kvmclock.kvm.x86 import TSC_TOLERANCE_PPM
-
-    module, vm = _model_host(tsc_khz, scaling, profile)
-    vcpu = vm.vcpus[0]
-    lo = int(k.adjust_tsc_khz(tsc_khz, -TSC_TOLERANCE_PPM))
-    hi = int(k.adjust_tsc_khz(tsc_khz, TSC_TOLERANCE_PPM))
-    has_control = bool(module.has_tsc_control)
-    frac = int(module.tsc_scaling_ratio_frac_bits)
-    refusal: str | None = None
-    if guest_khz is not None:
-        try:
-            vm.set_vcpu_tsc_khz(0, guest_khz)
-        except ValueError as exc:
-            rule = "refused"
-            refusal = (
-                str(exc)
-                .removeprefix(f"{vm.name} vcpu 0: ")
-                .removeprefix(f"KVM_SET_TSC_KHZ {guest_khz} kHz refused (-EINVAL): ")
-                .removesuffix(" (-EINVAL)")
-            )
-        else:  # accepted: name the rule kvm_set_tsc_khz took (the vCPU holds its result)
-            plan, _ = module.set_tsc_khz_plan(guest_khz, tsc_khz)
-            rule = {"default": "no_scaling", "ratio": "scaled", "catchup": "catchup"}[plan]
-    elif ratio is not None:
-        if not has_control:
-            rule = "refused"
-            refusal = (
-                "no TSC scaling hardware (--scaling none): KVM has no TSC multiplier to "
-                "program; without it a guest faster than the host runs with catch-up "
-                "(ask a frequency with --guest-khz)"
-            )
-        else:
-            r = ratio.fixed_point(frac)
-            if r == 0 or r >= module.max_tsc_scaling_ratio:
-                rule = "refused"
-                refusal = (
-                    f"ratio {r:#x} is 0 or >= max_tsc_scaling_ratio "
-                    f"{module.max_tsc_scaling_ratio:#x} ({scaling}): set_tsc_khz never "
-                    "programs such a multiplier (-EINVAL)"
-                )
-            else:
-                vcpu.tsc_scaling_ratio = r  # kvm_vcpu_write_tsc_multiplier
-                rule = "no_scaling" if r == module.default_tsc_scaling_ratio else "scaled"
-    else:
-        raise ValueError("model_tsc_scaling needs guest_khz or ratio")
-    hardware_khz = int(module.kvm_scale_tsc(vcpu, tsc_khz))
-    hardware_hz = int(module.kvm_scale_tsc(vcpu, tsc_khz * 1000))
-    record: dict[str, Any] | None = None
-    record_note: str | None = None
-    if rule == "refused":
-        record_note = "no record: the frequency was refused, the vCPU keeps the host's"
-    else:
-        vm.machine.wrmsr(0, MSR_KVM_SYSTEM_TIME_NEW, 1)  # kvmclock at guest address 0
-        try:
-            vm.machine.run_on_cpu(0, lambda: None)  # vCPU entry: kvm_guest_time_update
-        except LivelockDetected as exc:
-            record_note = f"no record: {exc}"
-        except (ValueError, OverflowError) as exc:
-            record_note = f"no record: KVM cannot express it ({exc})"
-        else:
-            hv = vcpu.hv_clock
-            record = {
-                "record_tsc_khz": int(vcpu.hw_tsc_khz),
-                "tsc_to_system_mul": int(hv.tsc_to_system_mul),
-                "tsc_shift": int(hv.tsc_shift),
-                "pvclock_tsc_khz": (
-                    int(k.pvclock_tsc_khz(tsc_to_system_mul=hv.tsc_to_system_mul,
-                                          tsc_shift=hv.tsc_shift))
-                    if hv.tsc_to_system_mul else None
-                ),
-            }
-    ratio_now = int(vcpu.tsc_scaling_ratio) if has_control else None
-    virtual_khz = int(vcpu.virtual_tsc_khz)
-    return {
-        "scaling": scaling,
-        "has_tsc_control": has_control,
-        "frac_bits": frac if has_control else None,
-        "max_tsc_scaling_ratio": int(module.max_tsc_scaling_ratio) if has_control else None,
-        "max_guest_tsc_khz": int(module.max_guest_tsc_khz()) if has_control else None,
-        "tolerance_ppm": TSC_TOLERANCE_PPM,
-        "tolerance_low_khz": lo,
-        "tolerance_high_khz": hi,
-        "rule": rule,
-        "accepted_by_set_tsc_khz": rule != "refused",
-        "refusal": refusal,
-        "ratio": ratio_now,
-        "ratio_hex": f"{ratio_now:#x}" if ratio_now is not None else None,
-        "ratio_value": ratio_now / 2**frac if ratio_now is not None else None,
-        "virtual_tsc_khz": virtual_khz,
-        "tsc_catchup": bool(vcpu.tsc_catchup),
-        "hardware_tsc_khz": hardware_khz,
-        "hardware_tsc_hz": hardware_hz,
-        "guest_tsc_khz": virtual_khz if vcpu.tsc_catchup else hardware_khz,
-        "guest_record": record,
-        "guest_record_note": record_note,
-    }
 
 
 def _explain(e: dict[str, Any], tsc_khz: int, guest_khz: int | None) -> str:
@@ -211,11 +71,17 @@ def _explain(e: dict[str, Any], tsc_khz: int, guest_khz: int | None) -> str:
              else "no ratio")
     if rule == "scaled":
         hz, khz = e["hardware_tsc_hz"], e["hardware_tsc_khz"]
-        rate = f"{khz} kHz" if hz == khz * 1000 else (
+        # the rate in Hz (kvm_scale_tsc of the host's Hz) as kHz with three decimals, and the
+        # record's kHz (kvm_scale_tsc of the host's kHz) whenever the two differ or it is 0
+        rate = f"{khz} kHz" if hz == khz * 1000 and khz else (
             f"{hz // 1000}.{hz % 1000:03d} kHz (kvm_scale_tsc of the host's kHz: {khz} kHz)")
         return f"scaled with {ratio}: the guest TSC runs at {rate}"
     if guest_khz is None:
         return f"no scaling: {ratio} is the default; the guest TSC runs at {tsc_khz} kHz"
+    if guest_khz == 0:
+        return (f"no scaling: KVM_SET_TSC_KHZ 0 means the host's tsc_khz {tsc_khz} kHz "
+                "(kvm_arch_vcpu_ioctl: user_tsc_khz == 0 -> tsc_khz); the guest TSC runs at "
+                f"{e['hardware_tsc_khz']} kHz ({ratio})")
     ppm = (guest_khz - tsc_khz) * 1e6 / tsc_khz
     return (
         f"no scaling: {guest_khz} kHz is within tsc_tolerance_ppm {e['tolerance_ppm']} of the "
@@ -230,7 +96,7 @@ def scale_warnings(tsc_khz: int, guest_khz: int | None, ratio: RatioInput | None
     """Input that is valid but probably not what was meant: ``[{"code", "message"}]``."""
     out: list[dict[str, str]] = []
     for name, khz in (("--tsc-khz", tsc_khz), ("--guest-khz", guest_khz)):
-        if khz is not None and khz < 10_000:
+        if khz is not None and 0 < khz < 10_000:
             out.append({
                 "code": "khz_looks_like_mhz",
                 "message": f"{name} {khz} is {khz} kHz = {khz / 1000:g} MHz; the option takes "
@@ -432,8 +298,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     s.add_argument("--tsc-khz", type=_int_arg("--tsc-khz", 1, U32_MAX), required=True,
                    metavar="K", help="the host TSC frequency in kHz (1..4294967295)")
-    s.add_argument("--guest-khz", type=_int_arg("--guest-khz", 1, U32_MAX), metavar="G",
-                   help="a guest TSC frequency in kHz asked with KVM_SET_TSC_KHZ")
+    s.add_argument("--guest-khz", type=_int_arg("--guest-khz", 0, U32_MAX), metavar="G",
+                   help="a guest TSC frequency in kHz asked with KVM_SET_TSC_KHZ (0: the "
+                   "host's tsc_khz, as the ioctl takes 0)")
     s.add_argument("--ratio", metavar="R",
                    help="a TSC multiplier: a real number (1.5, 3/2) or raw fixed point "
                    "(an integer, best in hex: 0x1800000000000 is 1.5 on VMX)")

@@ -260,5 +260,6 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("--plot", metavar="PATH|-",
                    help="write a PNG (needs matplotlib; to stdout with '-', not a terminal)")
     s.add_argument("--moments", type=_int_arg("moments", 0, 100000), default=30, metavar="N",
-                   help="key moments shown in the timeline (default 30)")
+                   help="lines of key moments shown in the timeline (default 30); when there "
+                   "are more, the most important stay and the rest are counted")
     s.set_defaults(func=cmd_simulate)

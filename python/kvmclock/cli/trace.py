@@ -54,14 +54,20 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "a leading 'L<n> ' column (kvmclock simulate --trace) is the level.\n"
         "grouping (auto): the tgid column (echo 1 > /sys/kernel/tracing/options/record-tgid "
         "before tracing) is exact; without it the vCPU threads of one "
-        "VMM (QEMU 'CPU n/KVM', cloud-hypervisor 'vcpuN', Firecracker 'fc_vcpu N') join one "
-        "VM while their vCPU indices differ.",
+        "VMM (QEMU 'CPU n/KVM', cloud-hypervisor 'vcpuN', Firecracker 'fc_vcpu N') are "
+        "grouped by TSC generation evidence (a vCPU that joined a generation goes with the one "
+        "that opened it), then by the closest thread ids, never two threads with one vCPU "
+        "index; a main thread (qemu-system-x86) joins the VM whose vCPU tids follow it. Two "
+        "VMs of one VMM grouped by names get a note: it is a guess.\n"
+        "TSC generations are numbered from 1, as the kernel numbers "
+        "kvm->arch.cur_tsc_generation.",
         formatter_class=fmt,
     )
     s.add_argument("file", metavar="FILE|-")
     s.add_argument("--group", choices=["auto", "pid", "one"], default="auto",
                    help="what one VM is: auto = tgid column, else level column, else vCPU "
-                   "thread names of one VMM with distinct vCPU indices, else the pid; "
+                   "thread names of one VMM with distinct vCPU indices (TSC generation "
+                   "evidence, then closest thread ids), else the pid; "
                    "pid = each task; one = all events one VM")
     s.add_argument("--pvclock-trace-version", choices=["auto", "odd", "final"], default="auto",
                    help="where the kernel traced kvm_pvclock_update: odd = before the final "

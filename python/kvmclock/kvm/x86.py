@@ -467,6 +467,7 @@ class Kvm:
         self.module = module
         self.name = name
         self.pid = pid
+        self.created_ns: int = module.world.now_ns  # KVM_CREATE_VM (true ns)
         self.user_tsc_khz = tsc_khz
         # True once KVM_SET_TSC_KHZ on the VM (5.18+) set user_tsc_khz: vCPU creation then
         # ignores a refused frequency, as kvm_arch_vcpu_create ignores kvm_set_tsc_khz's result
@@ -757,10 +758,12 @@ class Kvm:
             f"{MSR_KVM_WALL_CLOCK_NEW:#x})"
         )
 
-    def destroy(self) -> None:
+    def destroy(self, what: str | None = None) -> None:
         """The VMM closes the VM's file descriptors (``kvm_destroy_vm``): off ``vm_list``
         under ``kvm_lock``, the delayed works (``kvmclock_sync_work``, the update work)
-        cancelled as ``kvm_arch_sync_events`` does, the machine stopped for good."""
+        cancelled as ``kvm_arch_sync_events`` does, the machine stopped for good.  ``what``
+        names the VM in the key moment when another VM of its name exists (a restore's
+        old VM: ``"the VM it was restored from, on host h"``); default ``"VM"``."""
         if self.destroyed:
             raise ValueError(f"VM {self.name} already destroyed")
         m = self.module
@@ -775,7 +778,7 @@ class Kvm:
             self._sync_work = None
         self.destroyed = True
         self.machine.paused = True
-        m.moment(f"{self.name}: VM destroyed")
+        m.moment(f"{self.name}: {what or 'VM'} destroyed")
 
     def kvmclock_ctrl(self, vcpu_id: int) -> None:
         """``KVM_KVMCLOCK_CTRL`` on vCPU ``vcpu_id``: ``kvm_set_guest_paused`` inside

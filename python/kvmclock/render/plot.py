@@ -3,17 +3,21 @@ imported only when a plot is asked for).
 
 One column per profile, one row per panel, over simulated time in seconds:
 
-* **key moments**: a strip naming, at vertical lines drawn through every time panel below,
-  the TSC jumps and writes, clocksource switches after boot, the TSC marked unstable, vCPU
-  hotplug, a tick inside a read section, a livelock and every lifecycle action (pause,
-  restore, migration, host suspend);
+* **key moments**: a compact strip naming, at vertical lines drawn through every time panel
+  below, the TSC jumps and writes, clocksource switches after boot, the TSC marked unstable,
+  vCPU hotplug, a tick inside a read section, a livelock, every lifecycle step (pause,
+  KVMCLOCK_CTRL, snapshot, migration start and stop, host suspend and resume) and every
+  lifecycle record (restore, migration, resume, with its MONOTONIC and REALTIME jump);
+  labels are rotated, and marks whose labels would overlap share one label, a line each;
 * **state**: per level, the masterclock of the KVM there (per VM it ran, ``masterclock``
   in ``KVM_REQ_MASTERCLOCK_UPDATE``'s sense: arch/x86/kvm/x86.c
   ``pvclock_update_vm_gtod_copy``) and the pvclock stable bit each guest kernel saw
   (``PVCLOCK_TSC_STABLE_BIT``), green while on and red while off; intervals a lifecycle
   record's guest did not run are shaded grey (hatched when the run's end cut it short);
-* **notifier calls per timekeeping update**: per level, ``pvclock_gtod_notify`` calls
-  against ``timekeeping_update`` calls (a bar of the ratio with both numbers);
+* **notifier calls per timekeeping update**: per level, KVM's notifier calls against
+  ``timekeeping_update`` calls (a bar of the ratio with both numbers); the title names the
+  profile's chain (:func:`notifier_chain`: ``pvclock_gtod_chain``, or the series'
+  ``clocksource_changes_chain``);
 * **cross-vCPU skew** and **guest clock steps backwards** (ns) per guest kernel, on a
   symmetric-log scale (linear below 1 ns, a decade per step above) so that 3 ns and 10 s are
   both readable; the skew panel draws the headline's 1 us threshold.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,17 +41,39 @@ from kvmclock.render.text import SKEW_THRESHOLD_NS, kernel_labels, stopped_at
 
 Run = Mapping[str, Any]
 
-MISSING_MATPLOTLIB = "--plot needs matplotlib: pip install 'kvmclock[plot]'"
+MISSING_MATPLOTLIB = (
+    "--plot needs matplotlib: in a checkout: ./scripts/setup.sh --extras plot; "
+    "from PyPI: pip install 'kvmclock[plot]'"
+)
 
 PANELS = ("moments", "state", "skew", "backwards", "notifier")
 """The panels, top to bottom (``moments`` is the label strip of the key moments)."""
 
 PANEL_TITLES = {
     "state": "masterclock (KVM) and pvclock stable bit (guest): green on, red off",
-    "notifier": "pvclock_gtod_notify calls per timekeeping update",
+    "notifier": "notifier calls per timekeeping update",
     "skew": "cross-vCPU skew per guest kernel (symlog)",
     "backwards": "guest clock steps backwards per guest kernel (symlog)",
 }
+
+def notifier_chain(run: Run) -> str | None:
+    """The notifier chain KVM listens to in ``run``'s profile (its ``switches``):
+    ``pvclock_gtod_chain`` (every timekeeping update, switch ``pvclock_gtod_chain``),
+    ``clocksource_changes_chain`` (the series' patch 07, switch
+    ``clocksource_change_chain``), both joined by ``+``, or None when neither is on."""
+    sw = run.get("switches") or {}
+    names = [name for key, name in (("pvclock_gtod_chain", "pvclock_gtod_chain"),
+                                    ("clocksource_change_chain", "clocksource_changes_chain"))
+             if sw.get(key)]
+    return " + ".join(names) or None
+
+
+def panel_title(panel: str, run: Run) -> str:
+    """A panel's title for ``run`` (the notifier panel names the profile's chain)."""
+    title = PANEL_TITLES[panel]
+    chain = notifier_chain(run) if panel == "notifier" else None
+    return f"{title} ({chain})" if chain else title
+
 
 SYMLOG_LINTHRESH_NS = 1
 """Linear range of the symlog axes (ns): 0..1 ns linear, a decade per tick above."""
@@ -176,15 +203,67 @@ def _cut(text: str, most: int = 30) -> str:
     return text if len(text) <= most else text[: most - 1] + "~"
 
 
+_LIFECYCLE_STEP = re.compile(
+    r"^VM (?P<vm>\S+): (?P<step>paused|KVM_KVMCLOCK_CTRL|snapshot '[^']*' taken|"
+    r"migration to \S+ started|migration: source stopped|restored on|migrated to|resumed)"
+)
+_HOST_STEP = re.compile(r"^host (?P<host>\S+) (?P<step>suspended|resumed)")
+
+
+def _lifecycle_step(text: str) -> str | None:
+    """The short label of a lifecycle step moment (``kvmclock.vmm.lifecycle``), else None."""
+    m = _LIFECYCLE_STEP.match(text)
+    if m:
+        step = re.sub(r" '[^']*' taken", "", m.group("step")).replace("KVM_KVMCLOCK_CTRL",
+                                                                       "KVMCLOCK_CTRL")
+        return f"{m.group('vm')} {step}"
+    h = _HOST_STEP.match(text)
+    if h:
+        return f"host {h.group('host')} {h.group('step')}"
+    return None
+
+
+def lifecycle_label(rec: Mapping[str, Any]) -> str:
+    """A lifecycle record's mark label: VM and action, ``(not completed)``, or, on a second
+    line, the MONOTONIC and REALTIME jumps against a guest that never stopped when either is
+    1 ms or more (``MONO -60.000 s, RT -60.000 s``)."""
+    label = f"{rec.get('vm')} {rec.get('action')}"
+    if rec.get("completed") is False:
+        return label + " (not completed)"
+    jumps = [(name, _int(rec.get(key))) for name, key in (("MONO", "monotonic_jump_ns"),
+                                                          ("RT", "realtime_jump_ns"))]
+    if any(j is not None and abs(j) >= 1_000_000 for _n, j in jumps):
+        label += "\n" + ", ".join(f"{n} {_short_ns(j)}" for n, j in jumps if j is not None)
+    return label
+
+
 def key_marks(run: Run) -> list[Mark]:
     """The moments marked on the time panels, in time order: clocksource switches (not a
     kernel's first, its boot choice), TSC jumps, steps and writes, the TSC marked unstable,
-    vCPU hotplug, a tick inside a read section, a livelock (from the run's ``moments``), and
-    every lifecycle record (at ``t_ns`` when completed, else ``started_ns``)."""
+    vCPU hotplug, a tick inside a read section, a livelock, every lifecycle step (kind
+    ``lifecycle_step``: pause, KVMCLOCK_CTRL, snapshot, migration start and stop, host
+    suspend and resume; from the run's ``moments``), and every lifecycle record (kind
+    ``lifecycle``, at ``t_ns`` when completed, else ``started_ns``; it stands for its own
+    restored / migrated / resumed step)."""
     out: list[Mark] = []
     booted: set[tuple[int, str]] = set()
+    recs = {(str(r.get("vm")), _int(r.get("t_ns"))) for r in run.get("lifecycle") or []
+            if r.get("completed") is not False}
     for m in run.get("moments") or []:
         text, level, t = str(m["text"]), int(m["level"]), int(m["t_ns"])
+        step = _lifecycle_step(text)
+        if step is not None:
+            vm = text.split(":", 1)[0].removeprefix("VM ")
+            done = any(w in text for w in ("restored on", "migrated to", "resumed ("))
+            if done and (vm, t) in recs:
+                continue
+            last = out[-1] if out else None
+            if (last is not None and last.kind == "lifecycle_step" and last.t_ns == t
+                    and last.label.split(" ", 1)[0] == step.split(" ", 1)[0]):
+                last.label += " + " + step.split(" ", 1)[1]  # one VM's steps at one time
+            else:
+                out.append(Mark(t, step, "lifecycle_step"))
+            continue
         cs = _CS_SWITCH.match(text)
         if cs:
             who = cs.group(1) or f"L{level}"
@@ -212,11 +291,7 @@ def key_marks(run: Run) -> list[Mark]:
         t_rec = _int(rec.get("t_ns")) if done else _int(rec.get("started_ns"))
         if t_rec is None:
             continue
-        label = f"{rec.get('vm')} {rec.get('action')}" + ("" if done else " (not completed)")
-        rt = _int(rec.get("realtime_jump_ns"))
-        if done and rt is not None and abs(rt) >= 1_000_000:
-            label += f" RT {_short_ns(rt)}"
-        out.append(Mark(t_rec, label, "lifecycle"))
+        out.append(Mark(t_rec, lifecycle_label(rec), "lifecycle"))
     out.sort(key=lambda mk: mk.t_ns)
     return out
 
@@ -232,6 +307,44 @@ def merge_marks(marks: Sequence[Mark], span_ns: int, frac: float = 0.012,
                 out[-1][1].append(mk.label)
         else:
             out.append((mk.t_ns, [mk.label]))
+    return out
+
+
+LABEL_FONTSIZE = 8
+"""Font size (pt) of the key-moment labels."""
+LABEL_WRAP = 28
+"""A key-moment label longer than this many characters is wrapped onto further lines."""
+_CHAR_IN = 0.56 * LABEL_FONTSIZE / 72  # a character's advance, inches (DejaVu Sans)
+_LINE_IN = 1.2 * LABEL_FONTSIZE / 72  # a rotated label's line pitch, inches
+
+
+def label_lines(labels: Sequence[str], wrap: int = LABEL_WRAP) -> list[str]:
+    """The lines of one merged key-moment label: each label's lines (a label may break its
+    own, ``\\n``) wrapped at ``wrap`` characters (at spaces), in order."""
+    out: list[str] = []
+    for label in labels:
+        for part in label.split("\n"):
+            out += textwrap.wrap(part, wrap, break_on_hyphens=False) or [part]
+    return out
+
+
+def place_labels(merged: Sequence[tuple[int, list[str]]], span_ns: int, line_frac: float,
+                 ) -> list[tuple[int, list[str], list[int]]]:
+    """Merged marks (:func:`merge_marks`) grouped so that their rotated labels do not
+    overlap: a label is drawn right of its line, one text line ``line_frac`` of the axis
+    wide; a mark whose line falls under the label before it joins that label.  Returns
+    ``(t_ns, lines, member_times)`` per label (``t_ns`` the first member's time)."""
+    out: list[tuple[int, list[str], list[int]]] = []
+    span = max(span_ns, 1)
+    for t, labels in merged:
+        if out:
+            t0, lines, members = out[-1]
+            right = t0 / span + (len(lines) + 0.5) * line_frac
+            if t / span < right:
+                lines.extend(ln for ln in label_lines(labels) if ln not in lines)
+                members.append(t)
+                continue
+        out.append((t, label_lines(labels), [t]))
     return out
 
 
@@ -338,17 +451,23 @@ def _shade_lifecycle(run: Run, ax: Any, lanes: Sequence[Lane] | None = None) -> 
             ax.axvline(started / 1e9, color="tab:gray", linewidth=0.8, linestyle=":")
 
 
-def _draw_marks(ax: Any, merged: Sequence[tuple[int, list[str]]], label: bool,
-                span_s: float = 0.0) -> None:
-    for t_ns, labels in merged:
-        near_left = t_ns / 1e9 < 0.04 * span_s  # no room left of the line: text to its right
-        ax.axvline(t_ns / 1e9, color="tab:purple", linewidth=0.8, alpha=0.7, gid="mark")
+def _draw_marks(ax: Any, placed: Sequence[tuple[int, list[str], list[int]]], label: bool,
+                span_s: float = 0.0, line_frac: float = 0.02) -> None:
+    """A vertical line per mark (the first of a label's group ``gid="mark"``, the others
+    ``"mark-member"``); with ``label``, the group's label: rotated, one line per label line,
+    right of its line (left of it where it would leave the axis)."""
+    for t_ns, lines, members in placed:
+        for i, t in enumerate(members):
+            ax.axvline(t / 1e9, color="tab:purple", linewidth=0.8, alpha=0.7,
+                       gid="mark" if i == 0 else "mark-member")
         if label:
-            shown = labels[:4] + (["..."] if labels[4:] else [])
-            ax.text(t_ns / 1e9, 0.03, "\n".join(shown), rotation=90,
-                    ha="left" if near_left else "right", va="bottom", fontsize=7,
-                    color="tab:purple",
-                    transform=ax.get_xaxis_transform(), linespacing=1.0, clip_on=True,
+            x = t_ns / 1e9
+            width = (len(lines) + 0.3) * line_frac * span_s
+            right = x + width <= span_s
+            ax.text(x, 0.04, "\n".join(lines), rotation=90,
+                    ha="left" if right else "right", va="bottom", fontsize=LABEL_FONTSIZE,
+                    multialignment="left",
+                    color="tab:purple", transform=ax.get_xaxis_transform(), linespacing=1.1,
                     gid="mark-label")
 
 
@@ -435,9 +554,15 @@ def build_figure(runs: Sequence[Run], title: str = "") -> Any:
     ncols = max(1, len(runs))
     nlanes = max([1, *(len(p.lanes) for p in plan.per_run)])
     nlev = max([1, *(len(p.notifier) for p in plan.per_run)])
-    longest = max([12, *(len(m.label) for p in plan.per_run for m in p.marks)])
-    # the key-moments strip is as tall as its longest rotated label needs
-    heights = {"moments": min(2.6, 0.45 + 0.075 * longest), "state": 0.45 + 0.32 * nlanes,
+    # the axes' width (inches): the column less the state lanes' labels left of it
+    lane_chars = max([8, *(len(lane.label) for p in plan.per_run for lane in p.lanes)])
+    axes_in = max(2.5, 7.5 - 0.6 - 0.6 * 8 / 72 * lane_chars)
+    line_frac = _LINE_IN / axes_in
+    placed = [place_labels(merge_marks(p.marks, int(_end_s(r) * 1e9)), int(_end_s(r) * 1e9),
+                           line_frac) for r, p in zip(runs, plan.per_run, strict=True)]
+    longest = max([12, *(len(ln) for pl in placed for _t, lines, _m in pl for ln in lines)])
+    # the key-moments strip is as tall as its longest rotated label line needs
+    heights = {"moments": 0.3 + _CHAR_IN * longest, "state": 0.45 + 0.32 * nlanes,
                "notifier": 0.35 + 0.28 * nlev, "skew": 2.4, "backwards": 2.4}
     ratios = [heights[p] for p in plan.drawn] or [1.0]
     note = omitted_note(plan)
@@ -446,7 +571,7 @@ def build_figure(runs: Sequence[Run], title: str = "") -> Any:
     grid = fig.add_gridspec(len(ratios), ncols, height_ratios=ratios)
     for col, (run, panels) in enumerate(zip(runs, plan.per_run, strict=True)):
         end_s = _end_s(run)
-        merged = merge_marks(panels.marks, int(end_s * 1e9))
+        merged = placed[col]
         first_time_ax: Any = None
         for row, panel in enumerate(plan.drawn):
             shared: Any = first_time_ax if panel != "notifier" else None
@@ -460,7 +585,7 @@ def build_figure(runs: Sequence[Run], title: str = "") -> Any:
                 for side in ("left", "right", "top"):
                     ax.spines[side].set_visible(False)
                 ax.set_title(f"profile {run['profile']}: key moments", fontsize=10)
-                _draw_marks(ax, merged, label=True, span_s=end_s)
+                _draw_marks(ax, merged, label=True, span_s=end_s, line_frac=line_frac)
                 if not merged:
                     ax.text(0.5, 0.5, "no clocksource switch, TSC jump or lifecycle action",
                             ha="center", va="center", fontsize=8, color="tab:gray",
@@ -482,7 +607,7 @@ def build_figure(runs: Sequence[Run], title: str = "") -> Any:
                 _draw_symlog(ax, panels.skew, "skew", SKEW_THRESHOLD_NS)
             else:
                 _draw_symlog(ax, panels.backwards, "step back", None)
-            ax.set_title(PANEL_TITLES[panel], fontsize=9)
+            ax.set_title(panel_title(panel, run), fontsize=9)
             if panel in ("skew", "backwards"):
                 _shade_lifecycle(run, ax)
             if panel != "notifier":

@@ -3,7 +3,9 @@ derived from the runs, and the key moments as a short timeline."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 Run = Mapping[str, Any]
@@ -473,28 +475,197 @@ def _kvmclock_host_reason(run: Run) -> str | None:
     return None
 
 
+def moment_text(m: Mapping[str, Any]) -> str:
+    """A key moment as one line: its ``text``, and where a multi-line printk's numbers are
+    in ``detail`` (the watchdog's skew verdict), the text without its final colon, ``: ``
+    and the detail."""
+    text = str(m["text"])
+    detail = m.get("detail")
+    if detail:
+        return f"{text.rstrip().removesuffix(':')}: {detail}"
+    return text
+
+
+def cause_first(moments: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``moments`` (execution order) with a timeline entry's own moment moved before the
+    moments its kernel calls gave (those carry ``cause``, the entry's text, at its time)."""
+    out: list[Mapping[str, Any]] = []
+    moved: set[int] = set()
+    for i, m in enumerate(moments):
+        if i in moved:
+            continue
+        cause = m.get("cause")
+        if cause is not None:
+            for j in range(i + 1, len(moments)):
+                c = moments[j]
+                if int(c["t_ns"]) != int(m["t_ns"]):
+                    break
+                if j not in moved and str(c["text"]) == cause and c.get("cause") is None:
+                    out.append(c)
+                    moved.add(j)
+                    break
+        out.append(m)
+    return out
+
+
+MOMENT_RANKS = (
+    "livelock",
+    "TSC unstable, clocksource switch after boot, backwards TSC, skew or clock step back",
+    "masterclock or pvclock stable bit change",
+    "lifecycle action",
+    "TSC write, jump or generation (and other scenario moments)",
+    "start-up (VM created, boot clocksource, the new VM's first masterclock)",
+)
+"""What the key-moment ranks mean, most important first (:func:`moment_ranks`)."""
+
+MOMENT_SHORT = ("livelock", "anomalies", "masterclock/stable bit", "lifecycle", "TSC and other",
+                "start-up")
+"""A short name per rank, for the line that counts the moments left out."""
+
+_LIFECYCLE_WORDS = (
+    "paused", "resumed", "snapshot", "restored", "migrat", "suspended", "KVMCLOCK_CTRL",
+    "destroyed", "KVM_SET_CLOCK", "KVM_GET_CLOCK", "not completed", "VM created",
+)
+_ANOMALY_WORDS = (
+    "Marking TSC unstable", "Marking clocksource", "backwards TSC", "TSC went backwards",
+    "first guest clock step backwards", "cross-vCPU skew",
+)
+
+
+def moment_ranks(moments: Sequence[Mapping[str, Any]]) -> list[int]:
+    """A rank per moment of one run (execution order), 0 most important (see
+    :data:`MOMENT_RANKS`): a livelock; the TSC marked unstable, a clocksource switch after a
+    kernel's boot choice, a backwards TSC, a derived skew or step-back moment; masterclock and
+    stable-bit changes; lifecycle actions (a VM created again by a restore or migration is
+    one); TSC writes, jumps and generations and anything else; start-up lines: a VM's first
+    creation and the moments of that VM at that time, a kernel's first clocksource."""
+    created: dict[str, int] = {}
+    for m in moments:
+        text = str(m["text"])
+        if text.endswith(": VM created"):
+            created.setdefault(text.removesuffix(": VM created"), int(m["t_ns"]))
+    booted: set[tuple[int, str]] = set()
+    seen_created: set[str] = set()
+    out = []
+    for m in moments:
+        text, t = str(m["text"]), int(m["t_ns"])
+        if text.startswith("LIVELOCK"):
+            out.append(0)
+            continue
+        if "Switched to clocksource" in text:
+            who = (int(m["level"]), text.split(":", 1)[0])
+            out.append(1 if who in booted else 5)
+            booted.add(who)
+            continue
+        if any(w in text for w in _ANOMALY_WORDS):
+            out.append(1)
+            continue
+        if text.endswith(": VM created"):
+            name = text.removesuffix(": VM created")
+            out.append(3 if name in seen_created else 5)
+            seen_created.add(name)
+            continue
+        if "masterclock" in text.lower() or "pvclock stable bit" in text:
+            rank = 2
+        elif any(w in text for w in _LIFECYCLE_WORDS):
+            rank = 3
+        else:
+            rank = 4
+        if rank in (2, 4):
+            for name, t0 in created.items():
+                if t == t0 and (text.startswith(f"{name}:") or text.startswith(f"VM {name}:")):
+                    rank = 5
+                    break
+        out.append(rank)
+    return out
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+@dataclass
+class _Line:
+    """One line of the timeline: moments that differ only in numbers (collapsed)."""
+
+    level: int
+    who: str
+    key: str
+    rank: int
+    texts: list[str]
+    times: list[int]
+    open: bool = True
+
+    def text(self) -> str:
+        if len(self.texts) == 1:
+            return self.texts[0]
+        numbers = [_NUMBER.findall(t) for t in self.texts]
+        parts = _NUMBER.split(self.texts[0])
+        out = parts[0]
+        for i, rest in enumerate(parts[1:]):
+            vals = {n[i] for n in numbers}
+            out += (numbers[0][i] if len(vals) == 1 else "N") + rest
+        a, b = self.times[0], self.times[-1]
+        when = f"at {a / 1e9:.3f} s" if a == b else f"{a / 1e9:.3f}-{b / 1e9:.3f} s"
+        return f"{out} x{len(self.texts)}, {when}"
+
+
 def moments_timeline(runs: Sequence[Run], limit: int = 30) -> list[str]:
-    """The key moments of all runs in time order, at most ``limit`` lines; a moment that every
-    run has at the same time and level is shown once, as ``all`` (``both`` for two runs)."""
+    """The key moments of all runs in time order (a timeline entry's own moment before the
+    moments its kernel calls gave, :func:`cause_first`), at most ``limit`` lines.  A moment
+    that every run has at the same time and level is shown once, as ``all`` (``both`` for
+    two runs).  Moments of the same runs and level that differ only in numbers are one line
+    (``... x20, 2.051-3.951 s``, the numbers that vary as ``N``) unless a moment as important
+    (:func:`moment_ranks`) of the same runs comes between them.  When there are more lines
+    than ``limit``, the most important are kept (rank, then time), still printed in time
+    order, and the last line says how many moments were left out."""
     names = [str(r["profile"]) for r in runs]
-    seen: dict[tuple[int, int, str], list[str]] = {}
+    seen: dict[tuple[int, int, str], tuple[list[str], int]] = {}
     for run in runs:
-        for m in [*(run.get("moments") or []), *derived_moments(run)]:
-            profs = seen.setdefault((int(m["t_ns"]), int(m["level"]), str(m["text"])), [])
+        ms = cause_first([*(run.get("moments") or []), *derived_moments(run)])
+        ms.sort(key=lambda m: int(m["t_ns"]))  # stable: derived moments last at their time
+        for m, rank in zip(ms, moment_ranks(ms), strict=True):
+            key = (int(m["t_ns"]), int(m["level"]), moment_text(m))
+            profs, best = seen.get(key, ([], rank))
             if str(run["profile"]) not in profs:
                 profs.append(str(run["profile"]))
+            seen[key] = (profs, min(best, rank))
     everyone = "both" if len(names) == 2 else "all"
-    rows = sorted(seen.items(), key=lambda kv: (kv[0][0], names.index(kv[1][0])))
-    shown = [
-        (t, lvl, text, everyone if len(profs) == len(names) > 1 else ",".join(profs))
-        for (t, lvl, text), profs in rows[:limit]
-    ]
-    width = max([len(everyone), *(len(n) for n in names), *(len(w) for *_, w in shown)])
-    out = []
-    for t, lvl, text, who in shown:
-        out.append(f"{fmt_time(t):>14}  {who:<{width}} L{lvl}  {text}")
-    if len(rows) > limit:
-        out.append(f"{'':>14}  ... {len(rows) - limit} more moments (all of them in --json)")
+    rows = sorted(seen.items(), key=lambda kv: (kv[0][0], names.index(kv[1][0][0])))
+    lines: list[_Line] = []
+    open_lines: dict[tuple[str, int, str], _Line] = {}
+    for (t, lvl, text), (profs, rank) in rows:
+        who = everyone if len(profs) == len(names) > 1 else ",".join(profs)
+        shape = (who, lvl, _NUMBER.sub("N", text))
+        for k, ln in list(open_lines.items()):
+            if k != shape and ln.who == who and rank <= ln.rank:
+                del open_lines[k]
+        line = open_lines.get(shape)
+        if line is not None:
+            line.texts.append(text)
+            line.times.append(t)
+        else:
+            line = _Line(lvl, who, shape[2], rank, [text], [t])
+            lines.append(line)
+            open_lines[shape] = line
+    kept = lines
+    if len(lines) > limit:
+        order = sorted(range(len(lines)), key=lambda i: (lines[i].rank, lines[i].times[0], i))
+        keep = set(order[: max(limit, 0)])
+        kept = [ln for i, ln in enumerate(lines) if i in keep]
+    width = max([len(everyone), *(len(n) for n in names), *(len(ln.who) for ln in kept)])
+    out = [f"{fmt_time(ln.times[0]):>14}  {ln.who:<{width}} L{ln.level}  {ln.text()}"
+           for ln in kept]
+    if len(kept) < len(lines):
+        left = [ln for ln in lines if ln not in kept]
+        n = sum(len(ln.texts) for ln in left)
+        per_rank: dict[int, int] = {}
+        for ln in left:
+            per_rank[ln.rank] = per_rank.get(ln.rank, 0) + len(ln.texts)
+        what = "; ".join(f"{MOMENT_SHORT[r]} {c}" for r, c in sorted(per_rank.items()))
+        out.append(
+            f"{'':>14}  ... {n} more moment{'s' if n > 1 else ''} left out, the least "
+            f"important ({what}); --json has all of them"
+        )
     return out
 
 

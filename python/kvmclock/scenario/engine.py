@@ -188,6 +188,8 @@ class _Engine:
         #: the running lifecycle entry's ``note``, not yet used: it replaces the text of the
         #: first moment the entry gives
         self._note: str | None = None
+        #: index in the world's event log where the running timeline entry began
+        self._action_start: int | None = None
 
     # -- construction ---------------------------------------------------------------------
     def build(self) -> None:
@@ -269,6 +271,7 @@ class _Engine:
             had = "after" in vars(world)
             saved = vars(world).get("after")
             setattr(world, "after", later)  # noqa: B010 - an instance attribute, undone below
+            outer, self._action_start = self._action_start, len(world.events)
             try:
                 fn()
             except ScenarioError:
@@ -283,6 +286,7 @@ class _Engine:
                     f"{step.action} at {when} refused at run time{at}: {exc}",
                 ) from None
             finally:
+                self._action_start = outer
                 if had:
                     setattr(world, "after", saved)  # noqa: B010
                 else:
@@ -296,6 +300,21 @@ class _Engine:
     def _level(self, vm: str) -> int:
         g = self._vmm(vm).guest
         return g.level if g is not None else 0
+
+    def _own(self, level: int, text: str) -> None:
+        """The running timeline entry's own key moment, recorded once its kernel calls are
+        done (its text may say what they did): every key moment and printk those calls
+        logged at this time gets ``cause`` = ``text``, so that a reader puts the entry's
+        moment first (``render.text.cause_first``)."""
+        world = self.sim.world
+        start = self._action_start
+        self.sim.moment(level, text)
+        if start is None:
+            return
+        now = world.now_ns
+        for ev in world.events[start:-1]:
+            if ev.get("kind") in ("moment", "printk") and ev.get("t_ns") == now:
+                ev.setdefault("cause", text)
 
     def _moment_at(self, step: Step, level: int, default: str) -> None:
         self.at(step.t_ns, lambda: self.sim.moment(level, step.note or default))
@@ -341,7 +360,6 @@ class _Engine:
 
     def _do_tsc_write(self, step: Step) -> None:
         a = step.args
-        sim = self.sim
 
         def write() -> None:
             vm = self._vmm(a["vm"]).vm
@@ -369,7 +387,7 @@ class _Engine:
                     )
             if not a["host_initiated"]:
                 text += " (guest-initiated)"
-            sim.moment(self._level(a["vm"]), step.note or text)
+            self._own(self._level(a["vm"]), step.note or text)
 
         self.at(step.t_ns, write)
 
@@ -377,7 +395,6 @@ class _Engine:
         from kvmclock.timekeeping.clocksource import MSR_KVM_SYSTEM_TIME_NEW
 
         a = step.args
-        sim = self.sim
 
         def hotplug() -> None:
             vmm = self._vmm(a["vm"])
@@ -388,7 +405,7 @@ class _Engine:
             # the guest's CPU-online path: kvm_register_clock on the new CPU
             if g is not None and "kvmclock" in vm.machine.features:
                 vm.machine.wrmsr(v.vcpu_id, MSR_KVM_SYSTEM_TIME_NEW, g.pvti_offset(v.vcpu_id) | 1)
-            sim.moment(
+            self._own(
                 self._level(a["vm"]),
                 step.note or f"vCPU {v.vcpu_id} hotplugged (host-initiated TSC write of 0)",
             )
@@ -397,12 +414,11 @@ class _Engine:
 
     def _do_vcpu_migrate(self, step: Step) -> None:
         a = step.args
-        sim = self.sim
 
         def migrate() -> None:
             self._vmm(a["vm"]).vm.migrate_vcpu(a["vcpu"], a["host_cpu"])
             if step.note:
-                sim.moment(self._level(a["vm"]), step.note)
+                self._own(self._level(a["vm"]), step.note)
 
         self.at(step.t_ns, migrate)
 
@@ -427,7 +443,6 @@ class _Engine:
         from kvmclock.kvm.x86 import KVM_CLOCK_REALTIME
 
         a = step.args
-        sim = self.sim
 
         def set_clock() -> None:
             vmm = self._vmm(a["vm"])
@@ -438,7 +453,7 @@ class _Engine:
                 vm.set_clock(target)
                 vm.machine.run_on_cpu(0, lambda: None)
                 st = vm.vcpus[0].hv_clock.system_time
-                sim.moment(
+                self._own(
                     level,
                     step.note
                     or f"KVM_SET_CLOCK flags=0 clock={target}: next system_time={st} "
@@ -451,11 +466,11 @@ class _Engine:
             try:
                 vm.set_clock(target, KVM_CLOCK_REALTIME, real - a["lag_ns"])
             except ValueError as exc:  # a profile without switch kvm_clock_realtime
-                sim.moment(level, f"KVM_SET_CLOCK flags=REALTIME refused: {exc}")
+                self._own(level, f"KVM_SET_CLOCK flags=REALTIME refused: {exc}")
                 return
             vm.machine.run_on_cpu(0, lambda: None)
             st = vm.vcpus[0].hv_clock.system_time
-            sim.moment(
+            self._own(
                 level,
                 step.note
                 or f"KVM_SET_CLOCK flags=REALTIME realtime {a['lag_text']} s behind: "
@@ -466,11 +481,10 @@ class _Engine:
 
     def _do_get_clock(self, step: Step) -> None:
         a = step.args
-        sim = self.sim
 
         def get() -> None:
             d = self._vmm(a["vm"]).vm.get_clock()
-            sim.moment(
+            self._own(
                 self._level(a["vm"]),
                 step.note
                 or f"KVM_GET_CLOCK clock={d.clock} flags={d.flags:#x} realtime={d.realtime} "
@@ -737,16 +751,41 @@ def _moments(sim: Sim, level_of: dict[str, int]) -> list[dict[str, Any]]:
     and the clocksource printks."""
     keys = ("Switched to clocksource", "unstable", "Marking")
     out: list[dict[str, Any]] = []
+    checks: dict[str, dict[str, Any]] = {}  # kernel -> its last watchdog check
     for ev in sim.world.events:
         kind = ev.get("kind")
-        if kind == "moment":
-            out.append({"t_ns": ev["t_ns"], "level": ev["level"], "text": str(ev["text"])})
+        m: dict[str, Any] | None = None
+        if kind == "watchdog_check":
+            checks[str(ev.get("kernel"))] = ev
+        elif kind == "moment":
+            m = {"t_ns": ev["t_ns"], "level": ev["level"], "text": str(ev["text"])}
         elif kind == "printk" and any(s in str(ev.get("text", "")) for s in keys):
-            out.append(
-                {
-                    "t_ns": ev["t_ns"],
-                    "level": level_of.get(str(ev.get("kernel")), 0),
-                    "text": f"{ev.get('kernel')}: {ev.get('text')}",
-                }
-            )
+            text = str(ev.get("text"))
+            m = {
+                "t_ns": ev["t_ns"],
+                "level": level_of.get(str(ev.get("kernel")), 0),
+                "text": f"{ev.get('kernel')}: {text}",
+            }
+            check = checks.get(str(ev.get("kernel")))
+            if text.endswith("skew is too large:") and check is not None:
+                m["detail"] = _skew_detail(check)
+        if m is None:
+            continue
+        if "cause" in ev:
+            m["cause"] = str(ev["cause"])
+        out.append(m)
     return out
+
+
+def _skew_detail(check: dict[str, Any]) -> str:
+    """The numbers the kernel prints on the lines after its "Marking clocksource ... as
+    unstable because the skew is too large:" (kernel/time/clocksource.c
+    ``clocksource_watchdog``: 4.13 prints the raw cycle counts, 6.18 also ``wd_nsec``,
+    ``cs_nsec`` and the skew) as one phrase, from the watchdog check that gave the verdict."""
+    cs_nsec, wd_nsec = int(check["cs_nsec"]), int(check["wd_nsec"])
+    skew = cs_nsec - wd_nsec
+    ms = abs(skew) // 1_000_000 * (-1 if skew < 0 else 1)  # the kernel's div_s64 (toward 0)
+    return (
+        f"'{check['cs']}' cs_nsec {cs_nsec} vs '{check['wd']}' wd_nsec {wd_nsec}: skewed "
+        f"{skew} ns ({ms} ms)"
+    )

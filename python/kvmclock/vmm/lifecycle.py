@@ -359,7 +359,7 @@ class Lifecycle:
             if on_done is not None:
                 on_done(rec)
 
-        vmm.restore(snap, host, recipe, on_done=done)
+        vmm.restore(snap, host, recipe, on_done=done, action=action)
 
     def migrate(
         self,

@@ -185,6 +185,7 @@ class Vmm:
         recipe: Recipe,
         *,
         on_done: Callable[[], None] | None = None,
+        action: str = "restore",
     ) -> None:
         """Rebuild the VM of ``snapshot`` on ``host`` (this host or another) the way
         ``recipe`` does, then move the guest kernel onto it and start it.
@@ -196,7 +197,9 @@ class Vmm:
         (:meth:`Recipe.restore_steps`; a step that fails raises and the new VM is destroyed,
         the old one stays paused); when they are done (at once, or ``gap_ms`` apart for
         ``naive``): ``Kernel.move_to_machine`` for the guest, the old VM destroyed, the vCPUs
-        started (each enters once), ``on_done`` called.  The current VM must be paused
+        started (each enters once), ``on_done`` called.  The old VM's key moment names it as
+        the VM the guest was restored (``action`` "migrate": migrated) from, with its host
+        and creation time.  The current VM must be paused
         (``ValueError``): a guest cannot run in two places."""
         if self.restoring:
             raise ValueError(f"VM {self.name}: a restore is already under way")
@@ -221,12 +224,15 @@ class Vmm:
         notes: list[str] = []
         self.restore_notes = notes
         old = self.vm
+        old_host = self.host.name
+        verb = "migrated" if action == "migrate" else "restored"
+        old_since = f", created at {old.created_ns / 1e9:.3f} s"
 
         def done() -> None:
             if self.guest is not None:
                 self.guest.move_to_machine(new.machine)
             if not old.destroyed:
-                old.destroy()
+                old.destroy(f"the VM it was {verb} from (on host {old_host}{old_since})")
             self.vm = new
             self.vm_history.append(new)
             self.host = host
