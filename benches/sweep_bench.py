@@ -6,7 +6,9 @@ The sweep (default 1,000 runs): scenario ``set-clock`` with ``duration_s`` 1.5 (
 about 15 ms of one CPU), ``step_s`` over 40 values and 25 seeds, profile ``upstream``. Every
 candidate runs the whole sweep through :func:`kvmclock.sweep.run` with its executor (no
 output file: the rows come back), so the timing covers what ``kvmclock sweep`` does per run:
-submitting the point, running it in a worker, shipping its row back, ordering the rows.
+submitting the points (in chunks of several points per executor task, chosen by
+``kvmclock.sweep.run`` from the number of points and workers unless ``--chunk-size`` is given),
+running them in a worker, shipping their rows back, ordering the rows.
 
 Fairness: the three executors are started before the first round and each is warmed up by
 one run per worker (worker start-up and the first import of kvmclock in each worker are not
@@ -17,8 +19,8 @@ and their median reported. The rows of every candidate are checked equal to the 
 candidate's (all columns but ``wall_s``): the same results whichever executor ran them.
 
 Usage: ``.venv/bin/python benches/sweep_bench.py [--seeds 25] [--values 40] [--rounds 3]
-[--json PATH|-]``. Targets (issue 15): 2 workers >= 1.7x one; Dask within 15% of the local
-pool with the same number of workers.
+[--chunk-size N] [--json PATH|-]``. Targets (issue 15): 2 workers >= 1.7x one; Dask within
+15% of the local pool with the same number of workers.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from concurrent.futures import Executor
 from typing import Any
 
 from kvmclock.sweep import run
-from kvmclock.sweep.execute import make_executor
+from kvmclock.sweep.api import UNKNOWN_WORKERS
+from kvmclock.sweep.execute import chunk_size_for, executor_workers, make_executor
 
 SCENARIO = "set-clock"
 DURATION_S = 1.5
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=25, help="seeds per point (default 25)")
     ap.add_argument("--values", type=int, default=40, help="step_s values (default 40)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                    help="points per executor task (default: kvmclock.sweep.run's automatic "
+                    "size)")
     ap.add_argument("--json", metavar="PATH|-", help="the raw numbers as JSON")
     args = ap.parse_args(argv)
     grid: dict[str, list[Any]] = {"duration_s": [DURATION_S],
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def sweep_with(executor: Executor) -> list[dict[str, Any]]:
         rows = run(SCENARIO, grid=grid, seeds=args.seeds, profiles=[PROFILE],
-                   executor=executor, table=False)
+                   executor=executor, chunk_size=args.chunk_size, table=False)
         assert isinstance(rows, list)
         return rows
 
@@ -70,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         "Dask LocalCluster, 2 workers": make_executor(workers=2, dask="local"),
     }
     names = list(made)
+    # points per task as kvmclock.sweep.run chooses them (or --chunk-size)
+    chunks = {n: args.chunk_size or chunk_size_for(n_runs, executor_workers(ex) or UNKNOWN_WORKERS)
+              for n, (ex, _close) in made.items()}
     try:
         warm = {"duration_s": [DURATION_S], "step_s": [1]}
         for ex, _close in made.values():  # a few runs per worker, not timed
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     dask_ratio = [c / b for b, c in zip(two, dask, strict=True)]
     doc = {
         "scenario": SCENARIO, "duration_s": DURATION_S, "profile": PROFILE,
-        "runs_per_sweep": n_runs, "rounds": args.rounds,
+        "runs_per_sweep": n_runs, "rounds": args.rounds, "chunk_size": chunks,
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "load_before": list(load_before), "load_after": list(load_after),
         "runs_per_s": {n: {"min": min(v), "median": statistics.median(v), "all": v}
@@ -117,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep of {n_runs} runs ({SCENARIO}, duration_s {DURATION_S}, {PROFILE}), "
           f"{args.rounds} interleaved rounds, {os.cpu_count()} CPUs, load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print("| executor | runs/s, min / median | coordinator CPU s per sweep, median |")
-    print("| --- | ---: | ---: |")
+    print("| executor | points per task | runs/s, min / median | coordinator CPU s per sweep, "
+          "median |")
+    print("| --- | ---: | ---: | ---: |")
     for n, v in rates.items():
-        print(f"| {n} | {min(v):.1f} / {statistics.median(v):.1f} | "
+        print(f"| {n} | {chunks[n]} | {min(v):.1f} / {statistics.median(v):.1f} | "
               f"{statistics.median(coord[n]):.2f} |")
     print(f"2 workers / 1 worker: {statistics.median(speedup):.2f}x (median of rounds: "
           f"{', '.join(f'{x:.2f}' for x in speedup)}); target >= 1.7x")

@@ -1,19 +1,27 @@
-"""Running sweep points: :func:`run_point` (one run -> one row, in any process) and
-:func:`make_executor` (a local process pool, or a Dask ``distributed`` cluster).
+"""Running sweep points: :func:`run_point` (one run -> one row, in any process),
+:func:`run_points` (a chunk of points -> their rows: one executor task),
+:func:`chunk_size_for` (how many points per task) and :func:`make_executor` (a local process
+pool, or a Dask ``distributed`` cluster).
 
-``run_point`` is a module-level function of a picklable :class:`~kvmclock.sweep.plan.SweepPoint`,
-so any :class:`concurrent.futures.Executor` can run it; its row depends only on the point
-(plus ``wall_s``), whichever executor ran it.
+``run_point`` and ``run_points`` are module-level functions of picklable
+:class:`~kvmclock.sweep.plan.SweepPoint` values, so any :class:`concurrent.futures.Executor`
+can run them; a row depends only on its point (plus ``wall_s``), whichever executor ran it and
+in whichever chunk.
+
+Why chunks: an executor spends a fixed cost per task in the calling process (with Dask about
+5 ms of CPU for the scheduler and client per task), as much as a short run takes; handing each
+task several points divides that cost by their number (docs/performance.md, "Sweeps").
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +31,31 @@ if TYPE_CHECKING:
     from kvmclock.scenario.loader import ScenarioFile
     from kvmclock.sweep.plan import SweepPoint
 
-__all__ = ["DASK_EXTRA", "check_workers", "make_executor", "run_point"]
+__all__ = [
+    "CHUNKS_PER_WORKER",
+    "DASK_EXTRA",
+    "MAX_CHUNK",
+    "check_chunk_size",
+    "check_workers",
+    "chunk_size_for",
+    "executor_workers",
+    "make_executor",
+    "run_point",
+    "run_points",
+]
 
 #: the optional extra that installs Dask distributed
 DASK_EXTRA = "kvmclock[dask]"
+
+#: the automatic chunk size aims at this many chunks per worker (so a worker that finishes
+#: early finds more work: the load stays balanced when runs take different times) ...
+CHUNKS_PER_WORKER = 4
+#: ... and never puts more points than this in one chunk (a chunk whose worker dies is run
+#: again whole on resume, and a chunk already handed to a worker runs to its end)
+MAX_CHUNK = 16
+
+#: sweeps (by token) a KeyboardInterrupt stopped in this process: their later chunks run nothing
+_INTERRUPTED: set[str] = set()
 
 #: scenario files parsed in this process, by the sha256 of their text
 _FILES: dict[str, ScenarioFile] = {}
@@ -78,6 +107,63 @@ def run_point(point: SweepPoint) -> dict[str, Any]:
     return row_from_run(point, run, time.perf_counter() - t0)
 
 
+def run_points(points: Sequence[SweepPoint], token: str = "") -> list[dict[str, Any]]:
+    """Run a chunk of points, one after the other, with :func:`run_point`: row ``i`` is the
+    row of ``points[i]`` (a failed run is an error row; the other points still run).
+
+    A KeyboardInterrupt in this process (Ctrl-C reaching a pool's worker) ends the chunk:
+    the rows finished so far are returned (fewer rows than points: the caller records the
+    rest as lost, to run again on resume), and the later chunks of the same sweep (same
+    ``token``, a string the caller makes unique per sweep) run nothing in this process; other
+    sweeps are not affected."""
+    rows: list[dict[str, Any]] = []
+    if token and token in _INTERRUPTED:
+        return rows
+    try:
+        for p in points:
+            rows.append(run_point(p))
+    except KeyboardInterrupt:
+        if token:
+            _INTERRUPTED.add(token)
+    return rows
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """UsageError unless ``chunk_size`` is None (automatic) or a count >= 1."""
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise UsageError(
+            f"chunk_size={chunk_size!r}: give a number of points per task >= 1, or None (automatic)"
+        )
+
+
+def chunk_size_for(points: int, workers: int) -> int:
+    """The automatic number of points per executor task for ``points`` points on
+    ``workers`` workers: enough chunks for about :data:`CHUNKS_PER_WORKER` per worker, at
+    most :data:`MAX_CHUNK` points each, at least 1 (never 0, also for no points)."""
+    per = math.ceil(points / (CHUNKS_PER_WORKER * max(1, workers)))
+    return max(1, min(MAX_CHUNK, per))
+
+
+def executor_workers(executor: Executor) -> int | None:
+    """How many runs ``executor`` runs at once, when it says: the size of a
+    :mod:`concurrent.futures` pool, the threads of a Dask client's workers; None when it is
+    not known (another kind of executor, or a Dask cluster with no worker yet)."""
+    n = getattr(executor, "_max_workers", None)  # ProcessPoolExecutor, ThreadPoolExecutor
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+        return n
+    client = getattr(executor, "_client", None)  # distributed's ClientExecutor
+    nthreads = getattr(client, "nthreads", None)
+    if callable(nthreads):
+        try:
+            total = sum(int(v) for v in nthreads().values())
+        except Exception:
+            return None
+        return total if total >= 1 else None
+    return None
+
+
 def _pool_context() -> Any:
     """fork where there is one (Linux: the workers start at once, with kvmclock already
     imported, and a script needs no ``if __name__ == "__main__"`` guard), else the
@@ -98,7 +184,8 @@ def check_workers(workers: int | None) -> None:
 def make_executor(
     workers: int | None = None, dask: str | None = None
 ) -> tuple[Executor, Callable[[], None]]:
-    """An executor for :func:`run_point` and the function that shuts it down.
+    """An executor for :func:`run_point` / :func:`run_points` and the function that shuts it
+    down.
 
     * ``dask`` None: a :class:`~concurrent.futures.ProcessPoolExecutor` of ``workers``
       processes (default ``os.cpu_count()``);

@@ -2,7 +2,8 @@
 output path's extension, and the journal that makes a sweep resumable.
 
 * While a sweep runs, every finished row is appended to ``<out>.journal.jsonl`` (one JSON
-  object per line, flushed), so a crash or Ctrl-C loses at most the runs in flight.
+  object per line, flushed), so a crash or Ctrl-C loses at most the runs in flight (the
+  unfinished runs of the chunks of points the workers hold: kvmclock.sweep.api).
 * At the end, and on Ctrl-C, the table is written from the rows of ``<out>`` (if it exists),
   the journal and the new rows, sorted in the plan's order (a temporary file renamed over
   ``<out>``, so ``<out>`` is always a whole table); the journal is removed once that write
