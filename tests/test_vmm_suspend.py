@@ -8,10 +8,8 @@ from kvmclock.kernel import Kernel
 from kvmclock.machine import PhysicalMachine, World
 from kvmclock.vmm import Vmm
 from kvmclock.vmm.lifecycle import Lifecycle
+from vmm_util import MS, S, make_guest, make_host
 
-S = 1_000_000_000
-MS = 1_000_000
-EPOCH = 1_700_000_000 * S
 RESUME_TSC = 50_000_000
 
 
@@ -21,17 +19,9 @@ def test_host_suspend_keeps_the_guest_tsc_and_turns_masterclock_off(profile: str
     compensation moves every offset by the same amount, so each vCPU's TSC continues from
     its value at the suspend plus only the host cycles since the resume; it sets
     backwards_tsc_observed, so masterclock is off and stays off."""
-    world = World(4)
-    m = PhysicalMachine(world, 2, tsc_khz=2_593_992, rtc_epoch_ns=EPOCH)
-    h = Kernel(m, profile, name="h0")
-    h.boot()
-    world.run_until(MS)
-    h.load_kvm()
-    vmm = Vmm(h, name="vm", vcpus=2)
-    g = Kernel(vmm.machine, profile, name="g")
-    vmm.guest = g
-    g.boot()
-    world.run_until(20 * S)
+    world, h, vmm = _suspend_setup(profile)
+    g = vmm.guest
+    assert g is not None
     lc = Lifecycle(world)
     other = Vmm(h, name="idle", vcpus=1)
     with pytest.raises(ValueError, match="VM vm runs on h0, not on h1"):
@@ -58,15 +48,8 @@ def test_host_suspend_keeps_the_guest_tsc_and_turns_masterclock_off(profile: str
 
 def _suspend_setup(profile: str) -> tuple[World, Kernel, Vmm]:
     world = World(4)
-    m = PhysicalMachine(world, 2, tsc_khz=2_593_992, rtc_epoch_ns=EPOCH)
-    h = Kernel(m, profile, name="h0")
-    h.boot()
-    world.run_until(MS)
-    h.load_kvm()
-    vmm = Vmm(h, name="vm", vcpus=2)
-    g = Kernel(vmm.machine, profile, name="g")
-    vmm.guest = g
-    g.boot()
+    h = make_host(world, profile, boot_at_ns=MS)
+    vmm = make_guest(h, profile)
     world.run_until(20 * S)
     return world, h, vmm
 
