@@ -10,8 +10,8 @@ from schema_util import load_schema, schema_names, undescribed
 
 
 def test_every_command_with_json_has_a_schema() -> None:
-    assert {"decode", "drift", "host", "profiles", "scale", "scenarios", "simulate", "trace",
-            "verify"} <= set(schema_names())
+    assert {"decode", "drift", "host", "profiles", "scale", "scenarios", "simulate", "sweep",
+            "trace", "verify"} <= set(schema_names())
 
 
 @pytest.mark.parametrize("command", schema_names())
