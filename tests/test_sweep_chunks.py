@@ -23,17 +23,7 @@ from kvmclock.sweep.execute import (
     run_points,
 )
 from kvmclock.sweep.store import read_rows
-
-SMALL: dict[str, Any] = {
-    "grid": {"vcpus": [1, 2], "hz": [100, 250], "duration_s": [0.2]},
-    "seeds": 2,
-    "profiles": "upstream",
-}
-N_SMALL = 8
-
-
-def _no_wall(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+from test_sweep_run import N_SMALL, SMALL, _no_wall
 
 
 @pytest.fixture(scope="module")

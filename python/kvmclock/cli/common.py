@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
+from typing_extensions import Self
+
 from kvmclock.errors import UsageError
 
 EXIT_OK = 0
@@ -182,7 +184,49 @@ def _spinner(label: str, stream: TextIO, delay_s: float = 1.0) -> Iterator[None]
             stream.flush()
 
 
-class _Progress:
+class _TerminalLine:
+    """One status line on ``stream`` (stderr), written only when ``stream`` is a terminal:
+    :meth:`show` replaces it, :meth:`close` erases it (a context manager closes it).
+    ``clock`` (seconds) and ``every_s`` pace the subclasses' updates."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        label: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        every_s: float = 0.25,
+    ) -> None:
+        self.stream = stream
+        self.label = label
+        self.clock = clock
+        self.every_s = every_s
+        self.active = bool(stream.isatty())
+        self.start = clock()
+        self.last: float | None = None
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        """Replace the line with ``text``."""
+        self.stream.write(f"\r{text}\033[K")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        """Erase the line (when it was shown)."""
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Progress(_TerminalLine):
     """A progress line on ``stream`` (stderr) while a simulation runs, only when ``stream`` is
     a terminal: ``label``, the simulated time reached out of the run's duration (seconds) and
     the percentage. Call it with ``(now_ns, duration_ns)`` as the run advances; it shows the
@@ -199,15 +243,8 @@ class _Progress:
         delay_s: float = 0.5,
         every_s: float = 0.25,
     ) -> None:
-        self.stream = stream
-        self.label = label
-        self.clock = clock
+        super().__init__(stream, label, clock=clock, every_s=every_s)
         self.delay_s = delay_s
-        self.every_s = every_s
-        self.active = bool(stream.isatty())
-        self.start = clock()
-        self.last: float | None = None
-        self.shown = False
 
     @property
     def callback(self) -> Callable[[int, int], None] | None:
@@ -226,25 +263,9 @@ class _Progress:
             return
         self.last = t
         pct = now_ns * 100 // duration_ns if duration_ns > 0 else 100
-        self.stream.write(
-            f"\r{self.label}: {now_ns / 1e9:.2f} s of {duration_ns / 1e9:g} s simulated "
-            f"({pct}%)\033[K"
+        self.show(
+            f"{self.label}: {now_ns / 1e9:.2f} s of {duration_ns / 1e9:g} s simulated ({pct}%)"
         )
-        self.stream.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        """Erase the line (when it was shown)."""
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.shown = False
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _int_arg(name: str, lo: int, hi: int) -> Callable[[str], int]:

@@ -19,12 +19,13 @@ from kvmclock.cli.common import (
     _dump_json,
     _int_arg,
     _scenarios,
+    _TerminalLine,
     add_json_option,
 )
 from kvmclock.errors import UsageError
 
 
-class _SweepProgress:
+class _SweepProgress(_TerminalLine):
     """Counts a sweep's finished runs and, only when ``stream`` (stderr) is a terminal, shows
     ``done/total runs (pct), rate runs/s, ETA`` there, at most every ``every_s`` seconds of
     wall time (``clock``); :meth:`close` erases the line. It is the ``progress(done,
@@ -33,15 +34,8 @@ class _SweepProgress:
 
     def __init__(self, stream: TextIO, label: str, *,
                  clock: Callable[[], float] = time.monotonic, every_s: float = 0.25) -> None:
-        self.stream = stream
-        self.label = label
-        self.clock = clock
-        self.every_s = every_s
-        self.active = bool(stream.isatty())
-        self.start = clock()
+        super().__init__(stream, label, clock=clock, every_s=every_s)
         self.done = 0
-        self.last: float | None = None
-        self.shown = False
 
     @staticmethod
     def line(label: str, done: int, total: int, elapsed_s: float) -> str:
@@ -61,16 +55,7 @@ class _SweepProgress:
         if self.last is not None and t - self.last < self.every_s and done < total:
             return
         self.last = t
-        self.stream.write(f"\r{self.line(self.label, done, total, t - self.start)}\033[K")
-        self.stream.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        """Erase the line (when it was shown)."""
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.shown = False
+        self.show(self.line(self.label, done, total, t - self.start))
 
 
 def _fmt_eta(s: float) -> str:
