@@ -33,8 +33,9 @@ def sweep_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]
 
 def test_real_outputs_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "r.csv")
-    # gap_ms=-1 is refused by the scenario's [params] (min 0) when the run starts: an error row
-    argv = ("naive-restore", "--grid", "gap_ms=-1,999,1001", "--grid", "vcpus=2",
+    # gap_ms=10**13 is within [params] (min 0) but makes run.duration_s beyond ktime_t: the
+    # run refuses it, an error row
+    argv = ("naive-restore", "--grid", "gap_ms=10000000000000,999,1001", "--grid", "vcpus=2",
             "--profile", "upstream", "--workers", "1", "--out", out)
     doc = sweep_json(capsys, *argv)
     assert (doc["scenario"], doc["out"], doc["planned"], doc["ran"], doc["resumed"]) == (
@@ -42,7 +43,7 @@ def test_real_outputs_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str
     s = doc["summary"]
     assert s["runs"] == 3 and s["by_status"] == {"ok": 2, "error": 1}
     (err,) = s["errors"]
-    assert err["params"] == {"gap_ms": -1, "vcpus": 2} and "gap_ms" in err["error"]
+    assert err["params"] == {"gap_ms": 10**13, "vcpus": 2} and "ktime_t" in err["error"]
     # the extremes, from the table read with the csv module
     with open(out, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]

@@ -305,9 +305,11 @@ def test_ctrl_c_exits_130_with_the_partial_table(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "interrupted; the " in stderr and f"are in {out}" in stderr
+    assert f"interrupted; wrote {out} (" in stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
     rows = read_jsonl(out)
+    assert f"({len(rows)} rows: {len(rows)} runs finished now, 0 were already there)" in stderr
+    assert "; the same command resumes" in stderr
     assert 3 <= len(rows) < 400 and not journal.exists()
     assert [r["param.step_s"] for r in rows] == list(range(1, len(rows) + 1))
     # resume: the rest runs, the first rows stay

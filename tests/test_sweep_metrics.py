@@ -156,8 +156,13 @@ def test_error_row() -> None:
 @pytest.mark.parametrize(
     ("scenario", "profile", "params", "message"),
     [
-        # a value the scenario refuses when the run checks it
-        ("tsc-sync", "upstream", {"vcpus": 65}, "ScenarioError: vcpus=65 out of range (1..64)"),
+        # a value within [params] that the run refuses: a timeline it makes impossible
+        (
+            "tsc-sync",
+            "upstream",
+            {"vcpus": 64},
+            "ScenarioFileError: builtin:tsc-sync.toml: timeline[1].vm: VM 'L1' already has 64",
+        ),
         # a profile that refuses a recipe of the scenario
         (
             "restore-shelf",

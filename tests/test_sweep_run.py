@@ -133,17 +133,19 @@ def test_failed_runs_are_rows(tmp_path: Path) -> None:
         assert bad["error"].startswith("ScenarioFileError: builtin:restore-shelf.toml: ")
         assert "KVM_CLOCK_REALTIME" in bad["error"]
         assert all(bad[c] is None for c in METRIC_COLUMNS)
-    # a value the scenario refuses at run time
+    # a value within [params] that the run refuses (a timeline it makes impossible)
     rows = sweep.run(
         "tsc-sync",
-        grid={"vcpus": [2, 65], "duration_s": [0.2]},
+        grid={"vcpus": [2, 64], "duration_s": [0.2], "hotplug_at_s": [0.1]},
         workers=1,
         profiles="upstream",
         table=False,
     )
     assert isinstance(rows, list)
     assert [r["status"] for r in rows] == ["ok", "error"]
-    assert rows[1]["error"] == "ScenarioError: vcpus=65 out of range (1..64)"
+    assert rows[1]["error"].startswith(
+        "ScenarioFileError: builtin:tsc-sync.toml: timeline[1].vm: VM 'L1' already has 64"
+    )
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -154,14 +156,18 @@ def test_ctrl_c_leaves_a_valid_partial_table(tmp_path: Path, workers: int) -> No
         sweep.run("tsc-sync", **SMALL, workers=workers, out=out, progress=stop)
     assert len(stop.calls) == 3
     partial = read_rows(out)
-    assert len(partial) == 3 and all(r["status"] == "ok" for r in partial)
+    # workers=1: the 3 runs; a pool also keeps the runs its workers ended while it closed
+    # (the interrupt reached only this process)
+    kept = len(partial)
+    assert (kept == 3 if workers == 1 else 3 <= kept <= N_SMALL)
+    assert all(r["status"] == "ok" for r in partial)
     with open(out, newline="", encoding="utf-8") as fh:
-        assert len(list(csv.DictReader(fh))) == 3
+        assert len(list(csv.DictReader(fh))) == kept
     assert not os.path.exists(journal_path(out))  # the table holds them now
     # resuming runs only the rest
     rest = Counter()
     t = sweep.run("tsc-sync", **SMALL, workers=1, out=out, progress=rest)
-    assert [c[1] for c in rest.calls] == [N_SMALL - 3] * (N_SMALL - 3)
+    assert [c[1] for c in rest.calls] == [N_SMALL - kept] * (N_SMALL - kept)
     done = {r["run_id"] for r in partial}
     assert t.num_rows == N_SMALL and done <= set(t.column("run_id").to_pylist())
 
@@ -196,7 +202,7 @@ def _csv_text(v: Any) -> str:
 def test_formats_read_back(tmp_path: Path, sequential: list[dict[str, Any]]) -> None:
     rows = sweep.run(
         "tsc-sync",
-        grid={"vcpus": [1, 65], "duration_s": [0.2, 0.3]},
+        grid={"vcpus": [1, 64], "duration_s": [0.2, 0.3], "hotplug_at_s": [0.1]},
         profiles="upstream",
         workers=1,
         table=False,
@@ -206,7 +212,7 @@ def test_formats_read_back(tmp_path: Path, sequential: list[dict[str, Any]]) -> 
         out = tmp_path / f"t{ext}"
         again = sweep.run(
             "tsc-sync",
-            grid={"vcpus": [1, 65], "duration_s": [0.2, 0.3]},
+            grid={"vcpus": [1, 64], "duration_s": [0.2, 0.3], "hotplug_at_s": [0.1]},
             profiles="upstream",
             workers=1,
             out=out,

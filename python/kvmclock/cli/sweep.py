@@ -71,7 +71,7 @@ def _fmt_eta(s: float) -> str:
 def _check_out(path: str) -> None:
     """``--out``: a table format (by extension) that can be written, pyarrow there for
     .parquet; UsageError naming --out."""
-    from kvmclock.sweep.store import check_out
+    from kvmclock.sweep.store import check_out, check_writable
 
     if path == "-":
         raise UsageError("sweep: --out -: the table is a file (.parquet, .csv or .jsonl), "
@@ -81,6 +81,10 @@ def _check_out(path: str) -> None:
     except UsageError as exc:
         raise UsageError(f"sweep: {exc}") from None
     _check_output_path(path, "--out")
+    try:
+        check_writable(path)  # the temporary file and the journal next to it
+    except UsageError as exc:
+        raise UsageError(f"sweep: {exc}") from None
 
 
 def _check_dask(address: str | None) -> None:
@@ -108,38 +112,41 @@ def _scenario_arg(name: str) -> Any:
 
 
 def _plan_args(args: argparse.Namespace, sf: Any) -> dict[str, Any]:
-    """``grid`` (parameter -> its values, --grid and --range together), ``seeds`` and
+    """``grid`` and ``ranges`` (the --grid and --range texts, typed by
+    :func:`kvmclock.sweep.expand` as the scenario declares each parameter), ``seeds`` and
     ``profiles`` of the sweep: from the command line; without --grid/--range, from the
-    scenario file's ``[sweep]`` section (--seeds, --profile still win); UsageError naming
-    the option."""
+    scenario file's ``[sweep]`` section (its grid, seeds and profiles; --seeds and --profile
+    still win); UsageError naming the option."""
     from kvmclock.scenario.loader import sweep_values
-    from kvmclock.sweep.plan import parse_grid, parse_range
+    from kvmclock.sweep.plan import _grid_texts, parse_range
 
-    grid: dict[str, list[Any]] = {}
-    for option, items, parse in (("--grid", args.grid, parse_grid),
+    swept: set[str] = set()
+    for option, items, parse in (("--grid", args.grid, _grid_texts),
                                  ("--range", args.range, parse_range)):
         for item in items or []:
             try:
-                key, values = parse(item)
+                key, _ = parse(item)
             except ValueError as exc:
                 raise UsageError(f"sweep: {option} {item!r}: {exc}") from None
-            if key in grid:
+            if key in swept:
                 raise UsageError(f"sweep: {option} {item!r}: parameter {key!r} is already "
                                  "swept by an earlier --grid or --range; give it once")
-            grid[key] = list(values)
+            swept.add(key)
+    grid: Any = list(args.grid or [])
+    ranges: Any = list(args.range or [])
     spec = sf.model.sweep
     seeds = args.seeds
     profiles = args.profile
-    if spec is not None and not grid:
+    if spec is not None and not swept:
         # no --grid/--range: the file's [sweep] section (checked when the file was loaded),
         # --seeds and --profile still win over its seeds and profiles
-        grid = sweep_values(sf)
+        grid, ranges = sweep_values(sf), None
         if seeds is None:
             seeds = spec.seeds
         if profiles is None and spec.profiles is not None:
             profiles = spec.profiles if isinstance(spec.profiles, str) else ",".join(
                 spec.profiles)
-    return {"grid": grid, "seeds": 1 if seeds is None else seeds,
+    return {"grid": grid, "ranges": ranges, "seeds": 1 if seeds is None else seeds,
             "profiles": _profile_names(profiles)}
 
 
@@ -181,9 +188,15 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from kvmclock.sweep import format_summary, summary
 
     path = args.summary
+    if os.path.isdir(path):
+        raise UsageError(f"sweep: --summary {path!r}: is a directory; give a table written "
+                         "by kvmclock sweep --out")
     if not os.path.isfile(path):
         raise UsageError(f"sweep: --summary {path!r}: no such file (a table written by "
                          "kvmclock sweep --out)")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"sweep: --summary {path!r}: the file is empty: not a table written "
+                         "by kvmclock sweep --out")
     _check_out_read(path)
     _check_outputs("sweep", [("--json", args.json)])
     from kvmclock.sweep.store import read_rows
@@ -221,6 +234,55 @@ def _check_out_read(path: str) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """``kvmclock sweep``: every error line it gives starts ``kvmclock sweep:``."""
+    try:
+        return _cmd_sweep(args)
+    except UsageError as exc:
+        if str(exc).startswith(("sweep:", "kvmclock")):
+            raise
+        raise UsageError(f"sweep: {exc}") from None
+
+
+def _runs(n: int, what: str = "run") -> str:
+    """``1 run``, ``2 runs``."""
+    return f"1 {what}" if n == 1 else f"{n} {what}s"
+
+
+class _Dropped:
+    """While a sweep runs: counts the rows of --out not in this sweep (the
+    :class:`~kvmclock.sweep.api.DroppedRowsWarning` of :func:`kvmclock.sweep.run`) instead of
+    printing the warning; other warnings go to the usual handler."""
+
+    def __init__(self) -> None:
+        import warnings
+
+        self.count = 0
+        self._ctx = warnings.catch_warnings()
+
+    def __enter__(self) -> _Dropped:
+        import warnings
+
+        from kvmclock.sweep.api import DroppedRowsWarning
+
+        self._ctx.__enter__()
+        warnings.simplefilter("always", DroppedRowsWarning)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], *rest: Any,
+                 **kw: Any) -> None:
+            if isinstance(message, DroppedRowsWarning):
+                self.count += message.count
+            else:
+                shown(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(None, None, None)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.summary is not None:
         given = [o for o, v in (("SCENARIO", args.scenario), ("--grid", args.grid),
                                 ("--range", args.range), ("--seeds", args.seeds),
@@ -232,6 +294,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                              "sweep (kvmclock sweep SCENARIO --out PATH ...)")
         return _cmd_summary(args)
     from kvmclock import sweep
+    from kvmclock.sweep.api import SweepInterrupted
 
     if args.scenario is None:
         raise UsageError("sweep: give a SCENARIO (a built-in name or a .toml file) and --out "
@@ -249,28 +312,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          f"the scheduler at {args.dask} has its own workers")
     plan = _plan_args(args, sf)
     try:
-        points = sweep.expand(scenario, plan["grid"], None, plan["seeds"], plan["profiles"])
+        points = sweep.expand(scenario, plan["grid"], plan["ranges"], plan["seeds"],
+                              plan["profiles"])
     except ValueError as exc:
         raise UsageError(f"sweep: {exc}") from None
     progress = _SweepProgress(sys.stderr, f"sweep {sf.name}")
     t0 = time.monotonic()
+    dropped = _Dropped().__enter__()  # left in the finally below
     try:
-        sweep.run(scenario, grid=plan["grid"], seeds=plan["seeds"], profiles=plan["profiles"],
+        sweep.run(scenario, grid=plan["grid"], ranges=plan["ranges"], seeds=plan["seeds"],
+                  profiles=plan["profiles"],
                   out=args.out, workers=args.workers, dask=args.dask, progress=progress,
                   table=False)
-    except KeyboardInterrupt:
+    except SweepInterrupted as exc:
         progress.close()
-        print(f"kvmclock sweep: interrupted; the {progress.done} runs finished now and those "
-              f"done before are in {args.out} (the same command resumes)", file=sys.stderr)
+        # the counts of the table written (exc.rows = ran + before + lost)
+        lost = (f", {exc.lost} cut short (run again on resume)" if exc.lost else "")
+        print(f"kvmclock sweep: interrupted; wrote {args.out} ({_runs(exc.rows, 'row')}: "
+              f"{_runs(exc.ran)} finished now, {exc.before} "
+              f"{'was' if exc.before == 1 else 'were'} already there{lost}); the same "
+              "command resumes", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except UsageError as exc:  # the table or its journal could not be written
+        progress.close()
+        raise UsageError(f"sweep: {exc}") from None
     finally:
         progress.close()
+        dropped.__exit__()
     wall = time.monotonic() - t0
     s = sweep.summary(args.out)
     ran = progress.done
     resumed = len(points) - ran
-    print(f"wrote {args.out} ({len(points)} runs: {ran} ran in {wall:.1f} s, {resumed} were "
-          "already there)", file=sys.stderr)
+    gone = (f"; {_runs(dropped.count, 'row')} not in this sweep dropped"
+            if dropped.count else "")
+    print(f"wrote {args.out} ({_runs(len(points))}: {ran} ran in {wall:.1f} s, {resumed} "
+          f"{'was' if resumed == 1 else 'were'} already there{gone})", file=sys.stderr)
     if args.json:
         _dump_json(sweep_json(s, scenario=scenario, out=args.out, planned=len(points),
                               ran=ran, resumed=resumed), args.json)
@@ -302,16 +378,18 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("scenario", nargs="?", metavar="SCENARIO",
                    help="a built-in scenario (kvmclock scenarios) or a scenario file (.toml)")
     s.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
-                   help="a parameter and its values (repeatable; typed like simulate --param)")
+                   help="a parameter and its values (repeatable; typed as the scenario "
+                   "declares the parameter: 1.0 is 1 for an int, none is text for a str)")
     s.add_argument("--range", action="append", metavar="KEY=START:STOP:STEP",
                    help="a parameter from START to STOP (included when reached) by STEP, "
                    "exact decimals (repeatable)")
     s.add_argument("--seeds", type=_int_arg("seeds", 1, 1_000_000), metavar="N",
-                   help="runs per point, seeds 0..N-1 (default: the file's [sweep] seeds, "
-                   "else 1)")
+                   help="runs per point, seeds 0..N-1 (default: without --grid/--range the "
+                   "file's [sweep] seeds, else 1)")
     s.add_argument("--profile", metavar="NAME[,NAME...]",
-                   help="profiles to run each point under (default: the file's [sweep] "
-                   "profiles, else its run.profiles)")
+                   help="profiles to run each point under (default: without --grid/--range "
+                   "the file's [sweep] profiles when it has them, else its run.profiles; the "
+                   "[sweep] section is used only without --grid/--range)")
     s.add_argument("--out", metavar="PATH",
                    help="the table: .parquet (needs kvmclock[sweep]), .csv or .jsonl; runs "
                    "already in it are skipped")

@@ -14,7 +14,21 @@ Modules: :mod:`~kvmclock.sweep.plan` (points, grids, ranges, ids), :mod:`~kvmclo
 
 from __future__ import annotations
 
-from kvmclock.sweep.api import format_summary, run, summary
+from kvmclock.sweep.api import (
+    DroppedRowsWarning,
+    SweepInterrupted,
+    format_summary,
+    run,
+    summary,
+)
 from kvmclock.sweep.plan import SweepPoint, expand
 
-__all__ = ["SweepPoint", "expand", "format_summary", "run", "summary"]
+__all__ = [
+    "DroppedRowsWarning",
+    "SweepInterrupted",
+    "SweepPoint",
+    "expand",
+    "format_summary",
+    "run",
+    "summary",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from typing import TYPE_CHECKING, Any
@@ -25,10 +26,11 @@ from kvmclock.sweep.execute import (
     run_points,
 )
 from kvmclock.sweep.metrics import PARAM_PREFIX, error_row
-from kvmclock.sweep.plan import SweepPoint, expand
+from kvmclock.sweep.plan import SweepPoint, expand, show_value
 from kvmclock.sweep.store import (
     Journal,
     check_out,
+    check_writable,
     journal_path,
     read_journal,
     read_rows,
@@ -42,7 +44,18 @@ if TYPE_CHECKING:
 
     from kvmclock.profiles import Profile
 
-__all__ = ["EXECUTOR_ERROR", "Progress", "format_summary", "run", "summary"]
+__all__ = [
+    "EXECUTOR_ERROR",
+    "DroppedRowsWarning",
+    "Progress",
+    "SweepInterrupted",
+    "format_summary",
+    "run",
+    "summary",
+]
+
+#: livelocked runs and error rows :func:`format_summary` lists, then a count of the rest
+SUMMARY_LIST = 10
 
 #: prefix of the error of a row whose run the executor lost (a worker died, the pool broke):
 #: such rows are run again when the sweep is resumed
@@ -62,14 +75,45 @@ UNKNOWN_WORKERS = 64
 Progress = Callable[[int, int], None]
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """The KeyboardInterrupt :func:`run` raises after Ctrl-C, once it has written what it
+    kept: ``out`` (the table's path, or None), ``rows`` (the rows written, or that the table
+    holds without ``out``), ``ran`` (of those, the runs that finished in this call), ``lost``
+    (rows of runs the interrupt cut short, marked ``executor:`` and run again on resume) and
+    ``before`` (rows that were already there)."""
+
+    def __init__(self, out: str | None, rows: int, ran: int, lost: int, before: int) -> None:
+        super().__init__(f"sweep interrupted: {rows} rows kept")
+        self.out = out
+        self.rows = rows
+        self.ran = ran
+        self.lost = lost
+        self.before = before
+
+
 def _resumable(row: Mapping[str, Any]) -> bool:
     err = row.get("error")
     return not (isinstance(err, str) and err.startswith(EXECUTOR_ERROR))
 
 
-def _previous(out: str, wanted: set[str]) -> dict[str, dict[str, Any]]:
-    """Rows of ``out`` and then its journal (the journal wins) that belong to the plan."""
+class DroppedRowsWarning(UserWarning):
+    """:func:`run` warns with this before it runs anything when ``out`` (or its journal)
+    holds rows that are not points of this sweep: the table it writes keeps only this
+    sweep's runs, so ``count`` rows (distinct run ids) of ``out`` are dropped."""
+
+    def __init__(self, out: str, count: int) -> None:
+        rows = "1 row" if count == 1 else f"{count} rows"
+        super().__init__(f"{out}: {rows} not in this sweep dropped (the table keeps only "
+                         "this sweep's runs)")
+        self.out = out
+        self.count = count
+
+
+def _previous(out: str, wanted: set[str]) -> tuple[dict[str, dict[str, Any]], int]:
+    """Rows of ``out`` and then its journal (the journal wins) that belong to the plan, and
+    the number of distinct run ids there that do not (dropped when the table is written)."""
     done: dict[str, dict[str, Any]] = {}
+    others: set[str] = set()
     if os.path.exists(out):
         try:
             old = read_rows(out)
@@ -84,12 +128,16 @@ def _previous(out: str, wanted: set[str]) -> dict[str, dict[str, Any]]:
                 "columns); give another path or remove it"
             )
         for r in old:
-            if r.get("run_id") in wanted and _resumable(r):
+            if r.get("run_id") not in wanted:
+                others.add(str(r.get("run_id")))
+            elif _resumable(r):
                 done[str(r["run_id"])] = r
     for r in read_journal(journal_path(out)):
-        if r.get("run_id") in wanted and _resumable(r):
+        if r.get("run_id") not in wanted:
+            others.add(str(r.get("run_id")))
+        elif _resumable(r):
             done[str(r["run_id"])] = r
-    return done
+    return done, len(others)
 
 
 def _chunks(todo: list[SweepPoint], size: int) -> Iterator[list[SweepPoint]]:
@@ -112,8 +160,9 @@ def _execute(
     order.  An exception of the executor itself (a worker died) makes every point of its task
     an error row prefixed :data:`EXECUTOR_ERROR`, and so does a point its task did not run
     (the worker was interrupted); a failed run is its own error row and never costs the other
-    rows of its task.  ``pending`` (given empty) holds the tasks in flight; on any exit the
-    tasks not started are cancelled and the others stay in it (:func:`_keep_cut_short`)."""
+    rows of its task.  ``pending`` (given empty) holds the tasks in flight, and a finished
+    task until all its rows are recorded; on any exit the tasks not started are cancelled
+    and the others stay in it (:func:`_keep_cut_short` records their rows)."""
     token = uuid.uuid4().hex  # this sweep, for run_points' interrupt bookkeeping
     it = _chunks(todo, chunk_size)
     try:
@@ -127,7 +176,7 @@ def _execute(
                 return
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
-                chunk = pending.pop(fut)
+                chunk = pending[fut]  # stays in pending until its rows are recorded
                 try:
                     rows = fut.result()
                     lost = f"{EXECUTOR_ERROR}KeyboardInterrupt: the worker was interrupted"
@@ -136,6 +185,7 @@ def _execute(
                     lost = f"{EXECUTOR_ERROR}{type(exc).__name__}: {exc}"
                 for i, p in enumerate(chunk):
                     on_row(rows[i] if i < len(rows) else error_row(p, lost, 0.0))
+                del pending[fut]
     finally:
         for fut in pending:
             fut.cancel()
@@ -145,18 +195,17 @@ def _keep_cut_short(
     pending: Mapping[Future[list[dict[str, Any]]], list[SweepPoint]],
     record: Callable[[dict[str, Any]], None],
 ) -> None:
-    """After an interrupted sweep (the executor closed, or left as it was): ``record`` the
-    rows of every task in ``pending`` that a KeyboardInterrupt in its worker cut short (it
-    returned fewer rows than points: runs that finished before the interrupt).  Tasks still
-    running, cancelled, failed or whole (their runs were in flight at the interrupt) are
-    dropped, as single runs in flight are; nothing is waited for."""
-    for fut, chunk in pending.items():
+    """After an interrupted sweep (the executor closed, which for a local pool waits for the
+    tasks its workers were running, or left as it was): ``record`` the rows of every task in
+    ``pending`` that finished: whole (Ctrl-C reached only this process: the workers ended
+    their chunks) or cut short by a KeyboardInterrupt in its worker (fewer rows than points:
+    the runs that finished before it).  Tasks still running, cancelled or failed are dropped,
+    as single runs in flight are; nothing more is waited for."""
+    for fut in pending:
         if not fut.done() or fut.cancelled() or fut.exception() is not None:
             continue
-        rows = fut.result()
-        if len(rows) < len(chunk):
-            for r in rows:
-                record(r)
+        for r in fut.result():
+            record(r)
 
 
 def run(
@@ -196,8 +245,14 @@ def run(
     ``out``: the table's path (``.parquet``, ``.csv`` or ``.jsonl``); runs already in it or
     in its journal are skipped (resume), new rows go to the journal as they finish and the
     table is rewritten at the end, also on KeyboardInterrupt (Ctrl-C), which is then
-    re-raised (:mod:`kvmclock.sweep.store`): the rows of every finished chunk are kept, and
-    a chunk a worker was running when Ctrl-C reached it loses only its unfinished runs.
+    raised again as :class:`SweepInterrupted` (a KeyboardInterrupt that says how many rows
+    were kept; :mod:`kvmclock.sweep.store`): the rows of every finished chunk are kept, a
+    local pool's workers first end the chunks they hold (Ctrl-C that reached only this
+    process), and a chunk a worker was running when Ctrl-C reached it loses only its
+    unfinished runs.  Before the first run, the temporary file and the journal next to
+    ``out`` are created and removed (UsageError naming ``--out`` when they cannot be); a
+    later failure to write the table or the journal is a UsageError that says where the
+    journal with the finished runs is.
     ``progress(done, total)`` is called after every run of this call (``total`` = runs to do
     now).  Bad arguments raise before
     anything runs (ScenarioError / ValueError / UsageError naming what is valid)."""
@@ -205,13 +260,17 @@ def run(
     if table:
         require_pyarrow("kvmclock.sweep.run(table=True)")
     out_path = check_out(out) if out is not None else None
+    if out_path is not None:
+        check_writable(out_path)
     if dask is not None and executor is not None:
         raise ValueError("give executor or dask, not both")
     check_workers(workers)
     check_chunk_size(chunk_size)
     ids = [p.id for p in points]
     order = {rid: i for i, rid in enumerate(ids)}
-    done = _previous(out_path, set(ids)) if out_path is not None else {}
+    done, dropped = _previous(out_path, set(ids)) if out_path is not None else ({}, 0)
+    if dropped and out_path is not None:
+        warnings.warn(DroppedRowsWarning(out_path, dropped), stacklevel=2)
     todo = [p for p in points if p.id not in done]
     journal = Journal(journal_path(out_path)) if out_path is not None else None
     new: dict[str, dict[str, Any]] = {}
@@ -220,7 +279,14 @@ def run(
     def record(row: dict[str, Any]) -> None:
         new[str(row["run_id"])] = row
         if journal is not None:
-            journal.append(row)
+            try:
+                journal.append(row)
+            except OSError as exc:
+                raise UsageError(
+                    f"--out {out_path}: cannot write the journal {journal.path} "
+                    f"({exc.strerror or exc}); the runs finished before are in it, and the "
+                    "same command resumes from it once it can be written"
+                ) from None
 
     def on_row(row: dict[str, Any]) -> None:
         record(row)
@@ -231,7 +297,18 @@ def run(
         rows = sorted({**done, **new}.values(), key=lambda r: order[str(r["run_id"])])
         if out_path is not None and journal is not None:
             journal.close()
-            write_rows(rows, out_path)
+            try:
+                write_rows(rows, out_path)
+            except OSError as exc:
+                where = (
+                    f"the {len(new)} runs finished now are in the journal {journal.path}"
+                    if os.path.exists(journal.path)
+                    else "no journal was written"
+                )
+                raise UsageError(
+                    f"--out {out_path}: cannot write the table ({exc.strerror or exc}); "
+                    f"{where}: the same command resumes from it once {out_path} can be written"
+                ) from None
             journal.remove()
         return rows
 
@@ -254,13 +331,18 @@ def run(
                     _execute(todo, ex, on_row, window, size, inflight)
                 finally:
                     close()  # a local pool first lets its workers end their tasks
-    except BaseException:
+    except BaseException as exc:
         try:
             _keep_cut_short(inflight, record)
-            finish()
+            kept = finish()
         finally:
             if journal is not None:
                 journal.close()
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, SweepInterrupted):
+            lost = sum(1 for r in new.values() if not _resumable(r))
+            raise SweepInterrupted(
+                out_path, len(kept), len(new) - lost, lost, len(kept) - len(new)
+            ) from exc
         raise
     rows = finish()
     return to_table(rows) if table else rows
@@ -331,7 +413,8 @@ def summary(table_or_path: Any) -> dict[str, Any]:
       ``"monotonic"`` or ``"realtime"``, ``vm``);
     * ``worst_skew``: the largest ``max_skew_ns`` (``value_ns``);
     * ``most_backwards``: the most ``backwards_steps`` (``count``, ``max_step_ns``);
-    * ``livelocks``: rows whose run a livelock stopped;
+    * ``livelocks``: rows whose run a livelock stopped; ``livelock_runs``: each of them
+      (``run_id``, ``profile``, ``seed``, ``params``);
     * ``errors``: every error row (``run_id``, ``profile``, ``seed``, ``params``,
       ``error``)."""
     rows = _rows_of(table_or_path)
@@ -367,6 +450,9 @@ def summary(table_or_path: Any) -> dict[str, Any]:
         }
     )
     out["livelocks"] = sum(1 for r in ok if r.get("livelock"))
+    out["livelock_runs"] = [
+        {k: v for k, v in _where(r).items() if k != "scenario"} for r in ok if r.get("livelock")
+    ]
     out["errors"] = [
         {**{k: v for k, v in _where(r).items() if k != "scenario"}, "error": r.get("error")}
         for r in rows
@@ -376,7 +462,7 @@ def summary(table_or_path: Any) -> dict[str, Any]:
 
 
 def _params_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "(defaults)"
+    return ", ".join(f"{k}={show_value(v)}" for k, v in params.items()) or "(defaults)"
 
 
 def _run_text(e: Mapping[str, Any]) -> str:
@@ -384,7 +470,10 @@ def _run_text(e: Mapping[str, Any]) -> str:
 
 
 def format_summary(s: Mapping[str, Any]) -> str:
-    """:func:`summary` as text lines (no trailing newline)."""
+    """:func:`summary` as text lines (no trailing newline): parameter values written by
+    :func:`~kvmclock.sweep.plan.show_value` whatever the table's format (``1``, ``1.5``,
+    ``true``); every livelocked run and error row up to :data:`SUMMARY_LIST` of each, then
+    how many more."""
     counts = ", ".join(f"{n} {k}" for k, n in sorted(s["by_status"].items()))
     lines = [f"runs: {s['runs']} ({counts or 'none'})"]
     j = s.get("worst_jump")
@@ -406,10 +495,15 @@ def format_summary(s: Mapping[str, Any]) -> str:
             f"most backwards steps: {b['count']} (largest {b['max_step_ns']} ns) at {_run_text(b)}"
         )
     lines.append(f"livelocks: {s.get('livelocks', 0)}")
+    livelocked = s.get("livelock_runs") or []
+    for e in livelocked[:SUMMARY_LIST]:
+        lines.append(f"  {_run_text(e)}")
+    if len(livelocked) > SUMMARY_LIST:
+        lines.append(f"  ... and {len(livelocked) - SUMMARY_LIST} more")
     errors = s.get("errors") or []
     lines.append(f"errors: {len(errors)}")
-    for e in errors[:10]:
+    for e in errors[:SUMMARY_LIST]:
         lines.append(f"  {_run_text(e)}: {e['error']}")
-    if len(errors) > 10:
-        lines.append(f"  ... and {len(errors) - 10} more")
+    if len(errors) > SUMMARY_LIST:
+        lines.append(f"  ... and {len(errors) - SUMMARY_LIST} more")
     return "\n".join(lines)

@@ -15,13 +15,16 @@ task several points divides that cost by their number (docs/performance.md, "Swe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import logging
 import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNKS_PER_WORKER",
+    "CONNECT_TIMEOUT_S",
     "DASK_EXTRA",
     "MAX_CHUNK",
     "check_chunk_size",
@@ -46,6 +50,9 @@ __all__ = [
 
 #: the optional extra that installs Dask distributed
 DASK_EXTRA = "kvmclock[dask]"
+
+#: seconds to wait for a Dask scheduler (``--dask tcp://...``) to answer before giving up
+CONNECT_TIMEOUT_S = 5
 
 #: the automatic chunk size aims at this many chunks per worker (so a worker that finishes
 #: early finds more work: the load stays balanced when runs take different times) ...
@@ -173,6 +180,38 @@ def _pool_context() -> Any:
     return multiprocessing.get_context()
 
 
+@contextlib.contextmanager
+def _quiet_workers() -> Iterator[None]:
+    """While a local Dask cluster starts: its workers log only distributed's errors
+    (``DASK_LOGGING__DISTRIBUTED=error`` in their environment, unless set): the warnings of
+    the tasks a Ctrl-C cancels mean nothing to a user."""
+    env_key = "DASK_LOGGING__DISTRIBUTED"
+    env_set = env_key not in os.environ
+    if env_set:
+        os.environ[env_key] = "error"
+    try:
+        yield
+    finally:
+        if env_set:
+            os.environ.pop(env_key, None)
+
+
+@contextlib.contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """While a Dask client or cluster closes (also after Ctrl-C, with tasks cancelled and
+    workers killed): none of distributed's log records or warnings reach stderr (cancelled
+    tasks, closed comms, "Worker process still alive after ..." say nothing to a user)."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def check_workers(workers: int | None) -> None:
     """UsageError unless ``workers`` is None or a count >= 1."""
     if workers is not None and (
@@ -193,7 +232,8 @@ def make_executor(
       processes with one thread each, and its client's executor; the closer stops both;
     * ``dask="tcp://host:port"`` (any scheduler address): a client of that running
       scheduler and its executor (``workers`` is ignored: the cluster has its own); the
-      closer closes the client, not the cluster.
+      closer closes the client, not the cluster; a scheduler that does not answer within
+      :data:`CONNECT_TIMEOUT_S` seconds is a UsageError saying so.
 
     UsageError when Dask is asked for but not installed (naming the extra
     ``kvmclock[dask]``) or ``workers`` is not a count >= 1."""
@@ -214,28 +254,34 @@ def make_executor(
             f"--dask {dask}: Dask distributed is not installed; pip install '{DASK_EXTRA}'"
         ) from None
     if dask == "local":
-        cluster = distributed.LocalCluster(
-            n_workers=workers or 2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # any free port: never clash with a running cluster
-        )
-        client = distributed.Client(cluster)
+        with _quiet_workers():
+            cluster = distributed.LocalCluster(
+                n_workers=workers or 2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",  # any free port: never clash with a running cluster
+                # the workers ignore SIGINT: Ctrl-C at the terminal stops only this process,
+                # which closes the cluster (no traceback from every worker)
+                preload=["kvmclock.sweep._dask_worker"],
+            )
+            client = distributed.Client(cluster)
 
         def close_local() -> None:
-            client.close()
-            cluster.close()
+            with _quiet_dask():
+                client.close()
+                cluster.close()
 
         return client.get_executor(pure=False), close_local
     try:
-        client = distributed.Client(dask)
+        client = distributed.Client(dask, timeout=f"{CONNECT_TIMEOUT_S}s")
     except (OSError, ValueError, TypeError) as exc:
         raise UsageError(
-            f"--dask {dask}: cannot reach a Dask scheduler there ({exc}); "
-            "give 'local' or a scheduler address such as tcp://host:8786"
+            f"--dask {dask}: cannot reach a Dask scheduler there within {CONNECT_TIMEOUT_S} s "
+            f"({exc}); give 'local' or a scheduler address such as tcp://host:8786"
         ) from None
 
     def close_client() -> None:
-        client.close()
+        with _quiet_dask():
+            client.close()
 
     return client.get_executor(pure=False), close_client

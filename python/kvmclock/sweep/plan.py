@@ -1,8 +1,9 @@
 """The plan of a sweep: its points (scenario, parameters, profile, seed) and their ids.
 
 * :func:`parse_grid` / :func:`parse_range`: ``KEY=V1,V2,...`` and ``KEY=START:STOP:STEP``
-  (the command line's ``--grid`` / ``--range``); values are typed like ``--param``: int,
-  decimal (kept exact as a :class:`~fractions.Fraction`), bool, ``none``, else a string.
+  (the command line's ``--grid`` / ``--range``); :func:`expand` types every value as the
+  scenario declares its parameter (:func:`typed_value`: int, number and seconds as exact
+  :class:`~fractions.Fraction`, str, bool).
 * :func:`expand`: the cartesian product as a list of :class:`SweepPoint`, in a stable order,
   with the parameter names and profiles checked before anything runs.
 * :func:`run_id`: the sha256 of what decides a run (kvmclock version, the scenario file's
@@ -21,12 +22,13 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from kvmclock.errors import ScenarioError
 from kvmclock.profiles import PROFILES, Profile, parse_assignments, resolve_profile
-from kvmclock.scenario.loader import ScenarioFile, builtin_names, load, load_builtin
+from kvmclock.scenario.loader import Param, ScenarioFile, builtin_names, load, load_builtin
 
 __all__ = [
     "ID_LEN",
@@ -41,6 +43,8 @@ __all__ = [
     "point_id",
     "resolve_point_profile",
     "run_id",
+    "show_value",
+    "typed_value",
 ]
 
 #: A parameter value of a sweep: int, exact decimal, bool, None (``none``) or a string.
@@ -123,10 +127,12 @@ def _no_duplicates(key: str, what: str, values: Sequence[Value]) -> None:
         seen.add(enc)
 
 
-def parse_grid(text: str) -> tuple[str, list[Value]]:
-    """``"KEY=V1,V2,..."`` -> ``(KEY, [values])`` typed by :func:`parse_value`, in the order
-    given.  ValueError (naming the key) for a missing ``=``, a bad name, an empty value or a
-    value given twice."""
+class _Text(str):
+    """A value given as text on the command line (``--grid``): typed by the parameter's
+    declaration in :func:`expand`, not before (a str parameter keeps ``none`` or ``1.0``)."""
+
+
+def _grid_texts(text: str) -> tuple[str, list[str]]:
     key, sep, rest = text.partition("=")
     if not sep:
         raise ValueError(f"grid {text!r}: expected KEY=V1,V2,...")
@@ -134,9 +140,93 @@ def parse_grid(text: str) -> tuple[str, list[Value]]:
     items = rest.split(",")
     if any(not item.strip() for item in items):
         raise ValueError(f"grid {key}: empty value in {rest!r}; expected V1,V2,...")
+    return key, [item.strip() for item in items]
+
+
+def parse_grid(text: str) -> tuple[str, list[Value]]:
+    """``"KEY=V1,V2,..."`` -> ``(KEY, [values])`` typed by :func:`parse_value`, in the order
+    given.  ValueError (naming the key) for a missing ``=``, a bad name, an empty value or a
+    value given twice.  (:func:`expand` types ``--grid`` text by the parameter's declaration
+    instead.)"""
+    key, items = _grid_texts(text)
     values = [parse_value(item) for item in items]
     _no_duplicates(key, "grid", values)
     return key, values
+
+
+def show_value(v: Any) -> str:
+    """A parameter value as the messages and the summary write it, whatever the table's
+    format: ``1``, ``1.5``, ``0.1`` (a whole float as an integer, a decimal exactly, never
+    ``Fraction(...)``), ``true``/``false``, ``none`` for None, a string as it is."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, float) and math.isfinite(v):
+        v = Fraction(repr(v))
+    if isinstance(v, Fraction):
+        if v.denominator == 1:
+            return str(v.numerator)
+        d = v.denominator
+        while d % 2 == 0:
+            d //= 2
+        while d % 5 == 0:
+            d //= 5
+        if d == 1:
+            text = format(Decimal(v.numerator) / Decimal(v.denominator), "f")
+            return text.rstrip("0").rstrip(".") if "." in text else text
+        return repr(float(v))
+    return str(v)
+
+
+def typed_value(param: Param, v: Any) -> Value:
+    """``v`` typed as ``param`` declares it and checked against its bounds and choices:
+    ``int`` (a whole decimal such as 1.0 is the int 1), ``number``/``seconds`` (an exact
+    :class:`~fractions.Fraction`, so 1, 1.0 and 1.00 are one value), ``str`` (text kept as
+    given: ``none`` stays the string), ``bool``.  Command-line text (:class:`_Text`) is read
+    as that type; a Python value must already be of it (floats taken by their decimal text).
+    ScenarioError ``"gap_ms=0.1 must be an integer"`` (values as :func:`show_value` writes
+    them) otherwise."""
+    key = param.name
+    text = isinstance(v, _Text)
+    shown = str(v) if text else ("None" if v is None else show_value(v))
+    typ = param.type
+    out: Value
+    if typ == "str":
+        if not isinstance(v, str):
+            if param.choices is not None:
+                raise ScenarioError(
+                    f"{key}={shown} invalid; choose one of: {', '.join(param.choices)}"
+                )
+            raise ScenarioError(f"{key}={shown} must be a string")
+        out = str(v)
+    else:
+        raw: Any = parse_value(v) if text else v
+        if isinstance(raw, float):
+            raw = Fraction(repr(raw)) if math.isfinite(raw) else raw
+        if typ == "bool":
+            if not isinstance(raw, bool):
+                raise ScenarioError(f"{key}={shown} must be true or false")
+            out = raw
+        elif typ == "int":
+            if isinstance(raw, Fraction) and raw.denominator == 1:
+                raw = int(raw)
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise ScenarioError(f"{key}={shown} must be an integer")
+            out = raw
+        else:
+            what = "a number of seconds" if typ == "seconds" else "a number"
+            if isinstance(raw, bool) or not isinstance(raw, (int, Fraction)):
+                raise ScenarioError(f"{key}={shown} must be {what}")
+            out = Fraction(raw)
+    try:
+        param.check(out)
+    except ScenarioError as exc:
+        msg = str(exc)
+        if isinstance(out, Fraction):
+            msg = msg.replace(repr(out), show_value(out))
+        raise ScenarioError(msg) from None
+    return out
 
 
 def _range_number(key: str, part: str, text: str) -> Fraction:
@@ -200,9 +290,7 @@ def _canonical(v: Value) -> Any:
 
 
 def _show(v: Value) -> str:
-    if isinstance(v, Fraction):
-        return str(v) if v.denominator == 1 else repr(float(v))
-    return repr(v)
+    return show_value(v) if isinstance(v, Fraction) else repr(v)
 
 
 def run_id(point: SweepPoint) -> str:
@@ -309,33 +397,58 @@ def _seeds(seeds: int | Iterable[int]) -> list[int]:
 def _axes(
     grid: Mapping[str, Sequence[Any]] | Iterable[str] | None,
     ranges: Mapping[str, str] | Iterable[str] | None,
-) -> dict[str, list[Value]]:
-    axes: dict[str, list[Value]] = {}
+) -> dict[str, tuple[str, list[Any]]]:
+    """Parameter -> (where it was given: ``--grid``/``--range`` for command-line text,
+    ``grid``/``ranges`` for a mapping; its values, untyped)."""
+    axes: dict[str, tuple[str, list[Any]]] = {}
 
-    def add(key: str, values: list[Value]) -> None:
+    def add(key: str, what: str, values: list[Any]) -> None:
         if key in axes:
             raise ValueError(f"parameter {key} is swept twice (by --grid or --range); give it once")
         if not values:
-            raise ValueError(f"grid {key}: no values")
-        axes[key] = values
+            raise ValueError(f"{what} {key}: no values")
+        axes[key] = (what, values)
 
     if isinstance(grid, Mapping):
         for key, vals in grid.items():
             if isinstance(vals, (str, bytes)) or not isinstance(vals, Iterable):
                 vals = [vals]
-            values = [_python_value(key, v) for v in vals]
-            _no_duplicates(key, "grid", values)
-            add(str(key), values)
+            add(str(key), "grid", [_python_value(key, v) for v in vals])
     elif grid is not None:
         for text in grid:
-            add(*parse_grid(text))
+            key, items = _grid_texts(text)
+            add(key, "--grid", [_Text(item) for item in items])
     if isinstance(ranges, Mapping):
         for key, spec in ranges.items():
-            add(*parse_range(f"{key}={spec}"))
+            add(*_range_axis("ranges", f"{key}={spec}"))
     elif ranges is not None:
         for text in ranges:
-            add(*parse_range(text))
+            add(*_range_axis("--range", text))
     return axes
+
+
+def _range_axis(what: str, text: str) -> tuple[str, str, list[Any]]:
+    key, values = parse_range(text)
+    return key, what, values
+
+
+def _typed_axes(sf: ScenarioFile, axes: Mapping[str, tuple[str, list[Any]]]) -> dict[
+    str, list[Value]
+]:
+    """Every value typed by its parameter's declaration (:func:`typed_value`); ScenarioError
+    naming ``--grid``/``--range`` (or ``grid``/``ranges``) and the key otherwise, and for a
+    value given twice (1 and 1.0 of an int parameter are one value)."""
+    out: dict[str, list[Value]] = {}
+    for key, (what, values) in axes.items():
+        typed: list[Value] = []
+        for v in values:
+            try:
+                typed.append(typed_value(sf.params[key], v))
+            except ScenarioError as exc:
+                raise ScenarioError(f"{what} {key}: {exc}") from None
+        _no_duplicates(key, what, typed)
+        out[key] = typed
+    return out
 
 
 def expand(
@@ -354,18 +467,24 @@ def expand(
     ``["KEY=START:STOP:STEP", ...]``; ``seeds``: a count N (seeds 0..N-1) or the seeds;
     ``profiles``: names (a string may list several, comma-separated); None: the scenario
     file's ``[run] profiles``.  Before anything runs: a parameter the scenario does not
-    declare raises ScenarioError listing the valid ones; an unknown profile raises
-    ScenarioError listing the valid ones.  The values themselves are checked by each run
-    (a value the scenario refuses becomes that run's error row)."""
+    declare raises ScenarioError listing the valid ones; every value is typed as the
+    scenario declares its parameter and checked against its type, bounds and choices
+    (:func:`typed_value`: ``--grid``/``--range`` text and ``1.0`` for an int parameter is
+    the int 1, a number an exact Fraction, a str parameter keeps ``none``), a wrong one
+    raising ScenarioError naming ``--grid``/``--range`` (``grid``/``ranges`` for a mapping)
+    and the key; an unknown profile raises ScenarioError listing the valid ones.  A value
+    that only the run can refuse (a timeline it makes impossible) becomes that run's error
+    row.  The run ids use the typed values: ``duration_s=1`` and ``1.0`` are one run."""
     sf = load_scenario(scenario)
     label = scenario if isinstance(scenario, str) else os.fspath(scenario)
-    axes = _axes(grid, ranges)
-    unknown = sorted(set(axes) - set(sf.params))
+    raw_axes = _axes(grid, ranges)
+    unknown = sorted(set(raw_axes) - set(sf.params))
     if unknown:
         raise ScenarioError(
             f"scenario {sf.name!r} has no parameter {', '.join(unknown)}; "
             f"valid: {', '.join(sorted(sf.params)) or 'none'}"
         )
+    axes = _typed_axes(sf, raw_axes)
     names = _profiles(sf, profiles)
     seed_list = _seeds(seeds)
     sha = hashlib.sha256(sf.text.encode("utf-8")).hexdigest()

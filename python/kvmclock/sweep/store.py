@@ -37,6 +37,7 @@ __all__ = [
     "SWEEP_EXTRA",
     "Journal",
     "check_out",
+    "check_writable",
     "journal_path",
     "read_journal",
     "read_rows",
@@ -80,6 +81,32 @@ def check_out(path: str | os.PathLike[str]) -> str:
     if ext == ".parquet":
         require_pyarrow(f"--out {p}")
     return p
+
+
+def _tmp_path(out: str) -> str:
+    """The temporary file :func:`write_rows` writes before renaming it over ``out``."""
+    return f"{out}.tmp-{os.getpid()}"
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Before the first run: the files next to ``path`` that a sweep writes can be created
+    (the temporary table file is created and removed; the journal too when it does not exist
+    yet, and an existing journal is opened for appending); UsageError naming ``--out`` and
+    the reason otherwise (a directory that refuses new files, a missing directory, ...)."""
+    p = os.fspath(path)
+    jp = journal_path(p)
+    for f in (_tmp_path(p), jp):
+        existed = f == jp and os.path.exists(f)
+        try:
+            with open(f, "a", encoding="utf-8"):
+                pass
+            if not existed:
+                os.remove(f)
+        except OSError as exc:
+            raise UsageError(
+                f"--out {p}: cannot create {f} next to it ({exc.strerror or exc}); "
+                "give a path in a directory where files can be written"
+            ) from None
 
 
 def journal_path(out: str | os.PathLike[str]) -> str:
@@ -211,14 +238,17 @@ def _from_csv(name: str, text: str) -> Any:
         return text.lower() == "true"
     from kvmclock.sweep.plan import parse_value
 
-    return column_value(parse_value(text))
+    v = parse_value(text)
+    # an empty cell is None: a parameter cell reading "none" is the string (a str
+    # parameter's value, such as patch09-hang's fault=none)
+    return text if v is None else column_value(v)
 
 
 def write_rows(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
     """Write the table (format by extension) to a temporary file next to ``path`` and rename
     it over ``path``: a reader never sees half a table."""
     p = check_out(path)
-    tmp = f"{p}.tmp-{os.getpid()}"
+    tmp = _tmp_path(p)
     ext = _ext(p)
     try:
         if ext == ".parquet":
