@@ -22,13 +22,19 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from kvmclock.errors import ScenarioError
 from kvmclock.profiles import PROFILES, Profile, parse_assignments, resolve_profile
-from kvmclock.scenario.loader import Param, ScenarioFile, builtin_names, load, load_builtin
+from kvmclock.scenario.loader import (
+    Param,
+    ScenarioFile,
+    builtin_names,
+    fmt_number,
+    load,
+    load_builtin,
+)
 
 __all__ = [
     "ID_LEN",
@@ -165,17 +171,8 @@ def show_value(v: Any) -> str:
     if isinstance(v, float) and math.isfinite(v):
         v = Fraction(repr(v))
     if isinstance(v, Fraction):
-        if v.denominator == 1:
-            return str(v.numerator)
-        d = v.denominator
-        while d % 2 == 0:
-            d //= 2
-        while d % 5 == 0:
-            d //= 5
-        if d == 1:
-            text = format(Decimal(v.numerator) / Decimal(v.denominator), "f")
-            return text.rstrip("0").rstrip(".") if "." in text else text
-        return repr(float(v))
+        text = fmt_number(v)  # whole or terminating decimal; else "p/q"
+        return repr(float(v)) if "/" in text else text
     return str(v)
 
 

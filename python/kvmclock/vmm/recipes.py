@@ -30,6 +30,7 @@ A recipe the host kernel's profile cannot run is refused before any ioctl with
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,7 @@ class RecipeError(KvmclockError, ValueError):
     cannot run (an ioctl or flag its kernel lacks)."""
 
 
-class Recipe:
+class Recipe(ABC):
     """One VMM's way of pausing, resuming and restoring the clock (see module docstring).
 
     ``name`` and ``options`` as given to :func:`get`; ``kvmclock_ctrl`` when the VMM calls
@@ -108,16 +109,18 @@ class Recipe:
         vmm.resume(kvmclock_ctrl=self.kvmclock_ctrl == "before-resume")
 
     # -- restore ---------------------------------------------------------------------------------
-    def check_snapshot(self, snapshot: VmSnapshot) -> None:
-        """``RecipeError`` when the snapshot lacks what the recipe restores from."""
+    def check_snapshot(self, snapshot: VmSnapshot) -> None:  # noqa: B027 (a no-op by default)
+        """``RecipeError`` when the snapshot lacks what the recipe restores from (by default
+        every snapshot will do)."""
 
+    @abstractmethod
     def restore_steps(
         self, vmm: Vmm, vm: Kvm, snapshot: VmSnapshot, notes: list[str], done: Callable[[], None]
     ) -> None:
         """Build the vCPUs of the new ``vm`` and apply the recipe's clock and TSC steps, then
         call ``done`` (at once, or later in simulated time for a recipe that spreads its
-        writes).  ``notes`` collects sentences for the lifecycle record."""
-        raise NotImplementedError
+        writes).  ``notes`` collects sentences for the lifecycle record.  Each VMM's recipe
+        defines it."""
 
     def __repr__(self) -> str:
         return f"Recipe({self.label()}, kvmclock_ctrl={self.kvmclock_ctrl!r})"
