@@ -657,7 +657,7 @@ def test_bad_arguments_are_found_before_simulating(
 
     monkeypatch.setattr(sim, "run_scenario", never)
     cases = [
-        (["--param", "hz=0"], "hz=0 out of range (1..10000)"),
+        (["--param", "hz=0"], "hz=0 out of range (15..10000)"),
         (["--scenario", "patch09-hang", "--param", "fault=nope"], "fault='nope' invalid"),
         (["--scenario", "tsc-sync", "--vcpus", "65"], "vcpus=65 out of range (1..64)"),
         (["--json", str(tmp_path / "no" / "r.json")], "No such file or directory"),

@@ -23,6 +23,7 @@ from kvmclock.profiles import PROFILES, Profile, resolve_profile
 from kvmclock.timekeeping.clocksource import (
     CLOCK_SOURCE_IS_CONTINUOUS,
     CLOCK_SOURCE_UNSTABLE,
+    MIN_HZ,
     MSR_KVM_SYSTEM_TIME_NEW,
     PVTI_SIZE,
     VCLOCK_PVCLOCK,
@@ -39,7 +40,7 @@ from kvmclock.timekeeping.watchdog import ClocksourceWatchdog
 
 if TYPE_CHECKING:
     from kvmclock.kvm.x86 import KvmModule
-    from kvmclock.machine.world import Periodic
+    from kvmclock.machine.world import Event, Periodic
 
 __all__ = [
     "PM_HIBERNATION_PREPARE",
@@ -65,6 +66,10 @@ RESUME_TSC_CYCLES = 50_000_000
 PLATFORM_RATINGS = {"hpet": 250, "acpi_pm": 200}  # clocksource_hpet, clocksource_acpi_pm
 
 
+def _idle() -> None:
+    """Nothing: a CPU that wakes for an interrupt whose only work is the tick's."""
+
+
 def _initial_jiffies(hz: int) -> int:
     """``INITIAL_JIFFIES`` = (unsigned long)(unsigned int)(-300 * HZ)."""
     return (-300 * hz) & 0xFFFFFFFF
@@ -83,12 +88,18 @@ class Kernel:
         clocksource_override: str | None = None,
         kvmclock_rating: int | None = None,
         pvti_gpa: int = 0,
+        nohz: bool = False,
     ) -> None:
         cfg = resolve_profile(profile)
+        if not isinstance(nohz, bool):
+            raise TypeError(f"nohz must be a bool, got {type(nohz).__name__}")
         if isinstance(hz, bool) or not isinstance(hz, int):
             raise TypeError(f"hz must be an int, got {type(hz).__name__}")
-        if not 1 <= hz <= 10_000:
-            raise ValueError(f"hz={hz} out of range (1..10000)")
+        if not MIN_HZ <= hz <= 10_000:
+            raise ValueError(
+                f"hz={hz} out of range ({MIN_HZ}..10000; below {MIN_HZ} the jiffies "
+                "clocksource's mult, TICK_NSEC << JIFFIES_SHIFT, does not fit in 32 bits)"
+            )
         if kvmclock_rating is not None and (
             isinstance(kvmclock_rating, bool) or not isinstance(kvmclock_rating, int)
         ):
@@ -140,6 +151,18 @@ class Kernel:
         self.tick_timer: Periodic | None = None
         self.tick_overdue = False
         """A tick expired while the machine did not run (see :meth:`run_overdue_tick`)."""
+        self.nohz = nohz
+        """CONFIG_NO_HZ_IDLE with ``nohz=on``: an idle CPU stops its tick (see
+        :meth:`tick_nohz_irq_enter`); False: the periodic tick (``nohz=off``)."""
+        self.last_jiffies_update_ns = 0
+        """NO_HZ: true time of the last tick period ``tick_do_update_jiffies64`` accounted
+        (``last_jiffies_update``, on the tick grid ``boot_ns + k * TICK_NSEC``)."""
+        self._cpu_depth = 0  # nesting of run_on_cpu: 0 = every CPU of this kernel is idle
+        self._deferment: Event | None = None  # the tick programmed at the max deferment
+        # NO_HZ: (true ns, CLOCK_MONOTONIC ns) of the last jiffies update, and the
+        # max_idle_ns the programmed deferment was computed with
+        self._nohz_anchor = (0, 0)
+        self._nohz_max_idle_ns = 0
 
     # -- CPUs ---------------------------------------------------------------------------------
     def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:
@@ -150,10 +173,16 @@ class Kernel:
         def body() -> T:
             prev = self.current_cpu
             self.current_cpu = cpu
+            self._cpu_depth += 1
             try:
+                if self._cpu_depth == 1 and self.nohz and self.booted:
+                    self.tick_nohz_irq_enter()
                 return fn()
             finally:
+                self._cpu_depth -= 1
                 self.current_cpu = prev
+                if self._cpu_depth == 0 and self.nohz and self.booted:
+                    self.tick_nohz_idle_enter()
 
         return self.machine.run_on_cpu(cpu, body)
 
@@ -362,7 +391,9 @@ class Kernel:
         frequency: the 2017 delayed refinement is not modelled), hpet, acpi_pm (a VM's emulated
         ones when it offers them);
         clocksource_done_booting (selection, possibly an override); start the tick on
-        ``tick_cpu`` every TICK_NSEC and the watchdog every 0.5 s.
+        ``tick_cpu`` every TICK_NSEC (a ``nohz`` kernel: the tick stays stopped while its
+        CPUs idle, programmed at the max deferment, see :meth:`tick_nohz_idle_enter`) and
+        the watchdog every 0.5 s.
         """
         if self.booted:
             raise RuntimeError(f"kernel {self.name} already booted")
@@ -374,9 +405,17 @@ class Kernel:
             for cpu in range(1, len(m.cpus)):
                 self.run_on_cpu(cpu, lambda c=cpu: self._kvm_register_clock(c))  # type: ignore[misc]
         self.run_on_cpu(0, self._boot_on_cpu0)
-        self.tick_timer = self.world.every(tick_nsec(self.hz), self._tick)
+        if not self.nohz:
+            self.tick_timer = self.world.every(tick_nsec(self.hz), self._tick)
+        if self.nohz:
+            # tick_init_jiffy_update: the jiffies grid starts at CLOCK_MONOTONIC now
+            mono = self.run_on_cpu(0, self.timekeeper.ktime_get_ns)
+            self.last_jiffies_update_ns = mono
+            self._nohz_anchor = (self.world.now_ns, mono)
         self.watchdog.start()
         self.booted = True
+        if self.nohz:
+            self.tick_nohz_idle_enter()
         self.world.log(
             "boot",
             kernel=self.name,
@@ -611,8 +650,98 @@ class Kernel:
             return False
         self.tick_overdue = False
         self.counters["ticks_overdue"] += 1
-        self.run_on_cpu(self.tick_cpu, self._do_tick)
+        # NO_HZ: the programmed tick's interrupt; entering the CPU updates (tick_nohz_irq_enter)
+        self.run_on_cpu(self.tick_cpu, _idle if self.nohz else self._do_tick)
         return True
+
+    # -- NO_HZ idle (kernel/time/tick-sched.c) -------------------------------------------------
+    def timekeeping_max_deferment(self) -> int:
+        """``timekeeping_max_deferment`` (kernel/time/timekeeping.c): the current clocksource's
+        ``max_idle_ns`` (ns): how long the timekeeper may go without an update before a
+        clocksource delta could overflow ``delta * mult`` (half of ``clocks_calc_max_nsecs``).
+        The model never defers less than one tick period (no clocksource has a smaller
+        ``max_idle_ns``; a smaller one would make the kernel reprogram its tick in a loop)."""
+        clock = self.timekeeper.tkr_mono.clock
+        max_idle = clock.max_idle_ns if clock is not None else 0
+        return max(max_idle, tick_nsec(self.hz))
+
+    def tick_do_update_jiffies64(self) -> bool:
+        """``tick_do_update_jiffies64(ktime_get())`` (kernel/time/tick-sched.c), on the CPU
+        that runs it: nothing while CLOCK_MONOTONIC is before the next tick period
+        (``tick_next_period`` = ``last_jiffies_update`` + TICK_NSEC); else ``jiffies_64``
+        advances by every whole tick period since ``last_jiffies_update`` at once (the
+        kernel's one division for long idle sleeps) and ``update_wall_time`` runs once,
+        taking the whole offset by its logarithmic accumulation.  True when it updated.
+
+        The periodic tick of the model runs on a true-time grid; a NO_HZ kernel counts its
+        tick periods on its own CLOCK_MONOTONIC, as the kernel does (which stops while a
+        host is suspended)."""
+        now = self.timekeeper.ktime_get_ns()
+        # where CLOCK_MONOTONIC stands in true time now (it stopped during a host suspend):
+        # the next deferment is programmed from here
+        self._nohz_anchor = (self.world.now_ns, now)
+        period = tick_nsec(self.hz)
+        delta = now - self.last_jiffies_update_ns
+        if delta < period:
+            return False
+        ticks = delta // period
+        self.last_jiffies_update_ns += ticks * period
+        self.jiffies_64 = (self.jiffies_64 + ticks) & U64_MASK
+        self.counters["nohz.jiffies_updates"] += 1
+        self.timekeeper.update_wall_time()
+        return True
+
+    def tick_nohz_irq_enter(self) -> None:
+        """``tick_nohz_irq_enter`` -> ``tick_nohz_update_jiffies``: kernel code is about to
+        run on a CPU of this NO_HZ kernel while every CPU was idle with its tick stopped (an
+        interrupt, a timer, a vCPU entry): jiffies and the timekeeper are brought up to date
+        first (:meth:`tick_do_update_jiffies64`), so whatever runs next reads a fresh
+        timekeeper, as after a tick.  Nothing while the timekeeper is suspended (the
+        syscore resume path runs with interrupts off)."""
+        if self.timekeeper.suspended or self.timekeeper.tkr_mono.clock is None:
+            return
+        self.tick_do_update_jiffies64()
+
+    def tick_nohz_idle_enter(self) -> None:
+        """Every CPU of this NO_HZ kernel is idle again (``tick_nohz_idle_stop_tick`` ->
+        ``tick_nohz_next_event`` / ``tick_nohz_stop_tick``): the tick stays stopped; the CPU
+        that had the do_timer duty last programs its tick at the latest
+        ``timekeeping_max_deferment()`` after ``last_jiffies_update`` (other timers, the
+        clocksource watchdog, KVM's works, wake the CPUs themselves: they are world
+        events).  The tick is reprogrammed only when that time moved earlier (a clocksource
+        with a smaller ``max_idle_ns``) or none is pending; a pending one that comes too
+        early finds the update done and reprograms itself (:meth:`_tick_nohz_deferment`)."""
+        max_idle = self.timekeeping_max_deferment()
+        ev = self._deferment
+        if ev is not None and not ev.cancelled and max_idle >= self._nohz_max_idle_ns:
+            return
+        self._nohz_max_idle_ns = max_idle
+        t_true, t_mono = self._nohz_anchor
+        due = t_true + (self.last_jiffies_update_ns + max_idle - t_mono)
+        due = max(due, self.world.now_ns)
+        if ev is not None and not ev.cancelled:
+            if ev.t_ns <= due:
+                return
+            ev.cancel()
+        self._deferment = self.world.at(due, self._tick_nohz_deferment)
+
+    def _tick_nohz_deferment(self) -> None:
+        """The tick programmed at the max deferment expires (``tick_nohz_handler`` /
+        ``tick_sched_timer`` on the CPU that had the do_timer duty last:
+        ``tick_sched_do_timer`` takes the duty and runs ``tick_do_update_jiffies64``).  On
+        a machine that does not run now it is overdue (:meth:`run_overdue_tick`)."""
+        self._deferment = None
+        if not self.machine_running:
+            self.counters["ticks_not_running"] += 1
+            self.tick_overdue = True
+            return
+        t_true, t_mono = self._nohz_anchor
+        due = t_true + (self.last_jiffies_update_ns + self._nohz_max_idle_ns - t_mono)
+        if self.world.now_ns < due:
+            self._deferment = self.world.at(due, self._tick_nohz_deferment)
+            return
+        self.counters["nohz.deferment_ticks"] += 1
+        self.run_on_cpu(self.tick_cpu, _idle)
 
     def _do_tick(self) -> None:
         """Tick on the timekeeping CPU: ``tick_do_update_jiffies64`` (jiffies_64++) then

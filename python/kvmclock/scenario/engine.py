@@ -207,6 +207,8 @@ class _Engine:
                 acpi_pm=h.acpi_pm,
                 rtc_epoch_ns=epoch,
                 uptime_ns=h.uptime_ns,
+                nohz=h.nohz,
+                tsc_reliable=h.tsc_reliable,
             )
             if epoch is None:
                 epoch = int(getattr(k.machine, "rtc_epoch_ns", 0))
@@ -227,6 +229,7 @@ class _Engine:
             tsc_khz=vm.tsc_khz,
             features=vm.features,
             clocksource_override=vm.clocksource,
+            nohz=vm.nohz,
         )
         self.kernels[vm.name] = g
         self.vmms[vm.name] = self.sim.vmms[-1]

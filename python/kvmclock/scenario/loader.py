@@ -52,6 +52,7 @@ from kvmclock.scenario.model import (
     SweepSpec,
     VmSpec,
 )
+from kvmclock.timekeeping.clocksource import MIN_HZ
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -564,6 +565,8 @@ class HostPlan:
     hpet: bool
     acpi_pm: bool
     uptime_ns: int = 0
+    nohz: bool = False
+    tsc_reliable: bool = False
 
 
 @dataclass
@@ -579,6 +582,7 @@ class VmPlan:
     clocksource: str | None
     level: int
     khz: int  # the guest TSC kHz in effect (requested, else the host machine's)
+    nohz: bool = False
 
 
 @dataclass
@@ -747,7 +751,7 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
     m = sf.model
     run = m.run
     duration_ns = r.ns(run.duration_s, "run.duration_s", positive=True)
-    hz = r.int_(run.hz, "run.hz", 1, 10_000)
+    hz = r.int_(run.hz, "run.hz", MIN_HZ, 10_000)
     sample_ms = r.int_(run.sample_ms, "run.sample_ms", 1)
     spin_limit = r.int_(run.spin_limit, "run.spin_limit", 1)
     fault_v = r.val(run.fault, "run.fault") if run.fault is not None else None
@@ -811,6 +815,8 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
                 r.bool_(h.hpet, f"{key}.hpet"),
                 r.bool_(h.acpi_pm, f"{key}.acpi_pm"),
                 r.ns(h.uptime_s, f"{key}.uptime_s"),
+                r.bool_(h.nohz, f"{key}.nohz"),
+                r.bool_(h.tsc_reliable, f"{key}.tsc_reliable"),
             )
         )
     host_by = {h.name: h for h in hosts}
@@ -902,6 +908,7 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
             clocksource,
             level,
             tsc_khz if tsc_khz is not None else host_khz,
+            r.bool_(v.nohz, f"{key}.nohz"),
         )
         vms.append(plan)
         vm_by[name] = plan

@@ -118,8 +118,8 @@ class RunSpec(_Model):
     """``[run]``: how long, how often, under which profiles and switches."""
 
     duration_s: Positive = Field(description="simulated seconds (> 0)")
-    hz: Annotated[StrictInt, Field(ge=1, le=10_000)] | Expr = Field(
-        250, description="CONFIG_HZ of every kernel (1..10000)"
+    hz: Annotated[StrictInt, Field(ge=15, le=10_000)] | Expr = Field(
+        250, description="CONFIG_HZ of every kernel (15..10000)"
     )
     sample_ms: PosInt = Field(10, description="guest clock sampling period in ms (>= 1)")
     profiles: StrictStr | list[StrictStr] = Field(
@@ -156,10 +156,19 @@ class HostSpec(_Model):
     )
     hpet: Bool = Field(True, description="an HPET")
     acpi_pm: Bool = Field(True, description="an ACPI PM timer")
+    tsc_reliable: Bool = Field(
+        False, description="tsc=reliable: the clocksource watchdog never checks the TSC"
+    )
     uptime_s: NonNeg = Field(
         0,
         description="how long the host has been up when the scenario starts: its TSC and "
         "CLOCK_MONOTONIC/BOOTTIME start there (another boot time than the other hosts)",
+    )
+    nohz: Bool = Field(
+        False,
+        description="its kernel runs NO_HZ idle (CONFIG_NO_HZ_IDLE, nohz=on): the tick stops "
+        "while its CPUs idle, the timekeeper is updated when a CPU wakes and at the latest "
+        "after the clocksource's max_idle_ns; false: the periodic tick",
     )
 
 
@@ -189,6 +198,12 @@ class VmSpec(_Model):
     stable_bit: Bool = Field(True, description="KVM_FEATURE_CLOCKSOURCE_STABLE_BIT")
     hpet: Bool = Field(False, description="an emulated HPET")
     acpi_pm: Bool = Field(False, description="an emulated ACPI PM timer")
+    nohz: Bool = Field(
+        False,
+        description="its kernel runs NO_HZ idle (CONFIG_NO_HZ_IDLE, nohz=on): the tick stops "
+        "while its CPUs idle, the timekeeper is updated when a CPU wakes and at the latest "
+        "after the clocksource's max_idle_ns; false: the periodic tick",
+    )
 
 
 # -- recipes --------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 from kvmclock.errors import ScenarioError
 from kvmclock.kernel import Kernel
 from kvmclock.kvm.x86 import Kvm, KvmModule
-from kvmclock.machine.physical import PhysicalMachine
+from kvmclock.machine.physical import DEFAULT_FEATURES, PhysicalMachine
 from kvmclock.machine.world import World
 from kvmclock.profiles import Profile, SwitchValue, resolve_profile
 from kvmclock.scenario.loader import (
@@ -94,6 +94,8 @@ class Sim:
         acpi_pm: bool = True,
         rtc_epoch_ns: int | None = None,
         uptime_ns: int = 0,
+        nohz: bool = False,
+        tsc_reliable: bool = False,
     ) -> Kernel:
         """Level 0: a physical machine (HPET and ACPI PM unless switched off), its kernel
         ``name`` booted, KVM loaded.  ``tsc_khz`` nominal kHz, ``tsc_skew_cycles`` the spread
@@ -101,7 +103,9 @@ class Sim:
         TSC-scaling hardware (``vmx``, ``svm`` or ``none``), ``rtc_epoch_ns`` the wall clock
         at true time 0 (None: drawn from the seed; hosts of one scenario share one),
         ``uptime_ns`` how long the host has been up at true time 0 (its TSC counted and its
-        CLOCK_MONOTONIC/BOOTTIME/RAW start there)."""
+        CLOCK_MONOTONIC/BOOTTIME/RAW start there), ``nohz`` its kernel's tick mode (NO_HZ
+        idle, ``Kernel(nohz=True)``, or the periodic tick), ``tsc_reliable`` the kernel's
+        ``tsc=reliable`` (the machine feature "tsc_reliable": no watchdog on the TSC)."""
         m = PhysicalMachine(
             self.world,
             cpus,
@@ -113,8 +117,9 @@ class Sim:
             rtc_epoch_ns=rtc_epoch_ns,
             tsc_scaling=tsc_scaling,
             uptime_ns=uptime_ns,
+            features=DEFAULT_FEATURES | {"tsc_reliable"} if tsc_reliable else None,
         )
-        k = Kernel(m, self.profile, name=name, hz=self.hz)
+        k = Kernel(m, self.profile, name=name, hz=self.hz, nohz=nohz)
         k.boot()
         self.kernels.append(k)
         if kvm:
@@ -131,11 +136,13 @@ class Sim:
         name: str | None = None,
         features: set[str] | frozenset[str] | None = None,
         clocksource_override: str | None = None,
+        nohz: bool = False,
     ) -> tuple[Kvm, Kernel]:
         """A VM ``name`` (default ``L<level>``) of ``vcpus`` on ``host`` (vCPU i on host CPU i
         mod n) created by a :class:`~kvmclock.vmm.Vmm` (appended to :attr:`vmms`), its vCPUs
         started, and a guest kernel booted on it (kvm-clock unless ``clocksource_override``
-        or ``features`` say otherwise), optionally running KVM itself."""
+        or ``features`` say otherwise; ``nohz``: NO_HZ idle), optionally running KVM
+        itself."""
         level = host.level + 1
         vm_name = name if name is not None else f"L{level}"
         vmm = Vmm(host, name=vm_name, vcpus=vcpus, tsc_khz=tsc_khz, features=features)
@@ -147,6 +154,7 @@ class Sim:
             name=vm_name,
             hz=self.hz,
             clocksource_override=clocksource_override,
+            nohz=nohz,
         )
         vmm.guest = g
         g.boot()

@@ -128,6 +128,11 @@ def clocksource_max_adjustment(mult: int) -> int:
     return (mult * 11) // 100
 
 
+#: the smallest CONFIG_HZ whose jiffies clocksource mult (TICK_NSEC << JIFFIES_SHIFT,
+#: kernel/time/jiffies.c) fits in u32 (the kernel's Kconfig offers 100, 250, 300, 1000)
+MIN_HZ = 15
+
+
 def tick_nsec(hz: int) -> int:
     """``TICK_NSEC`` = (NSEC_PER_SEC + HZ/2) / HZ (include/linux/jiffies.h)."""
     return (NSEC_PER_SEC + hz // 2) // hz

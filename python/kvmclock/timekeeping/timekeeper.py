@@ -81,10 +81,6 @@ class TkReadBase:
     base: int = 0
 
 
-def _ilog2(x: int) -> int:
-    return x.bit_length() - 1
-
-
 class Timekeeper:
     """``tk_core.timekeeper`` plus ``tk_core.seq`` and the update/read functions around them."""
 
@@ -314,12 +310,20 @@ class Timekeeper:
                 self.kernel.clocksource_changes_notify()
 
     def update_wall_time(self) -> None:
-        """``update_wall_time`` on a tick: accumulate whole ``cycle_interval``s, then update.
+        """``update_wall_time`` (``timekeeping_advance``): accumulate every whole
+        ``cycle_interval`` since ``cycle_last``, then update.
 
         The clocksource is read before the write section.  Less than one interval since
         cycle_last: nothing happens (no timekeeping_update, no notifier).  Otherwise the
-        offset is accumulated logarithmically (chunks of ``cycle_interval << shift``, shift
-        capped by the NTP tick length) exactly as ``logarithmic_accumulation`` does.
+        kernel's logarithmic accumulation: ``shift = ilog2(offset) - ilog2(cycle_interval)``
+        (capped by the NTP tick length), then ``logarithmic_accumulation`` takes chunks of
+        ``cycle_interval << shift`` while they fit, lowering the shift, down to single
+        intervals, so an update after a long idle costs O(log n) chunks, not n ticks.  The
+        chunks add up to ``offset // cycle_interval`` whole intervals, and without NTP every
+        chunk adds exactly its cycles times ``mult`` to ``xtime_nsec`` (each chunk keeps
+        ``xtime_nsec`` below one second plus one chunk, so the kernel's u64 sums never wrap
+        in between): the model takes them as one chunk (:meth:`_logarithmic_accumulation`
+        at shift 0), which leaves every field as the kernel's loop does, in O(1).
         """
         if self.suspended:  # timekeeping_advance: "Make sure we're fully resumed"
             return
@@ -329,20 +333,7 @@ class Timekeeper:
         if offset < self.cycle_interval:
             return
         with self._write():
-            shift = max(0, _ilog2(offset) - _ilog2(self.cycle_interval))
-            maxshift = (64 - (_ilog2(self.ntp_tick_length) + 1)) - 1
-            shift = min(shift, maxshift)
-            clock_set = 0
-            # The kernel's loop takes one chunk per iteration and lowers the shift once the
-            # offset is below the chunk, so at each shift it takes offset // chunk chunks in a
-            # row: taken here at once (the same values: each chunk keeps xtime_nsec below
-            # one second + one chunk, so the u64 sums never wrap in between), which keeps a
-            # wild offset (a clock ~2**62 ns ahead: 2**31 chunks at the top shift) from
-            # looping for hours in the simulator.
-            while shift >= 0 and offset >= self.cycle_interval:
-                offset, cs = self._logarithmic_accumulation(offset, shift)
-                clock_set |= cs
-                shift -= 1
+            _offset, clock_set = self._logarithmic_accumulation(offset, 0)
             # timekeeping_adjust(): NTP not modelled, mult stays the clocksource's.
             clock_set |= self._accumulate_nsecs_to_secs()
             self.timekeeping_update(clock_set)
