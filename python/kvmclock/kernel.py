@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import kvmclock as _k
+from kvmclock.counters import Counters
 from kvmclock.machine.base import Machine, T
 from kvmclock.profiles import PROFILES, Profile, resolve_profile
 from kvmclock.timekeeping.clocksource import (
@@ -126,7 +127,7 @@ class Kernel:
         self.kvmclock_rating_override = kvmclock_rating
         """An explicit kvm-clock rating (None: the profile's ``kvmclock_rating`` rule)."""
         self.pvti_gpa = pvti_gpa
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = Counters()
         self.current_cpu = 0
         self.jiffies_64 = _initial_jiffies(hz)
         self.tsc_unstable = False

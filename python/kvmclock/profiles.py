@@ -372,9 +372,13 @@ class Profile:
                     f"profile {self.name}: {n}={_show(v)} needs {need}={_show(need_v)} ({why})"
                 )
         object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+        # each switch also as a plain attribute (``cfg.kvmclock_base``): KVM and the
+        # timekeeper ask them on every vCPU entry, and __getattr__ costs a call per ask
+        for n, v in self.values.items():
+            object.__setattr__(self, n, v)
 
     def __getattr__(self, name: str) -> Any:
-        # only reached for names that are not dataclass fields: the switches
+        # only reached for names that are neither dataclass fields nor switches
         values = self.__dict__.get("values")
         if values is not None and name in values:
             return values[name]

@@ -22,6 +22,7 @@ to the VMM takes no time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -124,8 +125,11 @@ class VcpuCpu:
         ``none``), so the nested ratio is always the default and both views are equal."""
         v = self.vcpu
         m = v.kvm.module
-        below = self.vm.host_machine.cpus[self.host_cpu()]
-        if isinstance(below, VcpuCpu) and v.tsc_scaling_ratio != m.default_tsc_scaling_ratio:
+        below = self.vm.host_machine.cpus[v.cpu if v.cpu >= 0 else v.affinity]  # host_cpu()
+        if v.tsc_scaling_ratio == m.default_tsc_scaling_ratio:
+            # kvm_read_l1_tsc without scaling, inlined: every guest rdtsc comes here
+            return (v.tsc_offset + below.read_tsc()) & U64_MASK
+        if isinstance(below, VcpuCpu):
             v1 = below.vcpu
             m0 = v1.kvm.module
             if m0.cfg.nested_tsc_scaling:
@@ -153,6 +157,9 @@ class VirtualMachine:
         self.world: World = self.host_kernel.world
         self.level = self.host_kernel.level + 1
         self._cpus: list[VcpuCpu] = []
+        # a plain attribute, not a property: every guest rdtsc goes through it
+        self.cpus: Sequence[VcpuCpu] = self._cpus
+        """The vCPUs created so far, by ``vcpu_id`` (``add_cpu`` appends)."""
         self.memory = bytearray(memory_size)
         self.features: set[str] = set(features)
         # emulated HPET / ACPI PM timer only when the VM was created with them
@@ -172,11 +179,6 @@ class VirtualMachine:
         """Whether guest code executes now: not paused, and the host machine runs."""
         return not self.paused and bool(getattr(self.host_machine, "running", True))
 
-    @property
-    def cpus(self) -> Sequence[VcpuCpu]:
-        """The vCPUs created so far, by ``vcpu_id``."""
-        return self._cpus
-
     def add_cpu(self, vcpu: Vcpu) -> None:
         """Called by ``Kvm.create_vcpu`` once the vCPU exists."""
         self._cpus.append(VcpuCpu(self, vcpu))
@@ -193,11 +195,14 @@ class VirtualMachine:
         host CPU (recursively down to the physical machine), which loads the vCPU, processes
         its requests and enters the guest.  Re-entrant calls for a vCPU already in guest mode
         run ``fn`` directly."""
-        vcpu = self._vcpu(cpu)
+        cpus = self._cpus
+        # hot (every entry): the checks of _vcpu only for what is not a valid vCPU number
+        vcpu = cpus[cpu].vcpu if cpu.__class__ is int and 0 <= cpu < len(cpus) else self._vcpu(cpu)
         if vcpu.in_guest:
             return fn()
-        module = self.kvm.module
-        return self.host_kernel.run_on_cpu(vcpu.affinity, lambda: module.vcpu_run(vcpu, fn))
+        return self.host_kernel.run_on_cpu(
+            vcpu.affinity, functools.partial(self.kvm.module.vcpu_run, vcpu, fn)
+        )
 
     def wrmsr(self, cpu: int, msr: int, value: int) -> None:
         """Guest ``wrmsr`` on vCPU ``cpu``: a VM exit to ``kvm_set_msr_common`` (not host

@@ -96,6 +96,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import kvmclock as _k
+from kvmclock.counters import Counters
 from kvmclock.errors import LivelockDetected, count_ids
 from kvmclock.kvm.requests import (
     KVM_REQ_CLOCK_UPDATE,
@@ -512,7 +513,7 @@ class Kvm:
         self.wall_clock = 0  # kvm->arch.wall_clock: gpa of MSR_KVM_WALL_CLOCK(_NEW)
         self._sync_work: Any = None  # kvmclock_sync_work (pending World event)
         self._update_work_pending = False
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = Counters()
         self.masterclock_timeline: list[list[Any]] = []
         self.pvclock_stable_timeline: list[list[Any]] = []
         #: the decision log of the TSC-sync and masterclock rules (:class:`TscDecision`)
@@ -545,10 +546,16 @@ class Kvm:
 
     def _record_pvclock_stable(self) -> None:
         """All enabled records carry PVCLOCK_TSC_STABLE_BIT (the guest level's "pvclock stable")."""
-        written = [v for v in self.vcpus if v.pv_time_enabled and v.hv_clock.version]
+        written = False
+        stable = True
+        for v in self.vcpus:  # hot: after every record write
+            if v.pv_time_enabled and v.hv_clock.version:
+                written = True
+                if not v.hv_clock.flags & _PV_STABLE:
+                    stable = False
+                    break
         if not written:
             return
-        stable = all(v.hv_clock.flags & _PV_STABLE for v in written)
         tl = self.pvclock_stable_timeline
         if not tl or tl[-1][1] != stable:
             tl.append([self.module.world.now_ns, stable])
@@ -980,7 +987,7 @@ class KvmModule:
         self.default_tsc_scaling_ratio: int = 1 << caps[1]
         self.vm_list: list[Kvm] = []
         self.kvm_lock = SpinLock(f"{kernel.name}.kvm_lock")
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = Counters()
         self.trace_records: list[tuple[int, int, str, int, int, str, str]] = []
         self.trace_enabled = True
         self.moments: list[list[Any]] = []
@@ -1003,8 +1010,11 @@ class KvmModule:
         self.moments.append([self.world.now_ns, self.level, text])
         self.world.log("moment", level=self.level, text=text)
 
-    def trace(self, event: str, fields: str) -> None:
-        """Record one trace event as ``(t_ns, level, comm, pid, cpu, event, fields)``."""
+    def trace(self, event: str, fields: Callable[[], str]) -> None:
+        """Record one trace event as ``(t_ns, level, comm, pid, cpu, event, fields())`` and
+        count it (``counters["trace.<event>"]``).  ``fields`` builds the event's text; it is
+        called only while ``trace_enabled`` (formatting every event of a long run that keeps
+        no trace would cost more than the event itself)."""
         if self.trace_enabled:
             self.trace_records.append(
                 (
@@ -1014,7 +1024,7 @@ class KvmModule:
                     self._cur_pid,
                     self.kernel.current_cpu,
                     event,
-                    fields,
+                    fields(),
                 )
             )
         self.counters[f"trace.{event}"] += 1
@@ -1022,12 +1032,12 @@ class KvmModule:
     def rdtsc(self) -> int:
         """``rdtsc()`` on the CPU the host kernel code now runs on."""
         k = self.kernel
-        return int(k.machine.cpus[k.current_cpu].read_tsc())
+        return k.machine.cpus[k.current_cpu].read_tsc()
 
     def cpu_tsc_khz(self) -> int:
         """``__this_cpu_read(cpu_tsc_khz)`` (CONSTANT_TSC: the calibrated ``tsc_khz``)."""
         k = self.kernel
-        return int(k.machine.cpus[k.current_cpu].tsc_khz)
+        return k.machine.cpus[k.current_cpu].tsc_khz
 
     def host_tsc_khz(self) -> int:
         """The host kernel's global ``tsc_khz`` (kHz): the ioctl CPU's calibrated frequency."""
@@ -1197,6 +1207,8 @@ class KvmModule:
 
     def kvm_read_l1_tsc(self, vcpu: Vcpu, host_tsc: int) -> int:
         """``kvm_read_l1_tsc``: L1 offset + scaled host TSC (u64)."""
+        if vcpu.tsc_scaling_ratio == self.default_tsc_scaling_ratio:  # hot: kvm_scale_tsc inlined
+            return (vcpu.tsc_offset + host_tsc) & U64_MASK
         return (vcpu.tsc_offset + self.kvm_scale_tsc(vcpu, host_tsc)) & U64_MASK
 
     def kvm_compute_tsc_offset(self, vcpu: Vcpu, target_tsc: int) -> int:
@@ -1220,7 +1232,7 @@ class KvmModule:
         """``kvm_vcpu_write_tsc_offset``: trace ``kvm_write_tsc_offset`` then set the offset."""
         self.trace(
             "kvm_write_tsc_offset",
-            fields_write_tsc_offset(vcpu.vcpu_id, vcpu.tsc_offset, offset & U64_MASK),
+            lambda: fields_write_tsc_offset(vcpu.vcpu_id, vcpu.tsc_offset, offset & U64_MASK),
         )
         vcpu.tsc_offset = offset & U64_MASK
 
@@ -1522,7 +1534,7 @@ class KvmModule:
         host_clock, host_clock_stable = _host_clock_args(self.cfg.trace_format, host)
         self.trace(
             "kvm_track_tsc",
-            fields_track_tsc(
+            lambda: fields_track_tsc(
                 self.cfg.trace_format,
                 vcpu.vcpu_id,
                 kvm.use_master_clock,
@@ -1751,7 +1763,7 @@ class KvmModule:
         host_clock, host_clock_stable = _host_clock_args(self.cfg.trace_format, host)
         self.trace(
             "kvm_update_master_clock",
-            fields_update_master_clock(
+            lambda: fields_update_master_clock(
                 self.cfg.trace_format,
                 kvm.use_master_clock,
                 vcpus_matched,
@@ -2131,11 +2143,11 @@ class KvmModule:
         traces before the full write) or ``final`` (``kvm_setup_guest_pvclock``, after)."""
         mem = vcpu.kvm.machine.memory
         gpa = vcpu.pv_time_gpa
-        guest = _k.PvclockVcpuTimeInfo.from_bytes(bytes(mem[gpa : gpa + 32]))
+        guest = _k.PvclockVcpuTimeInfo.from_bytes(mem[gpa : gpa + 32])
         hv = vcpu.hv_clock
-        odd_version = ((int(guest.version) + 1) | 1) & U32_MASK
+        odd_version = ((guest.version + 1) | 1) & U32_MASK
         hv.version = (odd_version + 1) & U32_MASK
-        hv.flags |= int(guest.flags) & _PV_GUEST_STOPPED
+        hv.flags |= guest.flags & _PV_GUEST_STOPPED
         if vcpu.pvclock_set_guest_stopped_request:
             hv.flags |= _PV_GUEST_STOPPED
             vcpu.pvclock_set_guest_stopped_request = False
@@ -2152,7 +2164,7 @@ class KvmModule:
         # write and the full write (odd); kvm_setup_guest_pvclock traces after the final ++
         self.trace(
             "kvm_pvclock_update",
-            fields_pvclock_update(
+            lambda: fields_pvclock_update(
                 vcpu.vcpu_id,
                 odd_version if self.cfg.pvclock_trace_version == "odd" else hv.version,
                 hv.tsc_timestamp,
@@ -2440,6 +2452,8 @@ class KvmModule:
         request is pending (a pending request cancels the entry and the loop goes round):
         MIGRATE_TIMER, MASTERCLOCK_UPDATE, GLOBAL_CLOCK_UPDATE, CLOCK_UPDATE.
         MCLOCK_INPROGRESS is never consumed: an entry with it pending cannot happen."""
+        if not vcpu.requests:  # the common entry
+            return
         owner = f"vcpu{vcpu.vcpu_id}"
         for _ in range(_MAX_ENTRY_LOOPS):
             if not vcpu.requests:

@@ -96,6 +96,10 @@ class PhysicalCpu:
         self._jump_t: list[int] = []
         self._jump_sum: list[int] = []  # prefix sums of deltas, aligned with _jump_t
         self._jumps: list[tuple[int, int]] = []
+        # read_tsc's memo: the TSC at true time _memo_t (kernel code reads one CPU's TSC
+        # many times at one instant); add_tsc_jump forgets it
+        self._memo_t = -1
+        self._memo_tsc = 0
         for at_ns, delta in jumps:
             self.add_tsc_jump(at_ns, delta)
 
@@ -110,6 +114,7 @@ class PhysicalCpu:
         if isinstance(delta_cycles, bool) or not isinstance(delta_cycles, int):
             raise TypeError(f"delta_cycles must be an int, got {type(delta_cycles).__name__}")
         self._jumps.append((at_ns, delta_cycles))
+        self._memo_t = -1
         self._jumps.sort(key=lambda j: j[0])  # stable: equal times keep insertion order
         self._jump_t = [t for t, _ in self._jumps]
         acc = 0
@@ -134,7 +139,11 @@ class PhysicalCpu:
 
     def read_tsc(self) -> int:
         """``rdtsc`` at ``world.now_ns``."""
-        return self.tsc_at(self.world.now_ns)
+        t = self.world.now_ns
+        if t != self._memo_t:
+            self._memo_tsc = self.tsc_at(t)
+            self._memo_t = t
+        return self._memo_tsc
 
     def __repr__(self) -> str:
         return (
@@ -346,7 +355,8 @@ class PhysicalMachine:
 
     def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:
         """Run ``fn`` on physical CPU ``cpu`` (sets ``running_cpu`` for the call)."""
-        self._check_cpu(cpu)
+        if cpu.__class__ is not int or not 0 <= cpu < len(self.cpus):  # hot: every entry
+            self._check_cpu(cpu)
         prev = self.running_cpu
         self.running_cpu = cpu
         try:

@@ -40,6 +40,7 @@ Definitions (what the numbers mean, precisely):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +63,8 @@ def guest_read(kernel: Kernel) -> tuple[int, int, int, tuple[int, int]]:
     mem = kernel.machine.memory
     off = kernel.pvti_offset(cpu)
     raw, flags, _ = _k.pvclock_read(mem, kernel.machine.cpus[cpu].read_tsc(), off)
-    rec = _k.PvclockVcpuTimeInfo.from_bytes(bytes(mem[off : off + 32]))
-    return int(ns), int(raw), int(flags), (int(rec.system_time), int(rec.tsc_timestamp))
+    rec = _k.PvclockVcpuTimeInfo.from_bytes(mem[off : off + 32])
+    return ns, raw, flags, (rec.system_time, rec.tsc_timestamp)
 
 
 @dataclass
@@ -187,7 +188,7 @@ class Recorder:
             raws: list[int] = []
             stable = True
             for cpu in range(len(k.machine.cpus)):
-                ns, raw, flags, pair = k.run_on_cpu(cpu, lambda kk=k: guest_read(kk))  # type: ignore[misc]
+                ns, raw, flags, pair = k.run_on_cpu(cpu, functools.partial(guest_read, k))
                 st.record_read(t, cpu, ns, raw, flags, pair)
                 raws.append(raw)
                 stable = stable and bool(flags & _STABLE)

@@ -118,17 +118,18 @@ class NotifierChain:
         Stops after a result with ``NOTIFY_STOP_MASK``.  A raising callback propagates its
         exception; the chain itself is unchanged and usable afterwards.
         """
-        if isinstance(action, bool) or not isinstance(action, int):
-            raise TypeError(f"action must be an int, got {type(action).__name__}")
-        if not 0 <= action <= _ULONG_MAX:
-            raise ValueError(f"action={action} out of range (0..2**64-1, unsigned long)")
+        if action.__class__ is not int or not 0 <= action <= _ULONG_MAX:  # hot: every tick
+            if isinstance(action, bool) or not isinstance(action, int):
+                raise TypeError(f"action must be an int, got {type(action).__name__}")
+            if not 0 <= action <= _ULONG_MAX:
+                raise ValueError(f"action={action} out of range (0..2**64-1, unsigned long)")
         self.calls += 1
         ret = NOTIFY_DONE
         nb = self._head
         while nb is not None:
             next_nb = nb.next
             ret = nb.fn(action, data)
-            if isinstance(ret, bool) or not isinstance(ret, int):
+            if ret.__class__ is not int and (isinstance(ret, bool) or not isinstance(ret, int)):
                 raise TypeError(
                     f"notifier callback {nb.fn!r} returned {type(ret).__name__}; "
                     "it must return an int (NOTIFY_DONE, NOTIFY_OK, NOTIFY_STOP, NOTIFY_BAD)"
