@@ -123,8 +123,32 @@ def _profile_paths(path: str, profiles: Sequence[Any]) -> list[str]:
     return [f"{root}-{n}{ext}" for n in names]
 
 
+def _run_one(
+    sf: Any,
+    profile: Any,
+    seed: int,
+    trace: bool,
+    events: str | None,
+    progress: Any,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """One run, its event log to ``events`` (a path, ``-`` for stdout, None: no log); a
+    file that cannot be written is a UsageError naming --events."""
+    from kvmclock.sim import run_scenario
+
+    if events is None or events == "-":
+        stream = sys.stdout if events == "-" else None
+        return run_scenario(sf, profile, seed=seed, trace=trace, events=stream,
+                            progress=progress, **kwargs)
+    try:
+        with open(events, "w", encoding="utf-8") as f:
+            return run_scenario(sf, profile, seed=seed, trace=trace, events=f,
+                                progress=progress, **kwargs)
+    except OSError as exc:
+        raise UsageError(f"cannot write {events} (--events): {exc.strerror or exc}") from exc
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from kvmclock import sim
     from kvmclock.errors import ScenarioError
     from kvmclock.sim.scenarios import _validate as validate_scenario
 
@@ -148,14 +172,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     want_trace = bool(args.trace or args.perfetto)
     # every output option takes '-' for stdout; only one of them may use it
     outputs = [("--json", args.json), ("--trace", args.trace), ("--perfetto", args.perfetto),
-               ("--plot", args.plot)]
-    _check_outputs("simulate", outputs, paths_checked_by_caller=("--trace",))
+               ("--plot", args.plot), ("--events", args.events)]
+    _check_outputs("simulate", outputs, paths_checked_by_caller=("--trace", "--events"))
     to_stdout = any(v == "-" for _, v in outputs)
-    if args.trace == "-" and len(profiles) > 1:
-        raise UsageError("simulate: --trace - needs a single --profile (e.g. --profile upstream)")
-    if args.trace and args.trace != "-":
-        for path in _profile_paths(args.trace, profiles):
-            _check_output_path(path, "--trace")
+    for option, value in (("--trace", args.trace), ("--events", args.events)):
+        if value == "-" and len(profiles) > 1:
+            raise UsageError(
+                f"simulate: {option} - needs a single --profile (e.g. --profile upstream)")
+        if value and value != "-":
+            for path in _profile_paths(value, profiles):
+                _check_output_path(path, option)
+    event_paths = _profile_paths(args.events, profiles) if args.events else []
     if args.plot:
         _refuse_binary_to_terminal("simulate", "--plot", args.plot)
         _check_plot_available()
@@ -167,10 +194,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             f" ({i}/{len(profiles)})" if len(profiles) > 1 else "")
         with _Progress(sys.stderr, label) as progress:
             t0 = time.perf_counter()
-            run = sim.run_scenario(sf, profile, seed=args.seed, trace=want_trace,
-                                   progress=progress.callback, **kwargs)
+            run = _run_one(sf, profile, args.seed, want_trace,
+                           event_paths[i - 1] if event_paths else None,
+                           progress.callback, kwargs)
             walls.append(time.perf_counter() - t0)
         runs.append(run)
+        if event_paths and event_paths[i - 1] != "-":
+            print(f"wrote {event_paths[i - 1]} ({run['event_log']['lines']:,} event lines)",
+                  file=sys.stderr)
+    if want_trace:
+        for run in runs:
+            dropped = int(run.get("trace_dropped") or 0)
+            if dropped:
+                kept = len(run.get("trace") or [])
+                print(f"{run['profile']}: the trace keeps the first {kept:,} of "
+                      f"{kept + dropped:,} KVM trace records; --events PATH writes every one",
+                      file=sys.stderr)
 
     if args.trace:
         from kvmclock.render.ftrace import trace_text
@@ -236,8 +275,10 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "  kvmclock simulate --scenario nested --profile series --seed 3 --json -\n"
         "  kvmclock simulate --trace sim.txt --perfetto sim.json --plot sim.png\n"
         "  kvmclock simulate --duration 3 --vcpus 2 --param l2_vcpus=1\n"
+        "  kvmclock simulate --duration 86400 --events day.jsonl\n"
         "  kvmclock scenarios --show tsc-sync > my.toml; kvmclock simulate --scenario my.toml\n"
-        "with several profiles, --trace PATH writes PATH-gtod, PATH-series, ... files.",
+        "with several profiles, --trace PATH and --events PATH write PATH-gtod, PATH-series, "
+        "... files.",
         formatter_class=fmt,
     )
     s.add_argument("--scenario", default="nested", metavar="NAME|PATH.toml",
@@ -257,6 +298,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="write ftrace text with a level column (to stdout with '-')")
     s.add_argument("--perfetto", metavar="PATH|-",
                    help="write Chrome/Perfetto trace-event JSON (to stdout with '-')")
+    s.add_argument("--events", metavar="PATH|-",
+                   help="write every event-log entry (world log and KVM trace records, in "
+                   "execution order) as JSON lines while the run goes (to stdout with '-')")
     s.add_argument("--plot", metavar="PATH|-",
                    help="write a PNG (needs matplotlib; to stdout with '-', not a terminal)")
     s.add_argument("--moments", type=_int_arg("moments", 0, 100000), default=30, metavar="N",

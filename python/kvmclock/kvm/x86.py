@@ -96,6 +96,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import kvmclock as _k
+from kvmclock import limits
 from kvmclock.counters import Counters
 from kvmclock.errors import LivelockDetected, count_ids
 from kvmclock.kvm.requests import (
@@ -514,10 +515,22 @@ class Kvm:
         self._sync_work: Any = None  # kvmclock_sync_work (pending World event)
         self._update_work_pending = False
         self.counters: collections.Counter[str] = Counters()
+        #: ``[t_ns, on]`` at each change of ``use_master_clock`` (the first
+        #: ``kvmclock.limits.TIMELINE_CAP`` changes; ``timeline_dropped`` counts the later
+        #: ones by timeline name)
         self.masterclock_timeline: list[list[Any]] = []
+        #: ``[t_ns, stable]`` at each change of "every written record is stable" (same bound)
         self.pvclock_stable_timeline: list[list[Any]] = []
-        #: the decision log of the TSC-sync and masterclock rules (:class:`TscDecision`)
-        self.tsc_decisions: list[TscDecision] = []
+        self.timeline_dropped: collections.Counter[str] = collections.Counter()
+        self._masterclock_state: bool | None = None  # the last state of each timeline
+        self._pvclock_stable_state: bool | None = None
+        #: the decision log of the TSC-sync and masterclock rules (:class:`TscDecision`): the
+        #: most recent ``kvmclock.limits.TSC_DECISIONS_CAP`` (a ring);
+        #: ``tsc_decisions_logged`` counts every decision appended
+        self.tsc_decisions: collections.deque[TscDecision] = collections.deque(
+            maxlen=limits.TSC_DECISIONS_CAP
+        )
+        self.tsc_decisions_logged = 0
         self.destroyed = False
         from kvmclock.kvm.vm import VirtualMachine
 
@@ -536,10 +549,19 @@ class Kvm:
         """The host kernel running this VM."""
         return self.module.kernel
 
+    def _timeline_change(self, name: str, state: bool) -> None:
+        """Append ``[now, state]`` to timeline ``name`` unless it holds TIMELINE_CAP changes
+        (then the change is counted in ``timeline_dropped[name]``)."""
+        tl: list[list[Any]] = getattr(self, name)
+        if len(tl) < limits.TIMELINE_CAP:
+            tl.append([self.module.world.now_ns, state])
+        else:
+            self.timeline_dropped[name] += 1
+
     def _record_masterclock(self) -> None:
-        tl = self.masterclock_timeline
-        if not tl or tl[-1][1] != self.use_master_clock:
-            tl.append([self.module.world.now_ns, self.use_master_clock])
+        if self._masterclock_state is None or self._masterclock_state != self.use_master_clock:
+            self._masterclock_state = self.use_master_clock
+            self._timeline_change("masterclock_timeline", self.use_master_clock)
             self.module.moment(
                 f"{self.name}: masterclock {'on' if self.use_master_clock else 'off'}"
             )
@@ -556,9 +578,9 @@ class Kvm:
                     break
         if not written:
             return
-        tl = self.pvclock_stable_timeline
-        if not tl or tl[-1][1] != stable:
-            tl.append([self.module.world.now_ns, stable])
+        if self._pvclock_stable_state is None or self._pvclock_stable_state != stable:
+            self._pvclock_stable_state = stable
+            self._timeline_change("pvclock_stable_timeline", stable)
             self.module.moment(
                 f"VM {self.name}: pvclock stable bit {'set' if stable else 'cleared'}"
             )
@@ -990,7 +1012,10 @@ class KvmModule:
         self.counters: collections.Counter[str] = Counters()
         self.trace_records: list[tuple[int, int, str, int, int, str, str]] = []
         self.trace_enabled = True
+        #: key moments ``[t_ns, level, text]``: the first ``kvmclock.limits.MOMENTS_CAP``
+        #: (``moments_dropped`` counts the rest; every one is in the world log)
         self.moments: list[list[Any]] = []
+        self.moments_dropped = 0
         self.kvm_guest_has_master_clock = 0  # atomic_t (gtod)
         self.pvclock_gtod_data = PvclockGtodData()
         self._next_pid = 1000 * (kernel.level + 1)
@@ -1006,8 +1031,12 @@ class KvmModule:
 
     # -- small helpers -----------------------------------------------------------------------------
     def moment(self, text: str) -> None:
-        """A key moment for the run's timeline (``[t_ns, level, text]``), also in the world log."""
-        self.moments.append([self.world.now_ns, self.level, text])
+        """A key moment for the run's timeline (``[t_ns, level, text]``, the first
+        ``kvmclock.limits.MOMENTS_CAP`` kept in :attr:`moments`), also in the world log."""
+        if len(self.moments) < limits.MOMENTS_CAP:
+            self.moments.append([self.world.now_ns, self.level, text])
+        else:
+            self.moments_dropped += 1
         self.world.log("moment", level=self.level, text=text)
 
     def trace(self, event: str, fields: Callable[[], str]) -> None:
@@ -1320,6 +1349,7 @@ class KvmModule:
                 self.world.now_ns, None if vcpu is None else vcpu.vcpu_id, where, rule, text
             )
         )
+        target.tsc_decisions_logged += 1
 
     def _sync_rule(
         self,

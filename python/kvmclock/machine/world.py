@@ -7,10 +7,13 @@ randomness is ``World.rng`` (seeded); nothing here reads the host clock.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import random
 from collections.abc import Callable
 from typing import Any
+
+from kvmclock import limits
 
 __all__ = ["Event", "Periodic", "World"]
 
@@ -88,7 +91,15 @@ class World:
         self.seed = seed
         self.rng = random.Random(seed)
         self.now_ns = 0
+        #: the event log: its first ``kvmclock.limits.EVENTS_CAP`` entries (``log``)
         self.events: list[dict[str, Any]] = []
+        #: entries logged in all (kept or not)
+        self.events_logged = 0
+        #: kind -> entries logged past ``kvmclock.limits.EVENTS_CAP`` (not in ``events``)
+        self.events_dropped: collections.Counter[str] = collections.Counter()
+        #: called with every entry as it is logged, kept or not (the run's key moments and
+        #: its ``--events`` stream are built this way, so that the log need not be kept)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.events_processed = 0
         # heap of (t_ns, seq, event): tuples compare in C, the Event never (seq is unique)
         self._queue: list[tuple[int, int, Event]] = []
@@ -173,9 +184,17 @@ class World:
 
     # -- log --------------------------------------------------------------------------------
     def log(self, kind: str, **fields: Any) -> None:
-        """Append ``{"t_ns": now_ns, "kind": kind, **fields}`` to ``events``."""
+        """Log ``{"t_ns": now_ns, "kind": kind, **fields}``: appended to ``events`` while it
+        holds fewer than ``kvmclock.limits.EVENTS_CAP`` entries (counted by kind in
+        ``events_dropped`` otherwise), then passed to every listener in order."""
         if not isinstance(kind, str):
             raise TypeError(f"kind must be a str, got {type(kind).__name__}")
         entry: dict[str, Any] = {"t_ns": self.now_ns, "kind": kind}
         entry.update(fields)
-        self.events.append(entry)
+        self.events_logged += 1
+        if len(self.events) < limits.EVENTS_CAP:
+            self.events.append(entry)
+        else:
+            self.events_dropped[kind] += 1
+        for listener in self.listeners:
+            listener(entry)

@@ -20,7 +20,8 @@ One column per profile, one row per panel, over simulated time in seconds:
   ``clocksource_changes_chain``);
 * **cross-vCPU skew** and **guest clock steps backwards** (ns) per guest kernel, on a
   symmetric-log scale (linear below 1 ns, a decade per step above) so that 3 ns and 10 s are
-  both readable; the skew panel draws the headline's 1 us threshold.
+  both readable; the skew panel draws the headline's 1 us threshold (a decimated series,
+  ``samples_summary``, is drawn with each kernel's worst sample added).
 
 A panel with no data in any profile, or only zeros, is not drawn: the note line at the bottom
 of the figure names it and says why; a profile without data in a drawn panel says so inside
@@ -348,6 +349,19 @@ def place_labels(merged: Sequence[tuple[int, list[str]]], span_ns: int, line_fra
     return out
 
 
+def skew_rows(run: Run) -> list[Mapping[str, Any]]:
+    """The sample rows the skew panel draws: the run's ``samples`` and, when the series was
+    decimated (``samples_summary``), each kernel's worst sample too, so that the peak is
+    drawn whatever the stride (in time order)."""
+    rows: list[Mapping[str, Any]] = list(run.get("samples") or [])
+    extra = [s["worst"] for s in run.get("samples_summary") or [] if s.get("worst")]
+    if not extra:
+        return rows
+    have = {(int(r["t_ns"]), str(r.get("kernel"))) for r in rows}
+    rows += [w for w in extra if (int(w["t_ns"]), str(w.get("kernel"))) not in have]
+    return sorted(rows, key=lambda r: int(r["t_ns"]))
+
+
 def run_panels(run: Run) -> RunPanels:
     """The data of every panel for one run (no matplotlib needed)."""
     levels = list(run.get("levels") or [])
@@ -358,7 +372,7 @@ def run_panels(run: Run) -> RunPanels:
     return RunPanels(
         lanes=state_lanes(run),
         notifier=notifier,
-        skew=_series(run, run.get("samples") or [], "skew_ns"),
+        skew=_series(run, skew_rows(run), "skew_ns"),
         backwards=_series(run, _backwards_rows(run), "step_ns"),
         marks=key_marks(run),
     )

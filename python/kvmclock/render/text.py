@@ -282,6 +282,9 @@ def kernel_anomalies(
             and int(s["skew_ns"]) > skew_threshold_ns
         ]
         n = len(over)
+        exact = _samples_over(run, name, skew_threshold_ns)
+        if exact is not None:  # a decimated series: the count over every sample
+            n = exact
         when = (
             f", {n:,} sample{'s' if n > 1 else ''} over it from {over[0] / 1e9:.3f} s"
             if over else ""
@@ -308,6 +311,57 @@ def kernel_anomalies(
     lost = losses(lv.get("pvclock_stable_timeline") or [])
     if lost:
         out.append(f"{label}: pvclock stable bit lost {_at_times(lost)}")
+    return out
+
+
+def _samples_over(run: Run, kernel: str, threshold_ns: int) -> int | None:
+    """From a decimated run's ``samples_summary``: how many of ``kernel``'s samples had a
+    skew over ``threshold_ns`` (None without a summary or when the threshold is not an edge
+    of the histogram)."""
+    for summ in run.get("samples_summary") or []:
+        if str(summ.get("kernel")) != kernel:
+            continue
+        buckets = summ.get("skew_histogram") or []
+        if not any(b.get("max_ns") == threshold_ns for b in buckets):
+            return None
+        return sum(
+            int(b["count"]) for b in buckets
+            if b.get("above_ns") is not None and int(b["above_ns"]) >= threshold_ns
+        )
+    return None
+
+
+def bounds_lines(runs: Sequence[Run]) -> list[str]:
+    """One line per bound a run reached (``kvmclock.limits``): its sample series decimated,
+    key moments or trace records left out."""
+    out: list[str] = []
+    for run in runs:
+        name = str(run["profile"])
+        summaries = run.get("samples_summary") or []
+        if summaries:
+            kept = sum(int(s["kept"]) for s in summaries)
+            total = sum(int(s["samples"]) for s in summaries)
+            strides = ", ".join(
+                f"{s['kernel']} {int(s['stride']):,}" for s in summaries
+            )
+            out.append(
+                f"{name}: samples decimated: {kept:,} of {total:,} rows kept, evenly spaced "
+                f"(stride: {strides}); samples_summary in the JSON has the aggregates of all"
+            )
+        dropped = int(run.get("moments_dropped") or 0)
+        if dropped:
+            kept = len(run.get("moments") or [])
+            out.append(
+                f"{name}: {dropped:,} key moments after the first {kept:,} left out (the last "
+                f"{len(run.get('moments_last') or [])} are in the JSON's moments_last)"
+            )
+        dropped = int(run.get("trace_dropped") or 0)
+        if dropped:
+            kept = len(run.get("trace") or [])
+            out.append(
+                f"{name}: the trace keeps the first {kept:,} of {kept + dropped:,} KVM trace "
+                "records; --events PATH writes every one"
+            )
     return out
 
 
@@ -821,6 +875,10 @@ def render_simulation(
         out.append("")
         out.append("Key moments:")
         out.extend(moments)
+    bounds = bounds_lines(runs)
+    if bounds:
+        out.append("")
+        out.extend("  " + line for line in bounds)
     if wall_s is not None:
         out.append("")
         for run, w in zip(runs, wall_s, strict=True):

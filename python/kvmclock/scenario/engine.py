@@ -14,11 +14,13 @@ profile, seed, params).
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Callable
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from kvmclock import limits
 from kvmclock.errors import LivelockDetected, ScenarioError
 from kvmclock.scenario.loader import NSEC_PER_SEC, Plan, Step, fmt_number
 from kvmclock.scenario.model import LIFECYCLE_ACTIONS
@@ -59,11 +61,14 @@ def run_plan(
     trace: bool,
     sim_factory: Callable[..., Sim],
     progress: Callable[[int, int], None] | None = None,
+    events: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run ``plan`` under profile ``cfg`` with ``seed``; the run dict (see
     :func:`kvmclock.sim.run_scenario`) with ``lifecycle`` (the lifecycle records).
     ``progress(now_ns, duration_ns)``, when given, is called as the run advances (the same
-    events in the same order: ``World.run_until`` in steps of 1/200 of the duration)."""
+    events in the same order: ``World.run_until`` in steps of 1/200 of the duration).
+    ``events``, a writable text stream, gets every event-log entry as a JSON line
+    (:mod:`kvmclock.sim.eventlog`)."""
     from kvmclock.kvm.x86 import MasterclockLivelock, TimeScaleLivelock
 
     sim = sim_factory(
@@ -73,6 +78,8 @@ def run_plan(
         sample_ms=plan.sample_ms,
         fault=plan.fault,
         spin_limit=plan.spin_limit,
+        trace=trace,
+        events=events,
     )
     eng = _Engine(sim, plan)
     livelock: dict[str, Any] | None = None
@@ -107,8 +114,9 @@ def run_plan(
         eng.lifecycle.finish(sim.world.now_ns)
         eng.unfinished_moments()
         lifecycle = list(eng.lifecycle.records)
+    sim.event_log.close()
     level_of = {k.name: k.level for k in sim.kernels}
-    moments = _moments(sim, level_of)
+    moments = eng.moments.finish(level_of)
     assert sim.recorder is not None
     run: dict[str, Any] = {
         "scenario": plan.name,
@@ -129,10 +137,7 @@ def run_plan(
         ),
         "levels": [_level_entry(sim, k) for k in sim.kernels],
         "moments": moments,
-        "samples": [
-            {"t_ns": t, "level": lvl, "kernel": name, "skew_ns": skew, "stable": bool(stable)}
-            for t, lvl, skew, stable, name in sim.recorder.samples
-        ],
+        "samples": [_sample(row) for row in sim.recorder.samples],
         "livelock": livelock,
         "stats": {
             "events": sim.world.events_processed,
@@ -146,7 +151,55 @@ def run_plan(
              "fields": f}
             for t, lvl, comm, pid, cpu, ev, f in sim.trace
         ]
+        if sim.event_log.trace_dropped:
+            run["trace_dropped"] = sim.event_log.trace_dropped
+    # the bounds (kvmclock.limits): their keys only when one was reached, so that a run
+    # below every bound keeps its JSON
+    if eng.moments.dropped:
+        run["moments_dropped"] = eng.moments.dropped
+        run["moments_last"] = eng.moments.last(level_of)
+    if sim.recorder.decimated:
+        run["samples_summary"] = [
+            _summary(s) for s in sim.recorder.summaries.values()
+        ]
+    if events is not None:
+        run["event_log"] = {
+            "log_entries": sim.event_log.log_entries,
+            "trace_records": sim.event_log.trace_records,
+            "lines": sim.event_log.lines,
+        }
     return run
+
+
+def _sample(row: list[Any]) -> dict[str, Any]:
+    """A ``Recorder`` sample row ``[t_ns, level, skew_ns, stable, kernel]`` as the run's
+    object."""
+    t, lvl, skew, stable, name = row
+    return {"t_ns": t, "level": lvl, "kernel": name, "skew_ns": skew, "stable": bool(stable)}
+
+
+def _summary(s: Any) -> dict[str, Any]:
+    """One kernel's :class:`~kvmclock.sim.metrics.SampleSummary` as a ``samples_summary``
+    entry."""
+    from kvmclock.sim.metrics import SKEW_HISTOGRAM_EDGES_NS as edges
+
+    return {
+        "kernel": s.kernel,
+        "level": s.level,
+        "samples": s.samples,
+        "kept": len(s.rows),
+        "stride": s.stride,
+        "stable": s.stable,
+        "unstable": s.unstable,
+        "skew_min_ns": s.skew_min_ns,
+        "skew_max_ns": s.skew_max_ns,
+        "skew_histogram": [
+            {"above_ns": lo, "max_ns": hi, "count": n}
+            for lo, hi, n in zip([None, *edges], [*edges, None], s.skew_histogram, strict=True)
+        ],
+        "first": None if s.first is None else _sample(s.first[1:]),
+        "worst": None if s.worst is None else _sample(s.worst[1:]),
+    }
 
 
 def _fmt_s(ns: int) -> str:
@@ -188,8 +241,21 @@ class _Engine:
         #: the running lifecycle entry's ``note``, not yet used: it replaces the text of the
         #: first moment the entry gives
         self._note: str | None = None
-        #: index in the world's event log where the running timeline entry began
+        #: the moments and printks logged while a timeline entry runs, with the key moment
+        #: each gave (None: not one); cleared when no entry runs
+        self._action_log: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        #: index in ``_action_log`` where the running timeline entry began
         self._action_start: int | None = None
+        #: the run's key moments, built as the world logs
+        self.moments = _MomentLog()
+        sim.world.listeners.append(self._logged)
+
+    def _logged(self, ev: dict[str, Any]) -> None:
+        """A world ``listeners`` callback: the entry's key moment, if it gives one, and the
+        entry kept for :meth:`_own` while a timeline entry runs."""
+        m = self.moments.entry(ev)
+        if self._action_start is not None and ev.get("kind") in ("moment", "printk"):
+            self._action_log.append((ev, m))
 
     # -- construction ---------------------------------------------------------------------
     def build(self) -> None:
@@ -274,7 +340,8 @@ class _Engine:
             had = "after" in vars(world)
             saved = vars(world).get("after")
             setattr(world, "after", later)  # noqa: B010 - an instance attribute, undone below
-            outer, self._action_start = self._action_start, len(world.events)
+            outer, self._action_start = self._action_start, len(self._action_log)
+            self.sim.event_log.hold()
             try:
                 fn()
             except ScenarioError:
@@ -290,6 +357,9 @@ class _Engine:
                 ) from None
             finally:
                 self._action_start = outer
+                if outer is None:
+                    self._action_log.clear()
+                self.sim.event_log.release()
                 if had:
                     setattr(world, "after", saved)  # noqa: B010
                 else:
@@ -315,9 +385,11 @@ class _Engine:
         if start is None:
             return
         now = world.now_ns
-        for ev in world.events[start:-1]:
-            if ev.get("kind") in ("moment", "printk") and ev.get("t_ns") == now:
+        for ev, m in self._action_log[start:-1]:
+            if ev.get("t_ns") == now:
                 ev.setdefault("cause", text)
+                if m is not None:
+                    m.setdefault("cause", str(ev["cause"]))
 
     def _moment_at(self, step: Step, level: int, default: str) -> None:
         self.at(step.t_ns, lambda: self.sim.moment(level, step.note or default))
@@ -746,38 +818,83 @@ def _level_entry(sim: Sim, k: Kernel) -> dict[str, Any]:
     }
     if len(hosted) > 1:
         entry["masterclock_timelines"] = {name: _timeline(tl) for name, tl in hosted.items()}
+    # changes past kvmclock.limits.TIMELINE_CAP of the VMs behind this entry's timelines
+    dropped = sum(vm.timeline_dropped["pvclock_stable_timeline"] for vm in guest_vms) + sum(
+        vm.timeline_dropped["masterclock_timeline"]
+        for vms in _hosted_vms(sim, k).values()
+        for vm in vms
+    )
+    if dropped:
+        entry["timeline_changes_dropped"] = dropped
     return entry
 
 
-def _moments(sim: Sim, level_of: dict[str, int]) -> list[dict[str, Any]]:
-    """Key moments in execution order (``{"t_ns", "level", "text"}``): KVM/scenario moments
-    and the clocksource printks."""
-    keys = ("Switched to clocksource", "unstable", "Marking")
-    out: list[dict[str, Any]] = []
-    checks: dict[str, dict[str, Any]] = {}  # kernel -> its last watchdog check
-    for ev in sim.world.events:
+class _MomentLog:
+    """The run's key moments in execution order (``{"t_ns", "level", "text"}``): KVM and
+    scenario moments and the clocksource printks (``detail`` on a "skew is too large"
+    printk, from the kernel's last watchdog check; ``cause`` from the timeline entry that
+    gave it, set by ``_Engine._own``), built from the world log as it is logged so that the
+    log need not be kept.  The first ``kvmclock.limits.MOMENTS_CAP`` are kept, then the
+    last ``kvmclock.limits.MOMENTS_TAIL``; :attr:`dropped` counts those after the first.
+    A printk moment's level is its kernel's, looked up when the run ends (:meth:`finish`)."""
+
+    _KEYS = ("Switched to clocksource", "unstable", "Marking")
+
+    def __init__(self) -> None:
+        #: (moment, the kernel name a printk moment takes its level from)
+        self._head: list[tuple[dict[str, Any], str | None]] = []
+        self._tail: collections.deque[tuple[dict[str, Any], str | None]] = collections.deque(
+            maxlen=limits.MOMENTS_TAIL
+        )
+        self.dropped = 0
+        self._checks: dict[str, dict[str, Any]] = {}  # kernel -> its last watchdog check
+
+    def entry(self, ev: dict[str, Any]) -> dict[str, Any] | None:
+        """World-log entry ``ev``: the key moment it gives (kept), or None."""
         kind = ev.get("kind")
         m: dict[str, Any] | None = None
+        kernel: str | None = None
         if kind == "watchdog_check":
-            checks[str(ev.get("kernel"))] = ev
+            self._checks[str(ev.get("kernel"))] = ev
         elif kind == "moment":
             m = {"t_ns": ev["t_ns"], "level": ev["level"], "text": str(ev["text"])}
-        elif kind == "printk" and any(s in str(ev.get("text", "")) for s in keys):
+        elif kind == "printk" and any(s in str(ev.get("text", "")) for s in self._KEYS):
             text = str(ev.get("text"))
-            m = {
-                "t_ns": ev["t_ns"],
-                "level": level_of.get(str(ev.get("kernel")), 0),
-                "text": f"{ev.get('kernel')}: {text}",
-            }
-            check = checks.get(str(ev.get("kernel")))
+            kernel = str(ev.get("kernel"))
+            m = {"t_ns": ev["t_ns"], "level": 0, "text": f"{ev.get('kernel')}: {text}"}
+            check = self._checks.get(kernel)
             if text.endswith("skew is too large:") and check is not None:
                 m["detail"] = _skew_detail(check)
         if m is None:
-            continue
+            return None
         if "cause" in ev:
             m["cause"] = str(ev["cause"])
-        out.append(m)
-    return out
+        if len(self._head) < limits.MOMENTS_CAP:
+            self._head.append((m, kernel))
+        else:
+            self.dropped += 1
+            self._tail.append((m, kernel))
+        return m
+
+    @staticmethod
+    def _resolved(
+        items: Any, level_of: dict[str, int]
+    ) -> list[dict[str, Any]]:
+        out = []
+        for m, kernel in items:
+            if kernel is not None:
+                m["level"] = level_of.get(kernel, 0)
+            out.append(m)
+        return out
+
+    def finish(self, level_of: dict[str, int]) -> list[dict[str, Any]]:
+        """The kept first moments, each printk's level from ``level_of`` (kernel name ->
+        level)."""
+        return self._resolved(self._head, level_of)
+
+    def last(self, level_of: dict[str, int]) -> list[dict[str, Any]]:
+        """The last moments after the first ``MOMENTS_CAP`` (at most ``MOMENTS_TAIL``)."""
+        return self._resolved(self._tail, level_of)
 
 
 def _skew_detail(check: dict[str, Any]) -> str:

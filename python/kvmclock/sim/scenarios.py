@@ -17,8 +17,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, TextIO
 
+from kvmclock import limits
 from kvmclock.errors import ScenarioError
 from kvmclock.kernel import Kernel
 from kvmclock.kvm.x86 import Kvm, KvmModule
@@ -34,6 +35,7 @@ from kvmclock.scenario.loader import (
     load_builtin,
     resolve,
 )
+from kvmclock.sim.eventlog import EventLog, TraceRecords
 from kvmclock.sim.metrics import Recorder
 from kvmclock.vmm import Vmm
 
@@ -44,7 +46,12 @@ NSEC_PER_MSEC = 1_000_000
 
 
 class Sim:
-    """The objects of one run: world, kernels by level, shared trace sink and moments."""
+    """The objects of one run: world, kernels by level, shared trace sink and moments.
+
+    ``trace``: keep KVM's trace records for the run's ``trace`` (the first
+    ``kvmclock.limits.TRACE_CAP``); ``events``: a writable text stream that gets every
+    event-log entry as a JSON line (:mod:`kvmclock.sim.eventlog`).  KVM traces only when
+    one of them asks (``KvmModule.trace_enabled``)."""
 
     def __init__(
         self,
@@ -55,8 +62,11 @@ class Sim:
         sample_ms: int,
         fault: str | None,
         spin_limit: int,
+        trace: bool = False,
+        events: TextIO | None = None,
     ) -> None:
         self.world = World(seed)
+        self.event_log = EventLog(self.world, keep_trace=trace, stream=events)
         self.profile = profile
         self.hz = hz
         self.sample_ms = sample_ms
@@ -64,8 +74,12 @@ class Sim:
         self.spin_limit = spin_limit
         self.kernels: list[Kernel] = []
         self.vmms: list[Vmm] = []
-        self.trace: list[tuple[int, int, str, int, int, str, str]] = []
+        #: the kept trace records (every KVM module's ``trace_records``)
+        self.trace: TraceRecords = self.event_log.trace
+        #: scenario and KVM key moments ``[t_ns, level, text]``: the first
+        #: ``kvmclock.limits.MOMENTS_CAP`` (``moments_dropped`` counts the rest)
         self.moments: list[list[Any]] = []
+        self.moments_dropped = 0
         self.recorder: Recorder | None = None
 
     def _load_kvm(self, kernel: Kernel) -> KvmModule:
@@ -74,11 +88,20 @@ class Sim:
         mod.fault = self.fault if mod.cfg.kvm_host_clock == "timekeeper" else None
         mod.spin_limit = self.spin_limit
         # one chronological sink for the whole stack
-        self.trace.extend(mod.trace_records)
+        mod.trace_enabled = self.event_log.wanted
+        for rec in mod.trace_records:
+            self.trace.append(rec)
         mod.trace_records = self.trace
-        self.moments.extend(mod.moments)
+        for m in mod.moments:
+            self._keep_moment(m)
         mod.moments = self.moments
         return mod
+
+    def _keep_moment(self, m: list[Any]) -> None:
+        if len(self.moments) < limits.MOMENTS_CAP:
+            self.moments.append(m)
+        else:
+            self.moments_dropped += 1
 
     def host(
         self,
@@ -173,7 +196,7 @@ class Sim:
 
     def moment(self, level: int, text: str) -> None:
         """A scenario-level key moment (also in the world log, which orders all moments)."""
-        self.moments.append([self.world.now_ns, level, text])
+        self._keep_moment([self.world.now_ns, level, text])
         self.world.log("moment", level=level, text=text)
 
 
@@ -256,6 +279,7 @@ def run_scenario(
     seed: int = 0,
     *,
     trace: bool = False,
+    events: str | os.PathLike[str] | TextIO | None = None,
     switches: Mapping[str, SwitchValue] | None = None,
     progress: Callable[[int, int], None] | None = None,
     **params: Any,
@@ -275,9 +299,18 @@ def run_scenario(
     names; a timeline is a list of ``{"t_ns", "on"}`` changes, ``backwards_events`` a list of
     ``{"t_ns", "cpu", "step_ns", "stable"}``), ``moments`` (``{"t_ns", "level", "text"}``),
     ``samples`` (``{"t_ns", "level", "kernel", "skew_ns", "stable"}``, one per guest kernel
-    per sample time), ``livelock``, ``stats``, ``lifecycle`` (the lifecycle records; empty
-    without lifecycle actions) and ``trace`` (``{"t_ns", "level", "comm", "pid", "cpu",
-    "event", "fields"}``) when ``trace=True``.  The layout is that of
+    per sample time: every sample, or when a kernel had more than
+    ``kvmclock.limits.SERIES_ROWS`` an evenly spaced subset, and then ``samples_summary``
+    has its exact aggregates), ``livelock``, ``stats``, ``lifecycle`` (the lifecycle records;
+    empty without lifecycle actions) and ``trace`` (``{"t_ns", "level", "comm", "pid",
+    "cpu", "event", "fields"}``, the first ``kvmclock.limits.TRACE_CAP`` records;
+    ``trace_dropped`` counts the rest) when ``trace=True``.  ``events``, a path or a
+    writable text stream, gets every event-log entry (world-log entries and KVM trace
+    records, in execution order) as a JSON line while the run goes
+    (:mod:`kvmclock.sim.eventlog`; a path is created or truncated, a stream is left open),
+    and the run then has ``event_log`` (the counts written).  Bounds that keep memory flat
+    (``kvmclock.limits``) add ``moments_dropped``/``moments_last``, ``samples_summary`` and
+    a level's ``timeline_changes_dropped`` only when they are reached.  The layout is that of
     ``kvmclock/schemas/simulate.schema.json`` (docs/json.md).  Bad input raises
     ``ScenarioError`` (a ValueError; ``ScenarioFileError`` for a bad file) naming the valid
     choices, before anything is simulated; what KVM, a VMM or a recipe refuses only when the
@@ -290,7 +323,12 @@ def run_scenario(
     cfg = _profile_for(sf, profile, switches)
     sf, p = _validate(sf, cfg, seed, params)
     plan = resolve(sf, p, strict=False)
-    return run_plan(plan, cfg, seed, trace=trace, sim_factory=Sim, progress=progress)
+    if not isinstance(events, (str, os.PathLike)):
+        return run_plan(plan, cfg, seed, trace=trace, events=events, sim_factory=Sim,
+                        progress=progress)
+    with open(os.fspath(events), "w", encoding="utf-8") as stream:
+        return run_plan(plan, cfg, seed, trace=trace, events=stream, sim_factory=Sim,
+                        progress=progress)
 
 
 def format_trace_lines(run: dict[str, Any]) -> list[str]:

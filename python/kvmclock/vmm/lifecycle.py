@@ -43,7 +43,8 @@ class _Stop:
     mono_ns: int | None
     real_ns: int | None
     started_ns: int
-    decisions_from: dict[int, int] = field(default_factory=dict)  # id(Kvm) -> log index
+    #: id(Kvm) -> ``Kvm.tsc_decisions_logged`` when the guest stopped
+    decisions_from: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,7 +139,7 @@ class Lifecycle:
         self._stops[id(vmm)] = _Stop(now, mono, real, now if started_ns is None else started_ns, {})
 
     def _mark_decisions(self, stop: _Stop, vm: Kvm) -> None:
-        stop.decisions_from.setdefault(id(vm), len(vm.tsc_decisions))
+        stop.decisions_from.setdefault(id(vm), vm.tsc_decisions_logged)
 
     def _record(
         self,
@@ -169,8 +170,7 @@ class Lifecycle:
         rules: list[str] = []
         decisions = []
         for k in ([old_vm] if old_vm is not None else []) + [vm]:
-            start = stop.decisions_from.get(id(k), len(k.tsc_decisions))
-            decisions.extend(k.tsc_decisions[start:])
+            decisions.extend(_decisions_since(k, stop.decisions_from.get(id(k))))
         for d in decisions:
             if not rules or rules[-1] != d.text:
                 rules.append(d.text)
@@ -472,6 +472,16 @@ class Lifecycle:
 
 def _secs(ns: int) -> str:
     return f"{ns / 1e9:.3f} s"
+
+
+def _decisions_since(vm: Kvm, logged: int | None) -> list[Any]:
+    """The decisions ``vm`` logged after its ``tsc_decisions_logged`` was ``logged`` (none
+    for None), oldest first; of those, the ring ``Kvm.tsc_decisions`` holds the most recent
+    ``kvmclock.limits.TSC_DECISIONS_CAP``."""
+    if logged is None:
+        return []
+    new = min(vm.tsc_decisions_logged - logged, len(vm.tsc_decisions))
+    return list(vm.tsc_decisions)[len(vm.tsc_decisions) - new :] if new > 0 else []
 
 
 def _unfinished_record(p: _Pending, end_ns: int) -> dict[str, Any]:
