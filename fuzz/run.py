@@ -22,13 +22,17 @@ Usage: ``.venv/bin/python fuzz/run.py TARGET [--seconds S] [--engine auto|atheri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,36 @@ sys.path.insert(0, str(HERE))
 
 TARGET_NAMES = ("trace", "decode", "records")
 CHUNK = 200
+#: Seconds one input may take (libFuzzer's ``-timeout`` for atheris; a SIGALRM per example
+#: under hypothesis): a slower input is reported as a crash, never a hang of the run.
+EXAMPLE_TIMEOUT_S = 20
+
+
+class ExampleTimeout(Exception):
+    """One fuzz input ran longer than :data:`EXAMPLE_TIMEOUT_S` (a hang is a crash)."""
+
+
+@contextlib.contextmanager
+def example_deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`ExampleTimeout` in the body after ``seconds`` (SIGALRM; main thread
+    only, elsewhere the body runs unbounded); an outer ITIMER_REAL bound is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(_sig: int, _frame: Any) -> None:
+        raise ExampleTimeout(f"one input ran longer than {seconds} s (a hang)")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    outer, _interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        if outer > 0:  # an outer bound (a test's): re-armed with what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - t0), 1e-3))
 
 
 def summary_line(target: str, engine: str, seed: int, seconds: float, examples: int,
@@ -81,7 +115,7 @@ def atheris_child(target: str, seconds: float, seed: int, workdir: Path, tolerat
         f"-seed={seed}",
         f"-max_total_time={max(1, round(seconds))}",
         f"-max_len={t.max_len}",
-        "-timeout=20",
+        f"-timeout={EXAMPLE_TIMEOUT_S}",
         "-rss_limit_mb=4096",
         "-print_final_stats=1",
         f"-artifact_prefix={artifacts}/",
@@ -194,7 +228,8 @@ def run_hypothesis(target: str, seconds: float, seed: int, tolerate: bool = Fals
         @given(strat)
         def one(data: bytes) -> None:
             count[0] += 1
-            check(data)
+            with example_deadline(EXAMPLE_TIMEOUT_S):
+                check(data)
 
         try:
             one()

@@ -11,6 +11,7 @@ from kvmclock._native import PvclockRetryError, SeqCountError
 __all__ = [
     "KvmclockError",
     "LivelockDetected",
+    "ModelLimitExceeded",
     "PvclockRetryError",
     "RealResourceUnavailable",
     "ScenarioError",
@@ -84,6 +85,28 @@ class LivelockDetected(KvmclockError, RuntimeError):
     ``kvmclock.sim.run_scenario`` catches it, stops that run and reports it in the run's
     ``livelock`` entry and key moments (``kvmclock simulate`` exits 0). One that escapes to
     the command line is a bug (exit 70)."""
+
+
+class ModelLimitExceeded(KvmclockError, RuntimeError):
+    """A loop of the model would run more iterations than the model allows, where the
+    kernel has no such bound and no closed form gives the same result (e.g.
+    ``timekeeping_forward_now``'s chunks for a clocksource whose chunks can wrap u64).
+
+    Like a livelock, a detected fault and not a failure of the program:
+    ``kvmclock.sim.run_scenario`` catches it, stops that run (``stopped_early``, with
+    ``stop_reason`` naming ``where`` and the limit) and records a key moment.  ``where`` is
+    the kernel function, ``limit`` the bound that was exceeded, ``needed`` what the input
+    asked for, ``level`` the kernel level (-1 when unknown), ``t_ns`` the simulated time."""
+
+    def __init__(
+        self, message: str, *, where: str, limit: int, needed: int, level: int, t_ns: int
+    ) -> None:
+        super().__init__(message)
+        self.where = where
+        self.limit = limit
+        self.needed = needed
+        self.level = level
+        self.t_ns = t_ns
 
 
 class RealResourceUnavailable(KvmclockError, OSError):

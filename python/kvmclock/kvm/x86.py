@@ -1591,18 +1591,38 @@ class KvmModule:
             return bool(flags & k.pvclock_valid_flags & _PV_STABLE)
         return False
 
+    def _retry_spun(self, where: str, what: str, spins: int) -> None:
+        """A read loop that retried ``spins`` times: from ``spin_limit`` on it is a livelock
+        (:class:`MasterclockLivelock` naming ``where`` and ``what`` it waited for).  The
+        kernel has no bound; in this single-threaded model a retry needs a writer run in
+        between (an ``interleave`` hook), so a loop that keeps retrying never ends."""
+        if spins < self.spin_limit:
+            return
+        self.counters["livelocks"] += 1
+        raise MasterclockLivelock(
+            f"{self.kernel.name}: {where}: {what} still retrying after {spins} spins "
+            f"(run.spin_limit = {self.spin_limit})",
+            where=where,
+            spins=spins,
+            level=self.level,
+            t_ns=self.world.now_ns,
+        )
+
     def _seq_loop(self, where: str, body: Callable[[], T]) -> T:
         """The patch-09 read loop around ``body``: correct ``do { } while (retry)``, or with the
         fault the block once and then ``while (read_seqcount_retry(s, seq));`` on the stale seq,
         which spins forever once a writer moved the sequence; counted up to ``spin_limit``."""
         s = self.kernel.timekeeper.get_tk_seq()
         if self.fault != "patch09-missing-do":
+            retries = 0
             while True:
                 seq = s.read_begin()
                 out = body()
                 if not s.read_retry(seq):
                     return out
                 self.counters["seq_retries"] += 1
+                retries += 1
+                self._retry_spun(where, "read_seqcount_retry(tk_core.seq)", retries)
         seq = s.read_begin()
         out = body()
         spins = 0
@@ -1707,6 +1727,7 @@ class KvmModule:
     def do_monotonic_boot(self) -> tuple[int, int, int]:
         """``do_monotonic_boot``: ``(mode, ns, cycle_now)`` from the shadow copy (u64 wrap)."""
         g = self.pvclock_gtod_data
+        spins = 0
         while True:
             seq = g.seq
             mode = g.vclock_mode
@@ -1718,6 +1739,8 @@ class KvmModule:
             ns = (ns + g.boot_ns) & U64_MASK
             if seq == g.seq and not seq & 1:
                 return mode, ns, cycle_now
+            spins += 1
+            self._retry_spun("do_monotonic_boot", "pvclock_gtod_data.seq", spins)
 
     def do_kvmclock_base(self) -> tuple[int, int, int]:
         """``do_kvmclock_base`` (5.5+): ``(mode, ns, cycle_now)`` from the shadow copy's
@@ -1725,6 +1748,7 @@ class KvmModule:
         >> raw shift, + raw offset + offs_boot (ns, CLOCK_MONOTONIC_RAW from boot).  The TSC
         read is clamped to the mono ``cycle_last`` as ``read_tsc`` does."""
         g = self.pvclock_gtod_data
+        spins = 0
         while True:
             seq = g.seq
             mode = g.vclock_mode
@@ -1734,11 +1758,14 @@ class KvmModule:
             ns = (ns + g.raw_offset + g.offs_boot) & U64_MASK
             if seq == g.seq and not seq & 1:
                 return mode, ns, cycle_now
+            spins += 1
+            self._retry_spun("do_kvmclock_base", "pvclock_gtod_data.seq", spins)
 
     def do_realtime(self) -> tuple[int, int, int]:
         """``do_realtime``: ``(mode, realtime ns, cycle_now)`` from the shadow copy's mono
         clock: wall_time_sec s + ((nsec_base + v * mult) mod 2**64 >> shift) ns."""
         g = self.pvclock_gtod_data
+        spins = 0
         while True:
             seq = g.seq
             mode = g.vclock_mode
@@ -1748,6 +1775,8 @@ class KvmModule:
             ns = ((g.nsec_base + v * g.mult) & U64_MASK) >> g.shift
             if seq == g.seq and not seq & 1:
                 return mode, sec * NSEC_PER_SEC + ns, cycle_now
+            spins += 1
+            self._retry_spun("do_realtime", "pvclock_gtod_data.seq", spins)
 
     def kvm_get_time_and_clockread(self, kvm: Kvm) -> tuple[bool, int, int]:
         """``kvm_get_time_and_clockread`` -> ``(host_tsc_clocksource, kernel_ns, cycle_now)``.
@@ -1942,6 +1971,7 @@ class KvmModule:
             finally:
                 kvm.masterclock_lock.release(owner)
         sc = kvm.pvclock_sc
+        retries = 0
         while True:
             seq = sc.read_begin()
             out = body()
@@ -1952,6 +1982,10 @@ class KvmModule:
                 return out
             kvm.counters["pvclock_sc_retries"] += 1
             self.counters["pvclock_sc_retries"] += 1
+            retries += 1
+            self._retry_spun(
+                f"read_seqcount_retry(pvclock_sc) ({owner})", "the master clock read", retries
+            )
 
     def kvm_start_pvclock_update(self, kvm: Kvm, owner: str) -> None:
         """``kvm_start_pvclock_update`` (5.16+): MCLOCK_INPROGRESS on every vCPU (no guest

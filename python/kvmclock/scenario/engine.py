@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from kvmclock import limits
-from kvmclock.errors import LivelockDetected, ScenarioError
+from kvmclock.errors import LivelockDetected, ModelLimitExceeded, ScenarioError
 from kvmclock.scenario.loader import NSEC_PER_SEC, Plan, Step, fmt_number
 from kvmclock.scenario.model import LIFECYCLE_ACTIONS
 
@@ -83,6 +83,7 @@ def run_plan(
     )
     eng = _Engine(sim, plan)
     livelock: dict[str, Any] | None = None
+    limit_stop: str | None = None
     try:
         eng.build()
         eng.schedule()
@@ -107,6 +108,12 @@ def run_plan(
             lvl,
             f"LIVELOCK in {livelock['where']} after {livelock['spins']} spins; simulation stopped",
         )
+    except ModelLimitExceeded as exc:
+        limit_stop = (
+            f"model limit in {exc.where} at {_fmt_s(exc.t_ns)}: {exc.needed} needed, "
+            f"at most {exc.limit}"
+        )
+        sim.moment(max(exc.level, 0), f"MODEL LIMIT: {exc}; simulation stopped")
     if sim.recorder is None:
         sim.start_sampling()
     lifecycle: list[dict[str, Any]] = []
@@ -133,7 +140,7 @@ def run_plan(
         "stop_reason": (
             f"livelock in {livelock['where']} at {_fmt_s(int(livelock['t_ns']))}"
             if livelock is not None
-            else None
+            else limit_stop
         ),
         "levels": [_level_entry(sim, k) for k in sim.kernels],
         "moments": moments,

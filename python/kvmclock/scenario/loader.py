@@ -61,6 +61,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "KTIME_MAX_NS",
+    "MAX_REPEATS",
     "Param",
     "Plan",
     "ScenarioFile",
@@ -78,6 +79,10 @@ NSEC_PER_SEC = 1_000_000_000
 NSEC_PER_MSEC = 1_000_000
 # ktime_t is an s64 of ns (include/linux/ktime.h KTIME_MAX): no simulated time lies beyond it.
 KTIME_MAX_NS = (1 << 63) - 1
+#: The most times a periodic action of a scenario (the guest clock samples of
+#: ``run.sample_ms``, a ``rotate_vcpus`` entry) may repeat in one run (docs/scenarios.md,
+#: "Bounds"): each repetition is simulated work, so more is refused before the run.
+MAX_REPEATS = 100_000_000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # recipe options that are names: their allowed values
 _RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
@@ -946,6 +951,7 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
 
     state = _State(r, host_by, vm_by)
     steps = [state.step(t, f"timeline[{i}]", a) for t, i, a in timed]
+    _check_repeats(r, duration_ns, sample_ms, steps)
     return Plan(
         m.name,
         dict(p),
@@ -964,6 +970,35 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
         shared,
         sf.label,
     )
+
+
+def _check_repeats(r: _Resolver, duration_ns: int, sample_ms: int, steps: list[Step]) -> None:
+    """Refuse, before the run, a periodic action that would repeat more than
+    :data:`MAX_REPEATS` times within ``run.duration_s``: the guest clock samples
+    (``run.sample_ms``) and each ``rotate_vcpus`` entry (``every_ms``, from its ``at_s``).
+    Each repetition is simulated work, so a tiny period over a long run would take hours
+    or years; the message names the key, the count and the limit."""
+    period = sample_ms * NSEC_PER_MSEC
+    samples = duration_ns // period
+    if samples > MAX_REPEATS:
+        raise r.err(
+            "run.sample_ms",
+            f"{sample_ms} ms over run.duration_s = {_fmt_s(duration_ns)} is {samples} guest "
+            f"clock samples, more than the {MAX_REPEATS} a run may take; sample less often "
+            "or run shorter",
+        )
+    for st in steps:
+        if st.action != "rotate_vcpus":
+            continue
+        turns = (duration_ns - st.t_ns) // st.args["period_ns"] + 1
+        if turns > MAX_REPEATS:
+            every = fmt_number(Fraction(st.args["period_ns"], NSEC_PER_MSEC))
+            raise r.err(
+                f"{st.key}.every_ms",
+                f"every {every} ms from {_fmt_s(st.t_ns)} to run.duration_s = "
+                f"{_fmt_s(duration_ns)} is {turns} rotations, more than the {MAX_REPEATS} "
+                "a run may take; rotate less often or run shorter",
+            )
 
 
 class _State:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import kvmclock as _k
-from kvmclock.errors import LivelockDetected
+from kvmclock.errors import LivelockDetected, ModelLimitExceeded
 from kvmclock.timekeeping.clocksource import (
     CLOCK_SOURCE_SUSPEND_NONSTOP,
     Clocksource,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from kvmclock.kernel import Kernel
 
 __all__ = [
+    "MAX_FORWARD_CHUNKS",
     "NTP_SCALE_SHIFT",
     "TK_CLEAR_NTP",
     "TK_CLOCK_WAS_SET",
@@ -53,6 +54,11 @@ __all__ = [
 NSEC_PER_SEC = 1_000_000_000
 U64_MASK = (1 << 64) - 1
 NTP_SCALE_SHIFT = 32
+
+#: The most chunks the model adds one by one in ``timekeeping_forward_now`` (switch
+#: ``tk_delta_overflow_safe``) for a clocksource whose chunks can wrap; the kernel has no
+#: such bound (see :meth:`Timekeeper._forward_now`).
+MAX_FORWARD_CHUNKS = 1 << 16
 
 # timekeeping_update() actions
 TK_CLEAR_NTP = 1 << 0
@@ -221,30 +227,54 @@ class Timekeeper:
 
         Switch ``tk_delta_overflow_safe`` off (4.13): ``xtime_nsec += delta * mult`` in u64
         (wraps once ``delta`` exceeds about ``max_cycles``).  On (6.10+, fcf190c36914): the
-        delta is added in chunks of at most ``max_cycles``, normalising after each, so the
-        u64 sums never wrap: the result is the exact sum, computed here at once.
+        delta is added in chunks of at most ``max_cycles``, normalising after each.  When no
+        chunk can wrap u64 (one second of shifted ns plus one full chunk fits: true of every
+        clocksource the model registers, whose ``max_cycles`` is ``U64_MAX / (mult +
+        maxadj)`` or the jiffies' 10) the result is the exact sum, computed here at once
+        however many chunks the kernel takes (up to about 2**32 for a 64-bit delta).  A
+        clocksource whose chunks can wrap (only a hand-built one) runs the kernel's loop,
+        at most :data:`MAX_FORWARD_CHUNKS` chunks: more is
+        :class:`~kvmclock.errors.ModelLimitExceeded` (a detected fault that stops the run;
+        nothing is changed), since which chunks wrap depends on each one before it.
         """
         mono, raw = self.tkr_mono, self.tkr_raw
         cycle_now = self.clock.read()[0]
         delta = clocksource_delta(cycle_now, mono.cycle_last, mono.mask)
-        mono.cycle_last = raw.cycle_last = cycle_now
         if self.kernel.cfg.tk_delta_overflow_safe:
             step = self.clock.max_cycles
             safe = step > 0 and all(
                 (NSEC_PER_SEC << t.shift) + step * t.mult <= U64_MASK for t in (mono, raw)
             )
+            if not safe:
+                chunks = -(-delta // step) if step > 0 else min(delta, 1)
+                if chunks > MAX_FORWARD_CHUNKS:
+                    k = self.kernel
+                    raise ModelLimitExceeded(
+                        f"{k.name}: timekeeping_forward_now: {delta} cycles of clocksource "
+                        f"{self.clock.name} are {chunks} chunks of max_cycles={step} "
+                        f"(mult {mono.mult}, shift {mono.shift}: a chunk can wrap u64 "
+                        "xtime_nsec, so there is no closed form); the model runs at most "
+                        f"{MAX_FORWARD_CHUNKS}",
+                        where="timekeeping_forward_now",
+                        limit=MAX_FORWARD_CHUNKS,
+                        needed=chunks,
+                        level=k.level,
+                        t_ns=k.world.now_ns,
+                    )
+            mono.cycle_last = raw.cycle_last = cycle_now
             if safe:
                 mono.xtime_nsec += delta * mono.mult
                 raw.xtime_nsec += delta * raw.mult
                 self._normalize_xtime()
                 return
-            while delta > 0:  # the kernel's loop (a clocksource whose chunks could wrap)
+            while delta > 0:  # the kernel's loop, at most MAX_FORWARD_CHUNKS (checked above)
                 incr = min(delta, step) if step > 0 else delta
                 mono.xtime_nsec = (mono.xtime_nsec + incr * mono.mult) & U64_MASK
                 raw.xtime_nsec = (raw.xtime_nsec + incr * raw.mult) & U64_MASK
                 self._normalize_xtime()
                 delta -= incr
             return
+        mono.cycle_last = raw.cycle_last = cycle_now
         mono.xtime_nsec = (mono.xtime_nsec + delta * mono.mult) & U64_MASK
         raw.xtime_nsec = (raw.xtime_nsec + delta * raw.mult) & U64_MASK
         self._normalize_xtime()
