@@ -45,10 +45,15 @@ def printks(k: Kernel) -> list[str]:
 # ================================================================================================
 def test_argument_edges() -> None:
     m = PhysicalMachine(World(), 1)
-    for hz in (1, 10_000):
+    for hz in (15, 10_000):
         assert Kernel(m, "gtod", hz=hz).hz == hz
-    with pytest.raises(ValueError, match="hz"):
-        Kernel(m, "gtod", hz=10_001)
+        # the jiffies clocksource (mult TICK_NSEC << JIFFIES_SHIFT, a u32) registers at boot
+        Kernel(PhysicalMachine(World(), 1), "gtod", hz=hz).boot()
+    # HZ 14: TICK_NSEC 71,428,571 << 6 = 4,571,428,544 > 2**32 - 1
+    assert (((10**9 + 7) // 14) << 6) > 2**32 - 1 >= (((10**9 + 7) // 15) << 6)
+    for hz in (14, 10_001):
+        with pytest.raises(ValueError, match=rf"hz={hz} out of range \(15\.\.10000"):
+            Kernel(m, "gtod", hz=hz)
     with pytest.raises(TypeError, match="hz must be an int, got bool"):
         Kernel(m, "gtod", hz=True)
     for rating in (0, 1000):

@@ -21,6 +21,8 @@ RANKS: list[tuple[str, int]] = [
     ("kvmclock", 0),  # the package root: the native math and its types
     ("kvmclock._native", 0),
     ("kvmclock.errors", 0),
+    ("kvmclock.counters", 0),
+    ("kvmclock.limits", 0),
     ("kvmclock.profiles", 0),
     ("kvmclock.trace", 0),
     ("kvmclock.machine", 0),

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -393,3 +394,14 @@ def test_nohz_host_jiffies_do_not_count_a_suspend() -> None:
     assert 29 * S < mono - m0 < 31 * S  # 30 s of running, the sleep not counted
     assert k.jiffies_64 - j0 == (mono - m0) // period
     assert k.timekeeper.last_sleep_ns is not None and k.timekeeper.last_sleep_ns >= 999 * S
+
+
+def test_tick_in_read_section_needs_the_hosts_periodic_tick() -> None:
+    import kvmclock.scenario
+
+    path = Path(kvmclock.scenario.__file__).parent / "builtin" / "patch09-hang.toml"
+    head = '[[host]]\nname = "L0"\n'
+    text = path.read_text().replace(head, head + "nohz = true\n")
+    assert "nohz = true" in text
+    with pytest.raises(ScenarioFileError, match=r"timeline\[\d+\]\.host: host 'L0' has nohz"):
+        loads(text, "t")

@@ -883,6 +883,7 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
                 ("constant_tsc", "constant_tsc", v.constant_tsc),
                 ("nonstop_tsc", "invariant_tsc", v.invariant_tsc),
                 ("tsc_reliable", "tsc_reliable", v.tsc_reliable),
+                ("tsc_adjust", "tsc_adjust", v.tsc_adjust),
                 ("hpet", "hpet", v.hpet),
                 ("acpi_pm", "acpi_pm", v.acpi_pm),
             )
@@ -952,6 +953,7 @@ def resolve(sf: ScenarioFile, p: Mapping[str, Any], *, strict: bool) -> Plan:
     state = _State(r, host_by, vm_by)
     steps = [state.step(t, f"timeline[{i}]", a) for t, i, a in timed]
     _check_repeats(r, duration_ns, sample_ms, steps)
+    _check_ticks(r, duration_ns, hz, hosts, vms)
     return Plan(
         m.name,
         dict(p),
@@ -999,6 +1001,27 @@ def _check_repeats(r: _Resolver, duration_ns: int, sample_ms: int, steps: list[S
                 f"{_fmt_s(duration_ns)} is {turns} rotations, more than the {MAX_REPEATS} "
                 "a run may take; rotate less often or run shorter",
             )
+
+
+def _check_ticks(
+    r: _Resolver, duration_ns: int, hz: int, hosts: list[HostPlan], vms: list[VmPlan]
+) -> None:
+    """Refuse, before the run, more than :data:`MAX_REPEATS` periodic ticks in all: each
+    kernel that keeps the periodic tick (``nohz = false``) runs ``hz`` ticks every simulated
+    second whether its CPUs are busy or not.  The message names ``run.duration_s`` and
+    points to ``nohz = true`` (NO_HZ idle: a tickless kernel costs its wake-ups only)."""
+    periodic = [h.name for h in hosts if not h.nohz] + [
+        v.name for v in vms if not v.nohz and v.created_ns < duration_ns
+    ]
+    ticks = len(periodic) * (duration_ns * hz // NSEC_PER_SEC)
+    if ticks > MAX_REPEATS:
+        names = ", ".join(periodic)
+        raise r.err(
+            "run.duration_s",
+            f"{_fmt_s(duration_ns)} at hz {hz} is {ticks} periodic ticks of the kernels "
+            f"{names}, more than the {MAX_REPEATS} a run may take; give them nohz = true "
+            "(NO_HZ idle) or run shorter",
+        )
 
 
 class _State:
@@ -1279,6 +1302,14 @@ class _State:
             self.can_host(self.where[vm], f"{key}.vm", t, vm=vm)
             if self.where[vm] != host:
                 raise r.err(f"{key}.vm", f"VM {vm!r} runs on {self.where[vm]!r}, not {host!r}")
+            if self.hosts[host].nohz:
+                raise r.err(
+                    f"{key}.host",
+                    f"host {host!r} has nohz = true: the tick inside the read section is the "
+                    "periodic tick of a busy CPU; under NO_HZ idle the vCPU entry that starts "
+                    "the read section wakes the host and updates its timekeeper first, so no "
+                    "update falls inside it (give the host the periodic tick)",
+                )
         elif kind == "moment":
             if a.vm is not None and a.host is not None:
                 raise r.err(key, "give vm or host (the moment's level), not both")

@@ -194,6 +194,11 @@ class VmSpec(_Model):
     invariant_tsc: Bool = Field(False, description="CPUID invariant TSC (nonstop_tsc)")
     constant_tsc: Bool = Field(True, description="CPUID constant_tsc")
     tsc_reliable: Bool = Field(False, description="tsc_reliable (no clocksource watchdog)")
+    tsc_adjust: Bool = Field(
+        False,
+        description="CPUID TSC_ADJUST (with invariant_tsc, 5.16+ kernels stop the "
+        "clocksource watchdog on the TSC)",
+    )
     kvmclock: Bool = Field(True, description="the kvm-clock paravirt feature")
     stable_bit: Bool = Field(True, description="KVM_FEATURE_CLOCKSOURCE_STABLE_BIT")
     hpet: Bool = Field(False, description="an emulated HPET")
