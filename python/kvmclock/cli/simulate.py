@@ -255,6 +255,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "runs": [{k: v for k, v in run.items() if k != "trace"} for run in runs],
         }
         _dump_json(doc, args.json)
+        if args.json != "-":
+            print(f"wrote {args.json}", file=sys.stderr)
     if not to_stdout:  # the text report, unless an output option took stdout
         from kvmclock.render.text import render_simulation
 
@@ -275,7 +277,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "  kvmclock simulate --scenario nested --profile series --seed 3 --json -\n"
         "  kvmclock simulate --trace sim.txt --perfetto sim.json --plot sim.png\n"
         "  kvmclock simulate --duration 3 --vcpus 2 --param l2_vcpus=1\n"
-        "  kvmclock simulate --duration 86400 --events day.jsonl\n"
+        "  kvmclock simulate --duration 86400 --param nohz=true --param sample_ms=60000\n"
         "  kvmclock scenarios --show tsc-sync > my.toml; kvmclock simulate --scenario my.toml\n"
         "with several profiles, --trace PATH and --events PATH write PATH-gtod, PATH-series, "
         "... files.",

@@ -15,7 +15,9 @@ def trace_text(run: Mapping[str, Any], scenario: str, seed: int) -> str:
     line per trace row ``{"t_ns", "level", "comm", "pid", "cpu", "event", "fields"}`` in
     time order (stable: rows of one time keep their order).
     ``kvm_write_tsc_offset`` gets the flags ``d...`` (traced with irqs off under
-    tsc_write_lock), the other events ``....``."""
+    tsc_write_lock), the other events ``....``.  A trace the run cut
+    (``trace_dropped``) says so in the header, as tracefs does when its buffer overran:
+    ``entries-in-buffer/entries-written: KEPT/ALL``."""
     rows = run.get("trace")
     if rows is None:
         raise ValueError("run has no 'trace' rows: call run_scenario(..., trace=True)")
@@ -23,7 +25,9 @@ def trace_text(run: Mapping[str, Any], scenario: str, seed: int) -> str:
         "# tracer: nop",
         f"# kvmclock simulate: scenario {scenario}, profile {run['profile']}, seed {seed} "
         "(simulated time; first column L<n> = level of the emitting kernel)",
-        f"# entries-in-buffer/entries-written: {len(rows)}/{len(rows)}",
+        # like tracefs when the ring buffer overran: fewer entries kept than written
+        f"# entries-in-buffer/entries-written: {len(rows)}/"
+        f"{len(rows) + int(run.get('trace_dropped') or 0)}",
         "#",
         "#  LEVEL         TASK-PID     CPU#  ||||   TIMESTAMP  FUNCTION",
         "#                   | |         |   ||||      |         |",

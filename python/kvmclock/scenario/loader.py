@@ -704,7 +704,8 @@ class _Resolver:
         """A bool field: true/false, or an expression whose value is a bool parameter."""
         v = self.val(raw, key)
         if not isinstance(v, bool):
-            shown = f"{raw!r} = {v!r}" if is_expr(raw) else repr(v)
+            shown = repr(v) if isinstance(v, str) else fmt_number(v)
+            shown = f"{raw!r} = {shown}" if is_expr(raw) else shown
             raise self.err(key, f"{shown} is not a boolean; expected true or false")
         return v
 

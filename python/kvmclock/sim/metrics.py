@@ -49,7 +49,7 @@ Definitions (what the numbers mean, precisely):
   one too many, every second kept row is dropped and the stride doubles.  The kept rows are
   therefore evenly spaced and a subset of the full series, whatever the duration.
 * Clock definitions (per VM run by KVM at level N, sampled on vCPU 0's host CPU while
-  masterclock is on): A = host base + kvmclock_offset, B = the record through the guest TSC,
+  masterclock is on and the host runs: a suspended host's clock is frozen): A = host base + kvmclock_offset, B = the record through the guest TSC,
   C = the master pair through the host TSC with host-frequency mul/shift; max |A-B|, |A-C|,
   |B-C| in ns (None when never sampled).
 """
@@ -305,7 +305,8 @@ class Recorder:
             summ.add([self._seq, t, k.level, skew, stable, k.name])
             self._seq += 1
         for k in self.kernels:
-            if k.kvm is None:
+            # a suspended host has no clock to compare with (its timekeeper is frozen)
+            if k.kvm is None or not k.machine_running:
                 continue
             for vm in k.kvm.vm_list[:1]:
                 if not vm.vcpus:
