@@ -229,3 +229,59 @@ def test_skipped_ticks_use_logarithmic_accumulation() -> None:
 
 def test_stable_bit_constant_is_native() -> None:
     assert kvmclock.PVCLOCK_TSC_STABLE_BIT == 1
+
+
+def test_ktime_get_ns_with_cycles_is_one_read() -> None:
+    """(CLOCK_MONOTONIC, the clocksource reading it used): the TSC value on a host, the
+    pvclock ns on a kvm-clock guest."""
+    w, m, k = boot_host()
+    w.run_until(1_234_567_891)
+    ns, cycles = k.timekeeper.ktime_get_ns_with_cycles()
+    assert cycles == m.cpus[0].tsc_at(w.now_ns)
+    assert ns == independent_mono(m, 0, w.now_ns)
+    gw, vm, g = booted_guest("upstream")
+    gw.run_until(55_555_555)
+    for cpu in (0, 1):
+        ns, cycles = g.run_on_cpu(cpu, g.timekeeper.ktime_get_ns_with_cycles)
+        assert cycles == km.read_cycles(vm.record(cpu), vm.cpus[cpu].read_tsc())
+        assert ns == cycles - 1_000_000  # kvm-clock mult == 1 << shift, booted at 1 ms
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 10 * NSEC])
+def test_update_wall_time_with_the_callers_read(ahead: int) -> None:
+    """``update_wall_time(cycles)`` with a read of this instant leaves the timekeeper as
+    ``update_wall_time()`` does, whether a tick's worth of cycles is due or not."""
+    snaps = []
+    for given_read in (False, True):
+        w, m, k = boot_host()
+        assert k.tick_timer is not None
+        k.tick_timer.cancel()
+        w.run_until(w.now_ns + ahead)
+        tk = k.timekeeper
+        updates = k.counters["timekeeping_updates"]
+        if given_read:
+            tk.update_wall_time(m.cpus[0].tsc_at(w.now_ns))
+        else:
+            tk.update_wall_time()
+        fields = {
+            key: {f: x for f, x in vars(v).items() if f != "clock"} if key.startswith("tkr") else v
+            for key, v in tk.snapshot().items()
+        }
+        snaps.append((fields, k.counters["timekeeping_updates"] - updates))
+    assert snaps[0] == snaps[1]
+    assert snaps[0][1] == (1 if ahead >= NSEC else 0)
+
+
+def test_read_pure_clocksources() -> None:
+    """Which reads a caller may reuse at one instant: the TSC, a platform counter and
+    kvm-clock without patch 10 (whose reads may call the change chain); not jiffies."""
+    w = World(0)
+    m = PhysicalMachine(w, 2, tsc_khz=2_000_000, hpet=True)
+    k = Kernel(m, "upstream")
+    k.boot()
+    assert k.clocksources["tsc"].read_pure
+    assert k.clocksources["hpet"].read_pure
+    assert not k.clocksources["jiffies"].read_pure
+    for profile, pure in (("upstream", True), ("series", False)):
+        _gw, _vm, g = booted_guest(profile)
+        assert g.clocksources["kvm-clock"].read_pure is pure

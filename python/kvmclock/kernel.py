@@ -171,18 +171,18 @@ class Kernel:
         ``current_cpu``.
         """
 
-        def body() -> T:
+        def body() -> T:  # hot: every entry of kernel code
             prev = self.current_cpu
             self.current_cpu = cpu
-            self._cpu_depth += 1
+            depth = self._cpu_depth = self._cpu_depth + 1
             try:
-                if self._cpu_depth == 1 and self.nohz and self.booted:
+                if depth == 1 and self.nohz and self.booted:
                     self.tick_nohz_irq_enter()
                 return fn()
             finally:
-                self._cpu_depth -= 1
+                depth = self._cpu_depth = self._cpu_depth - 1
                 self.current_cpu = prev
-                if self._cpu_depth == 0 and self.nohz and self.booted:
+                if depth == 0 and self.nohz and self.booted:
                     self.tick_nohz_idle_enter()
 
         return self.machine.run_on_cpu(cpu, body)
@@ -677,11 +677,13 @@ class Kernel:
         The periodic tick of the model runs on a true-time grid; a NO_HZ kernel counts its
         tick periods on its own CLOCK_MONOTONIC, as the kernel does (which stops while a
         host is suspended)."""
-        now = self.timekeeper.ktime_get_ns()
+        tk = self.timekeeper
+        now, cycles = tk.ktime_get_ns_with_cycles()
         # where CLOCK_MONOTONIC stands in true time now (it stopped during a host suspend):
         # the next deferment is programmed from here
         self._nohz_anchor = (self.world.now_ns, now)
-        period = tick_nsec(self.hz)
+        hz = self.hz
+        period = (NSEC_PER_SEC + hz // 2) // hz  # tick_nsec(hz), inlined (hot: every wake-up)
         delta = now - self.last_jiffies_update_ns
         if delta < period:
             return False
@@ -689,7 +691,13 @@ class Kernel:
         self.last_jiffies_update_ns += ticks * period
         self.jiffies_64 = (self.jiffies_64 + ticks) & U64_MASK
         self.counters["nohz.jiffies_updates"] += 1
-        self.timekeeper.update_wall_time()
+        # update_wall_time's clocksource read at this instant would repeat ktime_get's (a
+        # pure read, no interleaved writer): it takes that one
+        clock = tk.tkr_mono.clock
+        if tk.interleave is None and clock is not None and clock.read_pure:
+            tk.update_wall_time(cycles)
+        else:
+            tk.update_wall_time()
         return True
 
     def tick_nohz_irq_enter(self) -> None:
@@ -712,7 +720,12 @@ class Kernel:
         events).  The tick is reprogrammed only when that time moved earlier (a clocksource
         with a smaller ``max_idle_ns``) or none is pending; a pending one that comes too
         early finds the update done and reprograms itself (:meth:`_tick_nohz_deferment`)."""
-        max_idle = self.timekeeping_max_deferment()
+        # timekeeping_max_deferment(), inlined (hot: every time the kernel goes idle)
+        clock = self.timekeeper.tkr_mono.clock
+        hz = self.hz
+        max_idle = max(
+            clock.max_idle_ns if clock is not None else 0, (NSEC_PER_SEC + hz // 2) // hz
+        )
         ev = self._deferment
         if ev is not None and not ev.cancelled and max_idle >= self._nohz_max_idle_ns:
             return

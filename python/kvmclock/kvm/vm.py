@@ -177,7 +177,13 @@ class VirtualMachine:
     @property
     def running(self) -> bool:
         """Whether guest code executes now: not paused, and the host machine runs."""
-        return not self.paused and bool(getattr(self.host_machine, "running", True))
+        # the VMs below walked in a loop, not through each one's property (hot: every timer)
+        m: object = self
+        while isinstance(m, VirtualMachine):
+            if m.paused:
+                return False
+            m = m.host_machine
+        return bool(getattr(m, "running", True))
 
     def add_cpu(self, vcpu: Vcpu) -> None:
         """Called by ``Kvm.create_vcpu`` once the vCPU exists."""

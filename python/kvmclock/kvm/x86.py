@@ -190,9 +190,16 @@ PVCLOCK_GTOD_WORK_DELAY_NS = 10_000
 FAULTS = ("patch09-missing-do",)
 DEFAULT_SPIN_LIMIT = 100_000
 _MAX_ENTRY_LOOPS = 64
+# the request bits process_requests tests (kvm_test_request on the word, without a call)
+_REQ_MIGRATE_TIMER = 1 << KVM_REQ_MIGRATE_TIMER
+_REQ_CLOCK_UPDATE = 1 << KVM_REQ_CLOCK_UPDATE
+_REQ_MASTERCLOCK_UPDATE = 1 << KVM_REQ_MASTERCLOCK_UPDATE
+_REQ_MCLOCK_INPROGRESS = 1 << KVM_REQ_MCLOCK_INPROGRESS
+_REQ_GLOBAL_CLOCK_UPDATE = 1 << KVM_REQ_GLOBAL_CLOCK_UPDATE
 
 _PV_STABLE = 1  # PVCLOCK_TSC_STABLE_BIT (pvclock-abi.h)
 _PV_GUEST_STOPPED = 2  # PVCLOCK_GUEST_STOPPED
+_TRACE_COUNTER_KEYS: dict[str, str] = {}  # trace event -> its counter, "trace.<event>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,6 +395,8 @@ class Vcpu:
     def __init__(self, kvm: Kvm, vcpu_id: int, affinity: int) -> None:
         self.kvm = kvm
         self.vcpu_id = vcpu_id
+        self.owner = f"vcpu{vcpu_id}"
+        """The lock owner / retry name of this vCPU's code (built once: every entry uses it)."""
         self.affinity = affinity
         self.cpu = -1
         self.requests = 0
@@ -1056,7 +1065,10 @@ class KvmModule:
                     fields(),
                 )
             )
-        self.counters[f"trace.{event}"] += 1
+        key = _TRACE_COUNTER_KEYS.get(event)  # hot: the key is built once per event name
+        if key is None:
+            key = _TRACE_COUNTER_KEYS[event] = f"trace.{event}"
+        self.counters[key] += 1
 
     def rdtsc(self) -> int:
         """``rdtsc()`` on the CPU the host kernel code now runs on."""
@@ -1291,7 +1303,7 @@ class KvmModule:
         """
         kvm = vcpu.kvm
         data = 0 if user_value is None else user_value
-        owner = f"vcpu{vcpu.vcpu_id}"
+        owner = vcpu.owner
         kvm.tsc_write_lock.acquire(owner)
         try:
             offset = self.kvm_compute_tsc_offset(vcpu, data)
@@ -1467,7 +1479,7 @@ class KvmModule:
         ``nr_vcpus_matched_tsc`` reset (new generation) or incremented (a vCPU joining the
         current one), then ``kvm_track_tsc_matching(vcpu, new_generation=not matched)``."""
         kvm = vcpu.kvm
-        owner = f"vcpu{vcpu.vcpu_id}"
+        owner = vcpu.owner
         kvm.masterclock_lock.acquire(owner)
         try:
             if not matched:
@@ -1484,7 +1496,7 @@ class KvmModule:
         it and ``last_tsc_offset == offset`` exactly; tsc = scaled rdtsc() + offset (u64);
         ns = the kvmclock base now; ``__kvm_synchronize_tsc`` with ``user_set_tsc``."""
         kvm = vcpu.kvm
-        owner = f"vcpu{vcpu.vcpu_id}"
+        owner = vcpu.owner
         kvm.tsc_write_lock.acquire(owner)
         try:
             matched = bool(
@@ -2144,7 +2156,7 @@ class KvmModule:
         mul/shift only on a kHz change, system_time = kernel_ns + kvmclock_offset, STABLE iff
         masterclock; then ``kvm_setup_pvclock_page``.  Returns 0 (1 = retry, never here)."""
         kvm = vcpu.kvm
-        owner = f"vcpu{vcpu.vcpu_id}"
+        owner = vcpu.owner
         use_master_clock, host_tsc, kernel_ns = self._read_master(
             kvm,
             owner,
@@ -2154,12 +2166,14 @@ class KvmModule:
                 else (False, 0, 0)
             ),
         )
-        tgt_tsc_khz = self.cpu_tsc_khz()
+        k = self.kernel
+        host_cpu = k.machine.cpus[k.current_cpu]
+        tgt_tsc_khz = host_cpu.tsc_khz  # cpu_tsc_khz(), inlined (hot: every clock update)
         if tgt_tsc_khz == 0:
             vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
             return 1
         if not use_master_clock:
-            host_tsc = self.rdtsc()
+            host_tsc = host_cpu.read_tsc()  # rdtsc()
             kernel_ns = self.get_kvmclock_base_ns()
         tsc_timestamp = self.kvm_read_l1_tsc(vcpu, host_tsc)
         if vcpu.tsc_catchup:
@@ -2207,11 +2221,14 @@ class KvmModule:
         traces before the full write) or ``final`` (``kvm_setup_guest_pvclock``, after)."""
         mem = vcpu.kvm.machine.memory
         gpa = vcpu.pv_time_gpa
-        guest = _k.PvclockVcpuTimeInfo.from_bytes(mem[gpa : gpa + 32])
+        # the guest's version (u32 at 0) and flags (u8 at 29) of its pvclock_vcpu_time_info,
+        # read in place (hot: every record write; PvclockVcpuTimeInfo.from_bytes decodes all)
+        guest_version = int.from_bytes(mem[gpa : gpa + 4], "little")
+        guest_flags = mem[gpa + 29]
         hv = vcpu.hv_clock
-        odd_version = ((guest.version + 1) | 1) & U32_MASK
+        odd_version = ((guest_version + 1) | 1) & U32_MASK
         hv.version = (odd_version + 1) & U32_MASK
-        hv.flags |= guest.flags & _PV_GUEST_STOPPED
+        hv.flags |= guest_flags & _PV_GUEST_STOPPED
         if vcpu.pvclock_set_guest_stopped_request:
             hv.flags |= _PV_GUEST_STOPPED
             vcpu.pvclock_set_guest_stopped_request = False
@@ -2361,17 +2378,21 @@ class KvmModule:
             vcpu.tsc_offset_adjustment = 0
             vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
         k = self.kernel
-        if vcpu.cpu != cpu or k.check_tsc_unstable():
+        if vcpu.cpu != cpu or k.tsc_unstable:  # check_tsc_unstable(), inlined (hot)
             now = self.rdtsc()
             tsc_delta = 0 if not vcpu.last_host_tsc else now - vcpu.last_host_tsc
-            if tsc_delta < 0:
+            backwards = tsc_delta < 0
+            if backwards:
                 self.counters["backwards_tsc"] += 1
                 self.moment(
                     f"{vcpu.kvm.name}: vcpu {vcpu.vcpu_id} saw a backwards TSC on CPU {cpu}"
                 )
                 k.mark_tsc_unstable("KVM discovered backwards TSC")
-            if k.check_tsc_unstable():
-                offset = self.kvm_compute_tsc_offset(vcpu, vcpu.last_guest_tsc)
+            if k.tsc_unstable:
+                if backwards:
+                    offset = self.kvm_compute_tsc_offset(vcpu, vcpu.last_guest_tsc)
+                else:  # hot (every load on an unstable host): its rdtsc() is ``now`` again
+                    offset = (vcpu.last_guest_tsc - self.kvm_scale_tsc(vcpu, now)) & U64_MASK
                 self.kvm_vcpu_write_tsc_offset(vcpu, offset)
                 vcpu.tsc_catchup = True
             if not vcpu.kvm.use_master_clock or vcpu.cpu == -1:
@@ -2518,22 +2539,28 @@ class KvmModule:
         MCLOCK_INPROGRESS is never consumed: an entry with it pending cannot happen."""
         if not vcpu.requests:  # the common entry
             return
-        owner = f"vcpu{vcpu.vcpu_id}"
+        owner = vcpu.owner
         for _ in range(_MAX_ENTRY_LOOPS):
-            if not vcpu.requests:
+            requests = vcpu.requests
+            if not requests:
                 return
-            if vcpu.kvm_test_request(KVM_REQ_MCLOCK_INPROGRESS):
+            if requests & _REQ_MCLOCK_INPROGRESS:  # kvm_test_request, inlined (hot)
                 raise RuntimeError(
                     f"{vcpu.kvm.name} vcpu {vcpu.vcpu_id}: "
                     "entry while MCLOCK_INPROGRESS is pending "
                     "(a masterclock update is in progress; the vCPU would wait)"
                 )
-            vcpu.kvm_check_request(KVM_REQ_MIGRATE_TIMER)
-            if vcpu.kvm_check_request(KVM_REQ_MASTERCLOCK_UPDATE):
+            # kvm_check_request (test and clear) of each, on the word (hot: every entry)
+            if requests & _REQ_MIGRATE_TIMER:
+                vcpu.requests &= ~_REQ_MIGRATE_TIMER
+            if vcpu.requests & _REQ_MASTERCLOCK_UPDATE:
+                vcpu.requests &= ~_REQ_MASTERCLOCK_UPDATE
                 self.kvm_gen_update_masterclock(vcpu.kvm, owner)
-            if vcpu.kvm_check_request(KVM_REQ_GLOBAL_CLOCK_UPDATE):
+            if vcpu.requests & _REQ_GLOBAL_CLOCK_UPDATE:
+                vcpu.requests &= ~_REQ_GLOBAL_CLOCK_UPDATE
                 self.kvm_gen_kvmclock_update(vcpu)
-            if vcpu.kvm_check_request(KVM_REQ_CLOCK_UPDATE):
+            if vcpu.requests & _REQ_CLOCK_UPDATE:
+                vcpu.requests &= ~_REQ_CLOCK_UPDATE
                 self.kvm_guest_time_update(vcpu)
         raise RuntimeError(
             f"{vcpu.kvm.name} vcpu {vcpu.vcpu_id}: "
@@ -2574,12 +2601,17 @@ class KvmModule:
     def vcpu_run(self, vcpu: Vcpu, fn: Callable[[], T]) -> T:
         """The vCPU thread on host CPU ``kernel.current_cpu``: load, ``vcpu_enter_guest``
         (requests, then the guest code ``fn``), exit (``last_guest_tsc``), put."""
-        cpu = self.kernel.current_cpu
+        k = self.kernel
+        cpu = k.current_cpu
         prev_pid = self._cur_pid
         self._cur_pid = vcpu.kvm.pid + 1 + vcpu.vcpu_id
         try:
-            self.kvm_arch_vcpu_load(vcpu, cpu)
-            self.process_requests(vcpu)
+            # hot (every entry): kvm_arch_vcpu_load only when it has work (an adjustment, a
+            # pCPU change, an unstable TSC); process_requests only with a request pending
+            if vcpu.tsc_offset_adjustment or vcpu.cpu != cpu or k.tsc_unstable:
+                self.kvm_arch_vcpu_load(vcpu, cpu)
+            if vcpu.requests:
+                self.process_requests(vcpu)
             vcpu.entries += 1
             self.counters["entries"] += 1
             vcpu.in_guest = True
@@ -2587,9 +2619,15 @@ class KvmModule:
                 out = fn()
             finally:
                 vcpu.in_guest = False
-            vcpu.last_guest_tsc = self.kvm_read_l1_tsc(vcpu, self.rdtsc())
-            self.kvm_vcpu_exit_catchup(vcpu)
-            self.kvm_arch_vcpu_put(vcpu)
+            # the exit's rdtsc and kvm_arch_vcpu_put's are one instant on one CPU: one read
+            host_tsc = k.machine.cpus[k.current_cpu].read_tsc()  # rdtsc(), inlined
+            if vcpu.tsc_scaling_ratio == self.default_tsc_scaling_ratio:  # kvm_read_l1_tsc
+                vcpu.last_guest_tsc = (vcpu.tsc_offset + host_tsc) & U64_MASK
+            else:
+                vcpu.last_guest_tsc = self.kvm_read_l1_tsc(vcpu, host_tsc)
+            if vcpu.tsc_always_catchup:  # kvm_vcpu_exit_catchup
+                vcpu.kvm_make_request(KVM_REQ_CLOCK_UPDATE)
+            vcpu.last_host_tsc = host_tsc  # kvm_arch_vcpu_put
             return out
         finally:
             self._cur_pid = prev_pid

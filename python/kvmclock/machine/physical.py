@@ -179,13 +179,17 @@ class PlatformCounter:
         self._num = rate.numerator
         self._den = rate.denominator
 
+    #: ``read()`` is a pure function of ``world.now_ns`` (see ``Clocksource.read_pure``)
+    read_pure = True
+
     def value_at(self, t_ns: int) -> int:
         """Counter value at true time ``t_ns`` (wrapped at ``bits``)."""
         return (self.start + (t_ns * self._num) // self._den) & self.mask
 
     def read(self) -> int:
         """Counter value now."""
-        return self.value_at(self.world.now_ns)
+        # value_at(world.now_ns), inlined (hot: a platform clocksource's every read)
+        return (self.start + (self.world.now_ns * self._num) // self._den) & self.mask
 
     def __repr__(self) -> str:
         return (

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmclock import limits
+from kvmclock.counters import Counters
 
 __all__ = ["Event", "Periodic", "World"]
 
@@ -77,7 +78,15 @@ class Periodic:
             return
         # Re-arm first (like add_timer in the handler of a periodic kernel timer) so that a
         # callback that raises does not silently stop the timer, and cancel() inside fn works.
-        self.next_event = self.world.at(self.world.now_ns + self.period_ns, self._fire)
+        # world.at(now + period, self._fire), inlined (hot: every tick; the time is an int
+        # after now, since period_ns was checked > 0)
+        world = self.world
+        t_ns = world.now_ns + self.period_ns
+        seq = world._seq
+        world._seq = seq + 1
+        ev = Event(t_ns, seq, self._fire, ())
+        heapq.heappush(world._queue, (t_ns, seq, ev))
+        self.next_event = ev
         self.fired += 1
         self.fn(*self.args)
 
@@ -96,7 +105,8 @@ class World:
         #: entries logged in all (kept or not)
         self.events_logged = 0
         #: kind -> entries logged past ``kvmclock.limits.EVENTS_CAP`` (not in ``events``)
-        self.events_dropped: collections.Counter[str] = collections.Counter()
+        # a Counters: its += is a dict's (hot: every entry of a long run is counted here)
+        self.events_dropped: collections.Counter[str] = Counters()
         #: called with every entry as it is logged, kept or not (the run's key moments and
         #: its ``--events`` stream are built this way, so that the log need not be kept)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -187,7 +197,7 @@ class World:
         """Log ``{"t_ns": now_ns, "kind": kind, **fields}``: appended to ``events`` while it
         holds fewer than ``kvmclock.limits.EVENTS_CAP`` entries (counted by kind in
         ``events_dropped`` otherwise), then passed to every listener in order."""
-        if not isinstance(kind, str):
+        if kind.__class__ is not str and not isinstance(kind, str):  # hot: the common case
             raise TypeError(f"kind must be a str, got {type(kind).__name__}")
         entry: dict[str, Any] = {"t_ns": self.now_ns, "kind": kind}
         entry.update(fields)

@@ -117,9 +117,11 @@ def cycles_to_nsec_safe(cs: Clocksource, start: int, end: int) -> int:
     ``max_cycles`` it is converted with ``clocksource_cyc2ns`` (64-bit product), above with
     ``mul_u64_u32_shr`` (exact 96-bit product), so a long interval does not wrap.
     """
-    delta = clocksource_delta_max(end, start, cs.mask, cs.max_raw_delta)
-    if delta < cs.max_cycles:
-        return cs.cyc2ns(delta)
+    delta = (end - start) & cs.mask  # clocksource_delta_max, inlined (hot: the watchdog)
+    if delta > cs.max_raw_delta:
+        delta = 0
+    if delta < cs.max_cycles:  # cs.cyc2ns(delta) without the call (delta is already u64)
+        return int(_k.clocksource_cyc2ns(delta, cs.mult, cs.shift))
     return ((delta * cs.mult) >> cs.shift) & U64_MASK
 
 
@@ -187,6 +189,20 @@ class Clocksource(abc.ABC):
         self.cs_last = 0  # watchdog bookkeeping (cs->cs_last, cs->wd_last)
         self.wd_last = 0
         self.registered = False
+
+    #: The driver's read writes nothing another clocksource's read observes (at most its own
+    #: clamp, as kvm-clock's ``last_value``) and a second read at the same instant on the same
+    #: CPU, with nothing written in between, returns the same value: a caller may reuse the
+    #: first (``Timekeeper.update_wall_time``, the watchdog's read-backs).  False unless the
+    #: driver says so.
+    read_pure = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # hot (every clock read): a driver's ``read`` is its ``_read_counter``, one call less
+        inherited = cls.read
+        if inherited is Clocksource.read or inherited.__name__ == "_read_counter":
+            cls.read = cls._read_counter  # type: ignore[method-assign]
 
     # -- the driver's read --------------------------------------------------------------------
     def read(self) -> tuple[int, int]:
@@ -319,6 +335,8 @@ class TscClocksource(Clocksource):
             flags &= ~CLOCK_SOURCE_MUST_VERIFY  # tsc_disable_clocksource_watchdog()
         super().__init__(kernel, "tsc", 300, U64_MASK, flags=flags, vclock_mode=VCLOCK_TSC)
 
+    read_pure = True  # the CPU's TSC at this instant
+
     def _read_counter(self) -> tuple[int, int]:
         k = self.kernel
         v = k.machine.cpus[k.current_cpu].read_tsc()
@@ -345,6 +363,12 @@ class CounterClocksource(Clocksource):
             flags=CLOCK_SOURCE_IS_CONTINUOUS,
         )
         self.counter = counter
+
+    @property
+    def read_pure(self) -> bool:  # type: ignore[override]  # follows move_to_machine's counter
+        """Whether the counter's read is a pure function of the instant (a platform
+        counter's ``read_pure``; an emulated one reads the host's clock: not)."""
+        return bool(getattr(self.counter, "read_pure", False))
 
     def _read_counter(self) -> tuple[int, int]:
         v = self.counter.read() & self.mask
@@ -390,6 +414,9 @@ class KvmClock(Clocksource):
         super().__init__(kernel, "kvm-clock", rating, U64_MASK, flags=CLOCK_SOURCE_IS_CONTINUOUS)
         self.last_stable: bool | None = None
         self.stable_flips = 0
+        # the pvclock read at one instant returns the same value twice (the last_value clamp
+        # only keeps the larger); with patch 10 a read may call the change chain: not pure
+        self.read_pure = not kernel.cfg.clocksource_change_chain
 
     def _read_counter(self) -> tuple[int, int]:
         k = self.kernel
@@ -397,8 +424,8 @@ class KvmClock(Clocksource):
         pv = k.pvclock
         if pv is None:
             raise RuntimeError("kvm-clock read before kvmclock_init (kernel.pvclock is None)")
-        ns, flags, stamp = pv.read_with_stamp(
-            k.machine.memory, k.machine.cpus[cpu].read_tsc, k.pvti_offset(cpu)
+        ns, flags, stamp = pv.read_with_stamp(  # hot: k.pvti_offset(cpu) inlined
+            k.machine.memory, k.machine.cpus[cpu].read_tsc, k.pvti_gpa + cpu * PVTI_SIZE
         )
         if k.cfg.clocksource_change_chain:
             stable = bool(flags & k.pvclock_valid_flags & _k.PVCLOCK_TSC_STABLE_BIT)

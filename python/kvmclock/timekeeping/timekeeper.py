@@ -352,9 +352,12 @@ class Timekeeper:
             if self.kernel.cfg.clocksource_change_chain:
                 self.kernel.clocksource_changes_notify()
 
-    def update_wall_time(self) -> None:
+    def update_wall_time(self, cycles: int | None = None) -> None:
         """``update_wall_time`` (``timekeeping_advance``): accumulate every whole
-        ``cycle_interval`` since ``cycle_last``, then update.
+        ``cycle_interval`` since ``cycle_last``, then update.  ``cycles``: a read of the
+        current clocksource the caller made at this instant on this CPU with nothing written
+        since (``tick_do_update_jiffies64``'s ``ktime_get``), when that clocksource's
+        ``read_pure`` says a second read would return the same; None reads it here.
 
         The clocksource is read before the write section.  Less than one interval since
         cycle_last: nothing happens (no timekeeping_update, no notifier).  Otherwise the
@@ -371,15 +374,38 @@ class Timekeeper:
         if self.suspended:  # timekeeping_advance: "Make sure we're fully resumed"
             return
         mono = self.tkr_mono
-        cycles = self.clock.read()[0]
-        offset = clocksource_delta(cycles, mono.cycle_last, mono.mask)
-        if offset < self.cycle_interval:
+        if cycles is None:
+            clock = mono.clock  # the clock property without the call (hot: every tick)
+            cycles = (clock if clock is not None else self.clock).read()[0]
+        # hot (every tick): clocksource_delta and the write section inlined
+        mask = mono.mask
+        offset = (cycles - mono.cycle_last) & mask
+        if offset & ~(mask >> 1) or offset < self.cycle_interval:
             return
-        with self._write():
-            _offset, clock_set = self._logarithmic_accumulation(offset, 0)
+        seq = self.seq
+        seq.write_begin()
+        self._write_depth += 1
+        try:
+            # _logarithmic_accumulation(offset, 0) and accumulate_nsecs_to_secs, inlined: n
+            # whole intervals (hot: every tick; no leap seconds, so clock_set stays 0)
+            interval = self.cycle_interval
+            n = offset // interval
+            raw = self.tkr_raw
+            mono.cycle_last = (mono.cycle_last + n * interval) & U64_MASK
+            raw.cycle_last = (raw.cycle_last + n * interval) & U64_MASK
+            secs, mono.xtime_nsec = divmod(
+                mono.xtime_nsec + n * self.xtime_interval, NSEC_PER_SEC << mono.shift
+            )
+            self.xtime_sec += secs
+            secs, raw.xtime_nsec = divmod(
+                raw.xtime_nsec + n * self.raw_interval, NSEC_PER_SEC << raw.shift
+            )
+            self.raw_sec += secs
             # timekeeping_adjust(): NTP not modelled, mult stays the clocksource's.
-            clock_set |= self._accumulate_nsecs_to_secs()
-            self.timekeeping_update(clock_set)
+            self.timekeeping_update(0)
+        finally:
+            self._write_depth -= 1
+            seq.write_end()
 
     def _accumulate_nsecs_to_secs(self) -> int:
         """``accumulate_nsecs_to_secs`` (no leap seconds modelled): returns the clock_set action."""
@@ -625,20 +651,30 @@ class Timekeeper:
         """One ``tk_core.seq`` read loop: base (+ offset) + ns of one clocksource read, and its
         stamp.
         """
-        self._check_can_read()
-        if offs is not None:
-            self._offset(offs)  # validate before looping
+        if self._write_depth:  # hot: _check_can_read() only when it raises
+            self._check_can_read()
         seq = self.seq
         counters = self.kernel.counters
         while True:
             start = seq.read_begin()
             tkr = self.tkr_raw if raw else self.tkr_mono
+            # an invalid offs raises here, on the first pass, before anything is read
+            if offs is None:
+                base = tkr.base
+            elif offs == TK_OFFS_BOOT:  # hot: KVM's host clock, _offset() inlined
+                base = tkr.base + self.offs_boot
+            else:
+                base = tkr.base + self._offset(offs)
             clock = tkr.clock
             if clock is None:
                 raise RuntimeError("timekeeper read before timekeeping_init")
-            base = tkr.base + (0 if offs is None else self._offset(offs))
             cycles, stamp = clock.read()
-            ns = base + self._delta_to_ns(tkr, cycles)
+            # _delta_to_ns(tkr, cycles), inlined for the common delta (hot: KVM's host clock)
+            delta = (cycles - tkr.cycle_last) & tkr.mask
+            if delta <= clock.max_cycles and not delta & ~(tkr.mask >> 1):
+                ns = base + (((delta * tkr.mult + tkr.xtime_nsec) & U64_MASK) >> tkr.shift)
+            else:
+                ns = base + self._delta_to_ns(tkr, cycles)
             hook = self.interleave
             if hook is not None:
                 hook()
@@ -646,9 +682,36 @@ class Timekeeper:
                 return ns, stamp
             counters["timekeeper.read_retries"] += 1
 
+    def ktime_get_ns_with_cycles(self) -> tuple[int, int]:
+        """``ktime_get`` with the clocksource reading it used: (CLOCK_MONOTONIC ns, cycles)
+        from one ``tk_core.seq`` read loop (:meth:`_read` for ``tkr_mono`` without an offset,
+        specialised: it runs at every NO_HZ wake-up and every KVM host clock read)."""
+        if self._write_depth:
+            self._check_can_read()
+        seq = self.seq
+        tkr = self.tkr_mono
+        while True:
+            start = seq.read_begin()
+            clock = tkr.clock
+            if clock is None:
+                raise RuntimeError("timekeeper read before timekeeping_init")
+            cycles = clock.read()[0]
+            # _delta_to_ns(tkr, cycles), inlined for the common delta (hot: every wake-up)
+            delta = (cycles - tkr.cycle_last) & tkr.mask
+            if delta <= clock.max_cycles and not delta & ~(tkr.mask >> 1):
+                ns = tkr.base + (((delta * tkr.mult + tkr.xtime_nsec) & U64_MASK) >> tkr.shift)
+            else:
+                ns = tkr.base + self._delta_to_ns(tkr, cycles)
+            hook = self.interleave
+            if hook is not None:
+                hook()
+            if not seq.read_retry(start):
+                return ns, cycles
+            self.kernel.counters["timekeeper.read_retries"] += 1
+
     def ktime_get_ns(self) -> int:
         """``ktime_get_ns``: CLOCK_MONOTONIC."""
-        return self._read(False, None)[0]
+        return self.ktime_get_ns_with_cycles()[0]
 
     def ktime_get_raw_ns(self) -> int:
         """``ktime_get_raw_ns``: CLOCK_MONOTONIC_RAW (tkr_raw)."""

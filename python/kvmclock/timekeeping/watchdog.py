@@ -283,11 +283,17 @@ class ClocksourceWatchdog:
         wd_delay = wd_seq_delay = 0
         csnow = wdnow = 0
         nretries = 0
+        # the model runs the four reads at one instant: with pure reads (Clocksource.read_pure)
+        # the two read-backs return wdnow again, so they are not repeated (hot: every pass)
+        pure = wd.read_pure and cs.read_pure
         while nretries <= max_retries:
             wdnow = wd.read()[0]
             csnow = cs.read()[0]
-            wd_end = wd.read()[0]
-            wd_end2 = wd.read()[0]
+            if pure:
+                wd_end = wd_end2 = wdnow
+            else:
+                wd_end = wd.read()[0]
+                wd_end2 = wd.read()[0]
             wd_delay = cycles_to_nsec_safe(wd, wdnow, wd_end)
             if wd_delay <= md + cs.uncertainty_margin:
                 if nretries > 1 and nretries >= max_retries:
