@@ -49,9 +49,10 @@ Definitions (what the numbers mean, precisely):
   one too many, every second kept row is dropped and the stride doubles.  The kept rows are
   therefore evenly spaced and a subset of the full series, whatever the duration.
 * Clock definitions (per VM run by KVM at level N, sampled on vCPU 0's host CPU while
-  masterclock is on and the host runs: a suspended host's clock is frozen): A = host base + kvmclock_offset, B = the record through the guest TSC,
-  C = the master pair through the host TSC with host-frequency mul/shift; max |A-B|, |A-C|,
-  |B-C| in ns (None when never sampled).
+  masterclock is on and the host runs: a suspended host's clock is frozen): A = host base +
+  kvmclock_offset, B = the record through the guest TSC, C = the master pair through the
+  host TSC with host-frequency mul/shift; max |A-B|, |A-C|, |B-C| in ns (None when never
+  sampled).
 """
 
 from __future__ import annotations
