@@ -66,3 +66,18 @@ def test_a_nohz_week_runs() -> None:
     # L1 and L2 sampled every simulated hour from the start (2 ms): at 2 ms + k h, k = 1..167
     # (the 168th hour's sample would fall 2 ms after the end)
     assert len(r["samples"]) == 2 * 167
+
+
+def test_watchdog_read_status_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 6.18 watchdog keeps the first READ_STATUS_CAP cs_watchdog_read results and counts
+    them all (a day of guest watchdog passes would otherwise keep 172,800 per kernel)."""
+    monkeypatch.setattr(kvmclock.limits, "READ_STATUS_CAP", 3)
+    from kvmclock.kernel import Kernel
+    from kvmclock.machine import PhysicalMachine, World
+
+    k = Kernel(PhysicalMachine(World(0), 2, tsc_khz=2_593_992), "upstream")
+    k.boot()
+    k.world.run_until(10 * 10**9 + 1)
+    wd = k.watchdog
+    assert wd.running and wd.read_status_count == 20  # every 0.5 s for 10 s
+    assert len(wd.read_status) == 3

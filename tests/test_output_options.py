@@ -192,7 +192,9 @@ def test_progress_line_on_a_terminal() -> None:
     assert stream.getvalue() == ""  # a short run shows nothing
     clock.t += 0.6
     p.update(1_500_000_000, 3_000_000_000)
-    line = "\rsimulating nested, profile upstream: 1.50 s of 3 s simulated (50%)\033[K"
+    # 1.5 simulated s in 0.6 wall s: 2.5x real time, 1.5 s left to simulate = 0.6 s of wall
+    line = ("\rsimulating nested, profile upstream: 1.50 s of 3 s simulated (50%), "
+            "2.5x real time, about 0.6 s left\033[K")
     assert stream.getvalue() == line
     clock.t += 0.1  # too soon: at most every 0.25 s
     p.update(1_600_000_000, 3_000_000_000)
@@ -252,3 +254,10 @@ def test_simulate_shows_progress_on_a_terminal_stderr(monkeypatch: pytest.Monkey
     assert text.endswith("\r\033[K")  # erased at the end
     out = capsys.readouterr().out
     assert "\r" not in out and "upstream" in out
+
+
+def test_progress_time_left_units() -> None:
+    from kvmclock.cli.common import _fmt_left
+
+    assert [_fmt_left(s) for s in (0.64, 9.94, 42.4, 119.4, 720, 7199, 11_160)] == [
+        "0.6 s", "9.9 s", "42 s", "119 s", "12 min", "120 min", "3.1 h"]

@@ -701,12 +701,15 @@ class Kernel:
         return True
 
     def tick_nohz_irq_enter(self) -> None:
-        """``tick_nohz_irq_enter`` -> ``tick_nohz_update_jiffies``: kernel code is about to
-        run on a CPU of this NO_HZ kernel while every CPU was idle with its tick stopped (an
-        interrupt, a timer, a vCPU entry): jiffies and the timekeeper are brought up to date
-        first (:meth:`tick_do_update_jiffies64`), so whatever runs next reads a fresh
-        timekeeper, as after a tick.  Nothing while the timekeeper is suspended (the
-        syscore resume path runs with interrupts off)."""
+        """``tick_irq_enter`` -> ``tick_nohz_irq_enter`` -> ``tick_nohz_update_jiffies``
+        (kernel/time/tick-sched.c): kernel code is about to run on a CPU of this NO_HZ kernel
+        while every CPU was idle with its tick stopped (an interrupt, a timer, a vCPU entry):
+        jiffies and the timekeeper are brought up to date first
+        (:meth:`tick_do_update_jiffies64`, which does nothing less than a tick period after
+        the last update), so whatever runs next reads a timekeeper as fresh as after a tick.
+        The model runs it once per outermost :meth:`run_on_cpu`, not per CPU: any CPU that
+        wakes takes the duty, as ``tick_do_update_jiffies64`` serialises it.  Nothing while
+        the timekeeper is suspended (the syscore resume path runs with interrupts off)."""
         if self.timekeeper.suspended or self.timekeeper.tkr_mono.clock is None:
             return
         self.tick_do_update_jiffies64()

@@ -12,6 +12,7 @@ __all__ = [
     "EVENTS_CAP",
     "MOMENTS_CAP",
     "MOMENTS_TAIL",
+    "READ_STATUS_CAP",
     "SERIES_ROWS",
     "TIMELINE_CAP",
     "TRACE_CAP",
@@ -40,6 +41,10 @@ SERIES_ROWS = 2_048
 #: Changes kept per VM in ``Kvm.masterclock_timeline`` and ``Kvm.pvclock_stable_timeline``
 #: (the first ones; later changes are counted, the current state is still tracked).
 TIMELINE_CAP = 10_000
+
+#: ``ClocksourceWatchdog.read_status`` (6.18 rule): the first ``cs_watchdog_read`` results
+#: kept (``read_status_count`` counts them all).
+READ_STATUS_CAP = 1_000
 
 #: ``Kvm.tsc_decisions``: the most recent decisions kept (a ring; ``tsc_decisions_logged``
 #: counts them all).

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvmclock import limits
 from kvmclock.timekeeping.clocksource import (
     CLOCK_SOURCE_IS_CONTINUOUS,
     CLOCK_SOURCE_MUST_VERIFY,
@@ -126,7 +127,10 @@ class ClocksourceWatchdog:
         # 6.18: WATCHDOG_INTERVAL_MAX_NS = (2 * WATCHDOG_INTERVAL) * (NSEC_PER_SEC / HZ)
         self.interval_max_ns = (2 * (kernel.hz >> 1)) * (NSEC_PER_SEC // kernel.hz)
         self.max_interval_ns = 0  # watchdog_max_interval (6.18: the last long interval warned)
-        self.read_status: list[int] = []  # 6.18: cs_watchdog_read results, in order
+        self.read_status: list[int] = []
+        """6.18: ``cs_watchdog_read`` results in order, the first
+        ``kvmclock.limits.READ_STATUS_CAP`` of them (``read_status_count`` counts all)."""
+        self.read_status_count = 0
         self.timer: Periodic | None = None
         self.next_cpu = 0
         self.checks = 0
@@ -336,7 +340,9 @@ class ClocksourceWatchdog:
                     self._schedule_work()
                 continue
             status, csnow, wdnow = self.cs_watchdog_read(cs, wd)
-            self.read_status.append(status)
+            self.read_status_count += 1
+            if len(self.read_status) < limits.READ_STATUS_CAP:
+                self.read_status.append(status)
             if status == WD_READ_UNSTABLE:
                 k.counters["watchdog.unstable"] += 1
                 k.counters["watchdog.read_unstable"] += 1
