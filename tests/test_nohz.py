@@ -87,7 +87,7 @@ def test_nohz_is_a_bool() -> None:
         Kernel(m, "upstream", nohz=1)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("hz", [100, 250, 1000])
+@pytest.mark.parametrize("hz", [100, 250, 300, 1000, 1024])
 def test_jiffies_update_at_the_tick_period_boundary(hz: int) -> None:
     """``tick_do_update_jiffies64``: nothing one ns before a whole tick period of
     CLOCK_MONOTONIC since ``last_jiffies_update``; one tick at exactly one period; at k
@@ -106,6 +106,17 @@ def test_jiffies_update_at_the_tick_period_boundary(hz: int) -> None:
         assert k.jiffies_64 - j0 == ticks
         assert k.last_jiffies_update_ns == before + ticks * period
         assert k.counters["nohz.jiffies_updates"] - updates == (1 if ticks else 0)
+
+
+@pytest.mark.parametrize("hz", [250, 300])
+def test_max_deferment_is_max_idle_ns_at_least_a_tick(hz: int) -> None:
+    """``timekeeping_max_deferment`` is the clocksource's max_idle_ns; the model never
+    defers less than one tick period (TICK_NSEC, an int: 3,333,333 ns at HZ 300)."""
+    k = nohz_host(hz=hz)
+    assert k.timekeeping_max_deferment() == tsc_max_idle_ns(KHZ)
+    k.timekeeper.clock.max_idle_ns = 1
+    got = k.timekeeping_max_deferment()
+    assert got == tick_nsec(hz) and isinstance(got, int)
 
 
 def test_idle_host_updates_only_at_the_max_deferment() -> None:
@@ -366,6 +377,15 @@ def test_paused_nohz_guest_takes_its_expired_tick_at_resume(host_nohz: bool) -> 
         vmm.resume()
     assert at_resume == [world.now_ns]
     assert guest.counters["ticks_overdue"] == 1 and not guest.tick_overdue
+    # a second long stop: one more expired deferment, one more overdue tick at its resume
+    world.run_until(world.now_ns + 10 * S)
+    vmm.pause()
+    world.run_until(world.now_ns + 2 * kc.max_idle_ns)
+    vmm.resume()
+    assert guest.counters["ticks_not_running"] == 2 and guest.counters["ticks_overdue"] == 2
+    vmm.pause()
+    vmm.resume()  # a short stop: nothing expired
+    assert guest.counters["ticks_not_running"] == 2 and guest.counters["ticks_overdue"] == 2
     mono = guest.run_on_cpu(0, guest.timekeeper.ktime_get_ns)
     kvmclock_ns = guest.run_on_cpu(0, lambda: kc.read()[0])
     # CLOCK_MONOTONIC = kvm-clock ns (mult 2**shift: 1 ns per ns) minus the boot offset

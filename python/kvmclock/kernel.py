@@ -723,12 +723,7 @@ class Kernel:
         events).  The tick is reprogrammed only when that time moved earlier (a clocksource
         with a smaller ``max_idle_ns``) or none is pending; a pending one that comes too
         early finds the update done and reprograms itself (:meth:`_tick_nohz_deferment`)."""
-        # timekeeping_max_deferment(), inlined (hot: every time the kernel goes idle)
-        clock = self.timekeeper.tkr_mono.clock
-        hz = self.hz
-        max_idle = max(
-            clock.max_idle_ns if clock is not None else 0, (NSEC_PER_SEC + hz // 2) // hz
-        )
+        max_idle = self.timekeeping_max_deferment()
         ev = self._deferment
         if ev is not None and not ev.cancelled and max_idle >= self._nohz_max_idle_ns:
             return
