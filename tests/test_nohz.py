@@ -140,6 +140,28 @@ def test_idle_host_updates_only_at_the_max_deferment() -> None:
     assert k.counters["ticks"] == 0 and k.counters["nohz.deferment_ticks"] == 10
 
 
+def test_one_tick_programmed_at_a_time() -> None:
+    """However often an idle NO_HZ host wakes, one deferment tick is pending (the CPU's tick
+    device holds one expiry); after 200 wake-ups 5 ms apart the host fires exactly the
+    deferment ticks of the time it idled, each max_idle_ns after the last update."""
+    k = nohz_host()
+    max_idle = k.timekeeping_max_deferment()
+    world = k.world
+    fired0 = k.counters["nohz.deferment_ticks"]
+    for i in range(200):
+        world.run_until(world.now_ns + 5 * MS)
+        k.run_on_cpu(i % 2, lambda: None)
+        assert world.pending() == 1
+    # the last update was at the last wake-up (1 s in); idle from there for 3 max_idle_ns
+    last, events0 = world.now_ns, world.events_processed
+    world.run_until(last + 3 * max_idle + S)
+    assert k.counters["nohz.deferment_ticks"] - fired0 == 3
+    # nothing else but the tick programmed before the wake-ups: it expires early once, finds
+    # the timekeeper updated since and reprograms itself (the model's lazy re-arm)
+    assert world.events_processed - events0 == 3 + 1
+    assert world.pending() == 1
+
+
 def test_monotonic_stays_exact_over_a_day_without_overflow_safety() -> None:
     """4.13's conversion wraps once a delta exceeds about max_cycles; the deferment keeps
     every delta below max_idle_ns, so after an idle day CLOCK_MONOTONIC equals the
