@@ -431,6 +431,21 @@ def omitted_note(plan: PanelPlan) -> str:
 
 
 # ------------------------------------------------------------------------------------ drawing
+def _time_axis(ax: Any, end_s: float) -> None:
+    """Label the x axis (simulated seconds) in seconds, or in hours for runs of more than two
+    hours (a simulated day reads 0..24 h); the data stay in seconds."""
+    if end_s <= 7200:
+        ax.set_xlabel("simulated time (s)")
+        return
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
+    step_h = next(h for h in (1, 2, 3, 6, 12, 24, 48, 168, 336, 720, 8760)
+                  if end_s / 3600 / h <= 12)
+    ax.xaxis.set_major_locator(MultipleLocator(step_h * 3600))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x / 3600:g}"))
+    ax.set_xlabel("simulated time (h)")
+
+
 def _end_s(run: Run) -> float:
     dur = _int(run.get("duration_ns")) or _int(run.get("end_ns")) or 0
     return max(dur, 1) / 1e9
@@ -629,7 +644,7 @@ def build_figure(runs: Sequence[Run], title: str = "") -> Any:
                 _draw_stop(run, ax, label=False)
                 time_rows = [p for p in plan.drawn if p != "notifier"]
                 if panel == time_rows[-1]:
-                    ax.set_xlabel("simulated time (s)")
+                    _time_axis(ax, _end_s(run))
                 else:
                     ax.tick_params(labelbottom=False)
     if title:
