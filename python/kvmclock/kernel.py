@@ -168,7 +168,9 @@ class Kernel:
     # -- CPUs ---------------------------------------------------------------------------------
     def run_on_cpu(self, cpu: int, fn: Callable[[], T]) -> T:
         """Run kernel code ``fn`` on ``cpu`` through ``machine.run_on_cpu``; sets
-        ``current_cpu``.
+        ``current_cpu``.  On a ``nohz`` kernel the outermost call is an interrupt on an idle
+        CPU: :meth:`tick_nohz_irq_enter` runs before ``fn`` and :meth:`tick_nohz_idle_enter`
+        after it (every CPU idle again).
         """
 
         def body() -> T:  # hot: every entry of kernel code
