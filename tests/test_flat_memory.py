@@ -331,3 +331,65 @@ def test_cli_says_the_trace_was_cut(
     assert sum("samples decimated" in line for line in out.splitlines()) == 1
     assert sum("key moments after the first 4 left out" in line for line in out.splitlines()) == 1
     assert sum("the trace keeps the first 10" in line for line in out.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- unit rules
+def test_event_log_holds_lines_until_the_outermost_entry_ends() -> None:
+    """Lines logged while a timeline entry runs wait for it (nested entries: the outermost);
+    a line logged outside any entry is written at once; a value JSON lacks is written as its
+    str; close() writes what still waits."""
+    from fractions import Fraction
+
+    from kvmclock.machine.world import World
+    from kvmclock.sim.eventlog import EventLog
+
+    out = io.StringIO()
+    log = EventLog(World(0), keep_trace=False, stream=out)
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in out.getvalue().splitlines()]
+
+    log.entry({"kind": "a", "v": Fraction(1, 3)})
+    assert lines() == [{"kind": "a", "v": "1/3"}]
+    log.hold()
+    log.entry({"kind": "b"})
+    log.hold()
+    log.entry({"kind": "c"})
+    log.release()
+    assert [e["kind"] for e in lines()] == ["a"]  # the outer entry still runs
+    log.release()
+    assert [e["kind"] for e in lines()] == ["a", "b", "c"]
+    log.entry({"kind": "d"})
+    assert [e["kind"] for e in lines()] == ["a", "b", "c", "d"]
+    log.hold()
+    log.entry({"kind": "e"})
+    log.close()  # a run stopped inside an entry
+    assert [e["kind"] for e in lines()] == ["a", "b", "c", "d", "e"] and log.lines == 5
+    log.entry({"kind": "f"})
+    assert log.lines == 6
+
+
+def test_forget_pairs_keeps_only_the_pairs_the_vcpus_hold() -> None:
+    """After each sample only the master pairs some vCPU's record held stay: a guest
+    re-anchored a thousand times on one vCPU keeps one pair."""
+    st = LevelStats(1)
+    for i in range(1000):
+        pair = (10 * i, 20 * i)
+        st.record_read(i, 0, 100 + i, 100 + i, 1, pair)
+        st.forget_pairs({pair})
+        assert list(st.max_seen_stable) == [pair]
+    st.record_read(1000, 0, 5000, 5000, 1, (1, 1))
+    st.record_read(1000, 1, 5000, 5000, 1, (2, 2))
+    st.forget_pairs({(1, 1), (2, 2)})
+    assert set(st.max_seen_stable) == {(1, 1), (2, 2)}
+
+
+def test_sample_summary_worst_is_the_first_sample_of_the_largest_skew() -> None:
+    from kvmclock.sim.metrics import SampleSummary
+
+    s = SampleSummary("L1", 1)
+    rows = [[i, 10 * i, 1, skew, True, "L1"] for i, skew in enumerate([5, 9, 3, 9, 3])]
+    for r in rows:
+        s.add(r)
+    assert s.first == rows[0] and s.worst == rows[1]
+    assert (s.skew_min_ns, s.skew_max_ns) == (3, 9)
