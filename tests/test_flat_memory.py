@@ -393,3 +393,42 @@ def test_sample_summary_worst_is_the_first_sample_of_the_largest_skew() -> None:
         s.add(r)
     assert s.first == rows[0] and s.worst == rows[1]
     assert (s.skew_min_ns, s.skew_max_ns) == (3, 9)
+
+
+def test_recorder_keeps_the_pairs_the_vcpus_hold_across_samples(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stable read lower than an earlier stable read of the same master pair is counted
+    across samples (the pair a vCPU still holds is kept from one sample to the next), and
+    a pair no vCPU holds any more is forgotten."""
+    from types import SimpleNamespace
+
+    from kvmclock.machine.world import World
+    from kvmclock.sim import metrics as metrics_mod
+
+    world = World(0)
+
+    class Guest:
+        name, level, pvclock, kvm, machine_running = "L1", 1, object(), None, True
+
+        def __init__(self) -> None:
+            self.world = world
+            self.clocksources = {"kvm-clock": None}
+            self.machine = SimpleNamespace(cpus=[0])
+
+        def run_on_cpu(self, cpu: int, fn: Any) -> Any:
+            return fn()
+
+    p, q = (1_000, 2_000), (3_000, 4_000)
+    script = iter([(100, 100, 1, p), (90, 90, 1, p), (95, 95, 1, q), (80, 80, 1, p)])
+    monkeypatch.setattr(metrics_mod, "guest_read", lambda _k: next(script))
+    guest = Guest()
+    rec = metrics_mod.Recorder([guest], 10**6)  # type: ignore[list-item]
+    st = rec.stats_of(guest)  # type: ignore[arg-type]
+    rec.sample()
+    rec.sample()  # 90 after 100 with the same pair p: a stable step back
+    assert st.guest_backwards_stable == 1 and set(st.max_seen_stable) == {p}
+    rec.sample()  # re-anchored to q: p is forgotten
+    assert set(st.max_seen_stable) == {q}
+    rec.sample()  # p again (as if restored): nothing of p is remembered, no stable step back
+    assert st.guest_backwards_stable == 1 and st.guest_backwards_reanchor >= 1
