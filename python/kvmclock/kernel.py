@@ -123,6 +123,8 @@ class Kernel:
         self.level = machine.level
         self.name = name if name is not None else f"L{machine.level}"
         self.hz = hz
+        self.tick_nsec = tick_nsec(hz)
+        """TICK_NSEC of this kernel's HZ (ns): the period of its tick."""
         self.clocksource_override = clocksource_override
         self.kvmclock_rating_override = kvmclock_rating
         """An explicit kvm-clock rating (None: the profile's ``kvmclock_rating`` rule)."""
@@ -409,7 +411,7 @@ class Kernel:
                 self.run_on_cpu(cpu, lambda c=cpu: self._kvm_register_clock(c))  # type: ignore[misc]
         self.run_on_cpu(0, self._boot_on_cpu0)
         if not self.nohz:
-            self.tick_timer = self.world.every(tick_nsec(self.hz), self._tick)
+            self.tick_timer = self.world.every(self.tick_nsec, self._tick)
         if self.nohz:
             # tick_init_jiffy_update: the jiffies grid starts at CLOCK_MONOTONIC now
             mono = self.run_on_cpu(0, self.timekeeper.ktime_get_ns)
@@ -666,7 +668,7 @@ class Kernel:
         ``max_idle_ns``; a smaller one would make the kernel reprogram its tick in a loop)."""
         clock = self.timekeeper.tkr_mono.clock
         max_idle = clock.max_idle_ns if clock is not None else 0
-        return max(max_idle, tick_nsec(self.hz))
+        return max(max_idle, self.tick_nsec)
 
     def tick_do_update_jiffies64(self) -> bool:
         """``tick_do_update_jiffies64(ktime_get())`` (kernel/time/tick-sched.c), on the CPU
@@ -684,8 +686,7 @@ class Kernel:
         # where CLOCK_MONOTONIC stands in true time now (it stopped during a host suspend):
         # the next deferment is programmed from here
         self._nohz_anchor = (self.world.now_ns, now)
-        hz = self.hz
-        period = (NSEC_PER_SEC + hz // 2) // hz  # tick_nsec(hz), inlined (hot: every wake-up)
+        period = self.tick_nsec
         delta = now - self.last_jiffies_update_ns
         if delta < period:
             return False
@@ -730,14 +731,19 @@ class Kernel:
         if ev is not None and not ev.cancelled and max_idle >= self._nohz_max_idle_ns:
             return
         self._nohz_max_idle_ns = max_idle
-        t_true, t_mono = self._nohz_anchor
-        due = t_true + (self.last_jiffies_update_ns + max_idle - t_mono)
+        due = self._nohz_due_ns(max_idle)
         due = max(due, self.world.now_ns)
         if ev is not None and not ev.cancelled:
             if ev.t_ns <= due:
                 return
             ev.cancel()
         self._deferment = self.world.at(due, self._tick_nohz_deferment)
+
+    def _nohz_due_ns(self, max_idle_ns: int) -> int:
+        """True time (ns) at which CLOCK_MONOTONIC reaches ``last_jiffies_update +
+        max_idle_ns``, from where the last ``ktime_get`` put it in true time."""
+        t_true, t_mono = self._nohz_anchor
+        return t_true + (self.last_jiffies_update_ns + max_idle_ns - t_mono)
 
     def _tick_nohz_deferment(self) -> None:
         """The tick programmed at the max deferment expires (``tick_nohz_handler`` /
@@ -749,8 +755,7 @@ class Kernel:
             self.counters["ticks_not_running"] += 1
             self.tick_overdue = True
             return
-        t_true, t_mono = self._nohz_anchor
-        due = t_true + (self.last_jiffies_update_ns + self._nohz_max_idle_ns - t_mono)
+        due = self._nohz_due_ns(self._nohz_max_idle_ns)
         if self.world.now_ns < due:
             self._deferment = self.world.at(due, self._tick_nohz_deferment)
             return

@@ -299,6 +299,10 @@ def _int_arg(name: str, lo: int, hi: int) -> Callable[[str], int]:
     return conv
 
 
+#: the host's TSC scaling hardware (``--scaling`` of scale and drift), as the model's
+#: ``TSC_SCALING_CAPS`` names it
+SCALINGS = ("vmx", "svm", "none")
+
 #: the longest --duration (s): a year; what a run may cost is bounded by the scenario's own
 #: checks (kvmclock.scenario.loader: periodic ticks and samples), which name the key
 MAX_DURATION_S = 31_536_000

@@ -8,6 +8,7 @@ from typing import Any
 
 from kvmclock.cli.common import (
     EXIT_OK,
+    SCALINGS,
     U32_MAX,
     _check_output_path,
     _dump_json,
@@ -107,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("--guest-khz", type=_int_arg("--guest-khz", 0, U32_MAX), metavar="G",
                    help="guest TSC frequency (KVM_SET_TSC_KHZ, kHz; 0 or absent: the host's, "
                    "as the ioctl takes 0)")
-    s.add_argument("--scaling", "--vendor", dest="vendor", choices=["vmx", "svm", "none"],
+    s.add_argument("--scaling", "--vendor", dest="vendor", choices=list(SCALINGS),
                    default="vmx",
                    help="host TSC scaling hardware: vmx (48 fraction bits), svm (32), none "
                    "(default vmx; --vendor is the same option)")

@@ -18,7 +18,15 @@ import sys
 from fractions import Fraction
 from typing import Any
 
-from kvmclock.cli.common import EXIT_OK, U32_MAX, U64_MAX, _dump_json, _int_arg, add_json_option
+from kvmclock.cli.common import (
+    EXIT_OK,
+    SCALINGS,
+    U32_MAX,
+    U64_MAX,
+    _dump_json,
+    _int_arg,
+    add_json_option,
+)
 from kvmclock.drift import RatioInput, model_tsc_scaling
 from kvmclock.errors import UsageError
 
@@ -35,8 +43,6 @@ __all__ = [
     "scale_warnings",
 ]
 
-SCALINGS = ("vmx", "svm", "none")
-"""The host's TSC scaling hardware, as the model's ``TSC_SCALING_CAPS`` names it."""
 DEFAULT_PROFILE = "upstream"
 
 

@@ -368,26 +368,20 @@ class Timekeeper:
         chunks add up to ``offset // cycle_interval`` whole intervals, and without NTP every
         chunk adds exactly its cycles times ``mult`` to ``xtime_nsec`` (each chunk keeps
         ``xtime_nsec`` below one second plus one chunk, so the kernel's u64 sums never wrap
-        in between): the model takes them as one chunk (:meth:`_logarithmic_accumulation`
-        at shift 0), which leaves every field as the kernel's loop does, in O(1).
+        in between): the model takes them as one chunk, which leaves every field as the
+        kernel's loop does, in O(1).
         """
         if self.suspended:  # timekeeping_advance: "Make sure we're fully resumed"
             return
         mono = self.tkr_mono
         if cycles is None:
-            clock = mono.clock  # the clock property without the call (hot: every tick)
-            cycles = (clock if clock is not None else self.clock).read()[0]
-        # hot (every tick): clocksource_delta and the write section inlined
-        mask = mono.mask
-        offset = (cycles - mono.cycle_last) & mask
-        if offset & ~(mask >> 1) or offset < self.cycle_interval:
+            cycles = self.clock.read()[0]
+        offset = clocksource_delta(cycles, mono.cycle_last, mono.mask)
+        if offset < self.cycle_interval:
             return
-        seq = self.seq
-        seq.write_begin()
-        self._write_depth += 1
-        try:
-            # _logarithmic_accumulation(offset, 0) and accumulate_nsecs_to_secs, inlined: n
-            # whole intervals (hot: every tick; no leap seconds, so clock_set stays 0)
+        with self._write():
+            # logarithmic_accumulation's chunks taken as one: n whole intervals (no leap
+            # seconds, so accumulate_nsecs_to_secs sets no clock_set action)
             interval = self.cycle_interval
             n = offset // interval
             raw = self.tkr_raw
@@ -403,9 +397,6 @@ class Timekeeper:
             self.raw_sec += secs
             # timekeeping_adjust(): NTP not modelled, mult stays the clocksource's.
             self.timekeeping_update(0)
-        finally:
-            self._write_depth -= 1
-            seq.write_end()
 
     def _accumulate_nsecs_to_secs(self) -> int:
         """``accumulate_nsecs_to_secs`` (no leap seconds modelled): returns the clock_set action."""
@@ -417,27 +408,6 @@ class Timekeeper:
         secs, mono.xtime_nsec = divmod(mono.xtime_nsec, nsps)
         self.xtime_sec += secs
         return 0
-
-    def _logarithmic_accumulation(self, offset: int, shift: int) -> tuple[int, int]:
-        """``logarithmic_accumulation`` repeated while the offset holds a whole chunk: move
-        ``n = offset // (cycle_interval << shift)`` chunks into the xtime fields (the kernel
-        calls it ``n`` times in a row at this shift, see :meth:`update_wall_time`); returns
-        the offset left and the clock_set action.
-        """
-        interval = self.cycle_interval << shift
-        n, offset = divmod(offset, interval)
-        if n == 0:
-            return offset, 0
-        mono, raw = self.tkr_mono, self.tkr_raw
-        mono.cycle_last = (mono.cycle_last + n * interval) & U64_MASK
-        raw.cycle_last = (raw.cycle_last + n * interval) & U64_MASK
-        mono.xtime_nsec += n * (self.xtime_interval << shift)
-        clock_set = self._accumulate_nsecs_to_secs()
-        raw.xtime_nsec += n * (self.raw_interval << shift)
-        snsec_per_sec = NSEC_PER_SEC << raw.shift
-        secs, raw.xtime_nsec = divmod(raw.xtime_nsec, snsec_per_sec)
-        self.raw_sec += secs
-        return offset, clock_set
 
     def change_clocksource(self, new: Clocksource) -> None:
         """``change_clocksource`` (run by stop_machine from ``timekeeping_notify``).
